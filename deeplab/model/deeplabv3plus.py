@@ -1,0 +1,72 @@
+"""DeepLabV3+ = MobileNetV2 backbone + ASPP + decoder, and its keyword-only builder."""
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplab.model.aspp import ASPP, default_rates
+from deeplab.model.backbone import MobileNetV2Backbone, load_backbone_weights
+from deeplab.model.decoder import Decoder
+from deeplab.model.layers import init_head
+
+log = logging.getLogger(__name__)
+
+
+class DeepLabV3Plus(nn.Module):
+    """Maps a float (N, 3, H, W) image batch to (N, num_classes, H, W) logits, for any H, W >= 32."""
+
+    def __init__(self, backbone: MobileNetV2Backbone, aspp: ASPP, decoder: Decoder) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.aspp = aspp
+        self.decoder = decoder
+
+    @property
+    def num_classes(self) -> int:
+        return self.decoder.classifier.out_channels
+
+    @property
+    def output_stride(self) -> int:
+        return self.backbone.output_stride
+
+    def set_output_stride(self, output_stride: int) -> None:
+        """Re-dilate for another output stride (e.g. train at 16, evaluate at 8); no weights change.
+
+        The ASPP rates scale with the feature map (OS16 (6,12,18) becomes OS8 (12,24,36)), custom rates included.
+        """
+        scale = self.backbone.output_stride / output_stride
+        self.backbone.set_output_stride(output_stride)
+        self.aspp.set_rates(tuple(max(1, round(r * scale)) for r in self.aspp.rates))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        logits = self.decoder(self.aspp(features["out"]), features["low"])
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_model(*, num_classes: int, output_stride: int = 16, separable: bool = False,
+                backbone_weights: str | None = None, width_mult: float = 1.0, expand_ratio: int = 6,
+                aspp_rates: tuple[int, ...] | None = None, aspp_channels: int = 256,
+                aspp_dropout: float = 0.1, low_level_channels: int = 48, decoder_channels: int = 256) -> DeepLabV3Plus:
+    """Build DeepLabV3+/MobileNetV2.
+
+    backbone_weights: None (random init), "imagenet" (torchvision's weights API, cached in the torch hub dir),
+    or the path of a torchvision-format MobileNetV2 state dict. separable: depthwise-separable 3x3 convs in the
+    ASPP and decoder. aspp_rates: atrous rates instead of those that follow the output stride.
+    """
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    backbone = MobileNetV2Backbone(output_stride=output_stride, width_mult=width_mult, expand_ratio=expand_ratio)
+    low, out = backbone.feature_info
+    rates = tuple(aspp_rates) if aspp_rates else default_rates(output_stride)
+    aspp = ASPP(out.channels, rates=rates, channels=aspp_channels, separable=separable, dropout=aspp_dropout)
+    decoder = Decoder(in_channels=aspp.out_channels, low_in_channels=low.channels, num_classes=num_classes,
+                      low_level_channels=low_level_channels, channels=decoder_channels, separable=separable)
+    init_head(aspp)
+    init_head(decoder)
+    if backbone_weights is not None:
+        source = load_backbone_weights(backbone, backbone_weights)
+        log.info("backbone weights loaded from %s", source)
+    return DeepLabV3Plus(backbone, aspp, decoder)
