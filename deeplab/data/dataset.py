@@ -56,7 +56,7 @@ def read_mask(path: str | Path, *, num_classes: int, ignore_index: int = 255,
     path = Path(path)
     try:
         with Image.open(path) as img:
-            mode, raw = img.mode, np.asarray(img)
+            mode, raw = img.mode, np.array(img)  # a writable copy: torch warns on read-only arrays
     except (OSError, SyntaxError) as exc:  # PIL raises SyntaxError for some corrupt PNG chunks
         raise DataError(f"{path}: not a readable mask image ({exc})") from exc
     if raw.ndim == 3:
@@ -125,11 +125,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
                             f"{image_path} is {image.shape[1]}x{image.shape[0]}; they must be the same size.")
         return image, mask
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample `index`, or `(index, seed)` to make its random augmentation a function of the seed."""
+        index, seed = index if isinstance(index, tuple) else (index, None)
         image, mask = self.load(index)
         if self.transform is None:
             return torch.from_numpy(image).permute(2, 0, 1), torch.from_numpy(mask).long()
-        return self.transform(image, mask)
+        return self.transform(image, mask, seed=seed) if seed is not None else self.transform(image, mask)
 
 
 def find_by_stem(folder: Path, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:

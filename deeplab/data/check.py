@@ -1,0 +1,131 @@
+"""Dataset checker: `python -m deeplab.data.check dataset=<name> [overrides]` reads every sample of each split.
+
+It reports missing files, unreadable images, image/mask size mismatches, label values outside the classes and the
+ignore index, RGB mask colours outside the palette, masks saved as 0/255, empty split files, and a per-class pixel
+histogram; it exits non-zero on any problem. `preflight` is the cheap part the trainer runs before it starts.
+"""
+
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from deeplab.data import DataError, SegmentationDataset, build_dataset
+
+
+@dataclass
+class SplitReport:
+    """What scanning one split found."""
+
+    split: str
+    samples: int = 0
+    problems: list[str] = field(default_factory=list)
+    pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
+
+
+def _scan(dataset: SegmentationDataset, index: int) -> tuple[str | None, np.ndarray | None]:
+    try:
+        _, mask = dataset.load(index)
+    except DataError as exc:
+        return str(exc), None
+    return None, np.bincount(mask.ravel(), minlength=256)
+
+
+def zero_255_problem(pixels: np.ndarray, *, num_classes: int, ignore_index: int, where: str) -> str | None:
+    """Masks holding only 0 and the ignore index: almost always a binary mask saved as 0/255."""
+    if ignore_index < 256 and pixels[ignore_index] > 0 and pixels[1:num_classes].sum() == 0:
+        share = pixels[ignore_index] / pixels.sum()
+        return (f"{where}: masks hold only 0 and {ignore_index} ({share:.0%} of pixels are {ignore_index}), and "
+                f"{ignore_index} means 'ignore', so no object class would ever be learned. This is the usual sign "
+                f"of a binary mask saved as 0/255: re-save it with 1 for the object (mask // 255), or set "
+                f"dataset.label_map='{{{ignore_index}: 1}}'.")
+    return None
+
+
+def check_split(dataset: SegmentationDataset, split: str, *, workers: int = 0) -> SplitReport:
+    """Read every sample of one split; collect every problem instead of stopping at the first."""
+    report = SplitReport(split, samples=len(dataset))
+    scan = partial(_scan, dataset)
+    if workers > 0:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(pool.map(scan, range(len(dataset)), chunksize=8))
+    else:
+        results = [scan(i) for i in range(len(dataset))]
+    for problem, pixels in results:
+        if problem:
+            report.problems.append(problem)
+        else:
+            report.pixels += pixels
+    zero_255 = zero_255_problem(report.pixels, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
+                                where=f"split {split!r}")
+    if zero_255:
+        report.problems.append(zero_255)
+    return report
+
+
+def check_dataset(*, splits: Sequence[str] | None = None, workers: int = 0, **dataset_cfg) -> list[SplitReport]:
+    """Scan the given splits (default: the dataset's train and val splits)."""
+    splits = splits or [dataset_cfg.get("train_split", "train"), dataset_cfg.get("val_split", "val")]
+    reports = []
+    for split in dict.fromkeys(splits):
+        try:
+            dataset = build_dataset(split=split, **dataset_cfg)
+        except DataError as exc:  # missing files, empty split file, missing root: nothing further to read
+            reports.append(SplitReport(split, problems=[str(exc)]))
+            continue
+        reports.append(check_split(dataset, split, workers=workers))
+    return reports
+
+
+def preflight(dataset: SegmentationDataset, *, samples: int = 8) -> None:
+    """The cheap check the trainer runs first: the first images read, sizes match, labels fit, not 0/255."""
+    pixels = np.zeros(256, np.int64)
+    for index in range(min(samples, len(dataset))):
+        pixels += np.bincount(dataset.load(index)[1].ravel(), minlength=256)
+    if len(dataset) == 0:
+        raise DataError("the dataset split is empty")
+    problem = zero_255_problem(pixels, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
+                               where=f"the first {min(samples, len(dataset))} masks ({dataset.samples[0][1].parent})")
+    if problem:
+        raise DataError(problem)
+
+
+def format_report(reports: Sequence[SplitReport], class_names: Sequence[str], ignore_index: int = 255) -> str:
+    """A readable summary: problems first, then the per-class pixel histogram of each split."""
+    lines = []
+    for report in reports:
+        lines.append(f"split {report.split}: {report.samples} samples, {len(report.problems)} problem(s)")
+        lines += [f"  PROBLEM {p}" for p in report.problems]
+        total = report.pixels.sum()
+        if total:
+            lines.append(f"  {'class':<20}{'pixels':>14}{'share':>9}")
+            for index, name in [*enumerate(class_names), (ignore_index, "(ignore)")]:
+                count = int(report.pixels[index])
+                lines.append(f"  {index:>3} {name:<16}{count:>14,}{count / total:>9.2%}")
+    return "\n".join(lines)
+
+
+def run(cfg) -> int:
+    """Check the configured dataset, print the report, and return the exit code (1 on any problem)."""
+    from omegaconf import OmegaConf
+
+    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
+    reports = check_dataset(splits=cfg.splits, workers=cfg.workers, **dataset_cfg)
+    names = dataset_cfg.get("class_names") or [str(i) for i in range(dataset_cfg["num_classes"])]
+    print(format_report(reports, names, dataset_cfg.get("ignore_index", 255)))
+    problems = sum(len(r.problems) for r in reports)
+    print(f"{problems} problem(s) found" if problems else "no problems found")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="../../configs", config_name="check")
+    def _main(cfg) -> None:
+        sys.exit(run(cfg))
+
+    _main()
