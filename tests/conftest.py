@@ -57,3 +57,23 @@ def make_voc_tree(root: Path, *, n_train: int = 4, n_val: int = 3, size=(48, 64)
 @pytest.fixture
 def voc_root(tmp_path: Path) -> Path:
     return make_voc_tree(tmp_path / "VOC2012")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose(config_name: str, overrides: list[str]):
+    """The real Hydra config, composed as the command line would, with test overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return hydra_compose(config_name, overrides=overrides)
+
+
+def tiny_train_overrides(root: Path, out: Path, iterations: int = 3) -> list[str]:
+    """A training run that takes seconds on a CPU: tiny crops, batch 4, no workers, checkpoints every 2 iters."""
+    return [f"dataset.root={root}", f"output_root={out}", f"trainer.iterations={iterations}",
+            "trainer.batch_size=4", "trainer.val_every=2", "trainer.checkpoint_every=2", "trainer.log_every=1",
+            "trainer.num_workers=0", "trainer.precision=fp32", "augment.crop_size=[64,64]",
+            "model.separable=true", "optim.lr=0.002"]

@@ -1,0 +1,74 @@
+"""Iteration-based sampling that makes a run resumable to the exact sample, and the train/val DataLoaders."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """The augmentation seed of one draw: a pure function, so a resumed run augments exactly as before."""
+    return hash((seed, epoch, position)) & 0xFFFFFFFF  # int tuples hash the same in every process
+
+
+class TrainBatches(Sampler):
+    """Micro-batches of (index, augmentation seed) for iterations start..total.
+
+    Iteration `it` takes the next `batch_size` ids of a seeded per-epoch permutation (the global batch); each rank
+    takes every world_size-th of them, split into `accum` micro-batches. Because it depends only on (seed, it),
+    resuming at iteration k yields exactly what the interrupted run would have, and N processes see the same global
+    batch as one.
+    """
+
+    def __init__(self, size: int, *, batch_size: int, total_iters: int, start_iter: int = 0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, accum: int = 1) -> None:
+        if size < batch_size:
+            raise ValueError(f"the training split has {size} samples, fewer than the batch size {batch_size}")
+        if batch_size % (world_size * accum):
+            raise ValueError(f"batch size {batch_size} is not divisible by processes x grad_accum "
+                             f"({world_size} x {accum})")
+        self.size, self.batch_size, self.total, self.start = size, batch_size, total_iters, start_iter
+        self.seed, self.rank, self.world, self.accum = seed, rank, world_size, accum
+
+    def __len__(self) -> int:
+        return (self.total - self.start) * self.accum
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_epoch = self.size // self.batch_size  # the last partial batch of each epoch is dropped
+        order, order_epoch = None, -1
+        for it in range(self.start, self.total):
+            epoch, step = divmod(it, per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.size), epoch
+            first = step * self.batch_size
+            mine = [(int(order[first + k]), sample_seed(self.seed, epoch, first + k))
+                    for k in range(self.rank, self.batch_size, self.world)]
+            micro = len(mine) // self.accum
+            for a in range(self.accum):
+                yield mine[a * micro:(a + 1) * micro]
+
+
+class ShardSampler(Sampler):
+    """Every rank-th index, in order, with no padding: validation counts each image exactly once."""
+
+    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1) -> None:
+        self.indices = list(range(rank, size, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def train_loader(dataset: Dataset, batches: TrainBatches, *, num_workers: int, pin_memory: bool) -> DataLoader:
+    """The training loader; workers stay alive for the whole run and prefetch ahead of the step."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
+
+
+def val_loader(dataset: Dataset, *, rank: int, world_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """Full-resolution validation, one image per batch (sizes differ), no shuffle, nothing dropped."""
+    return DataLoader(dataset, batch_size=1, sampler=ShardSampler(len(dataset), rank=rank, world_size=world_size),
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)

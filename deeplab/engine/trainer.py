@@ -1,0 +1,306 @@
+"""Training as plain functions read top to bottom; `train(cfg, output_dir)` is the one place that reads the config."""
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from deeplab.data import build_dataset
+from deeplab.data.check import preflight
+from deeplab.data.transforms import eval_transform, train_transform
+from deeplab.engine import checkpoint as ckpt
+from deeplab.engine.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+from deeplab.engine.evaluator import evaluate
+from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
+from deeplab.engine.tracking import RunLogger
+from deeplab.engine.optim import build_optimizer, build_scheduler
+from deeplab.engine.precision import autocast, grad_scaler, resolve_precision
+from deeplab.losses import SegmentationLoss
+from deeplab.model import build_model
+from deeplab.visualization import palette_array
+
+log = logging.getLogger("deeplab.train")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run stopped before overwriting any checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The `trainer` config section; a misspelt key is a TypeError naming it."""
+
+    iterations: int = 30000
+    batch_size: int = 16  # the global batch per optimizer step, over all processes and accumulation steps
+    grad_accum: int = 1
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    num_workers: int = 4
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float | None = None
+    freeze_backbone_iters: int = 0
+    sync_bn: bool | None = None  # None: on when more than one process trains on GPUs
+    deterministic: bool = False
+    grid_images: int = 4
+    preflight_samples: int = 8
+
+
+@dataclass
+class Run:
+    """Everything the loop touches, built once by `train`."""
+
+    settings: TrainerSettings
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    train_batches: torch.utils.data.DataLoader
+    val_batches: torch.utils.data.DataLoader
+    device: torch.device
+    precision: str
+    dist: DistInfo
+    output_dir: Path
+    config: dict
+    logger: RunLogger | None = None
+    best_miou: float = -1.0
+    last_metrics: dict = field(default_factory=dict)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and/or torch.compile wrappers (what checkpoints hold)."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(model, "_orig_mod", model)
+
+
+def train_step(run: Run, micro_batches: list, *, freeze_backbone: bool) -> torch.Tensor:
+    """One optimizer step over the micro-batches of a global batch; returns the mean loss (all ranks)."""
+    run.optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=run.device)
+    for i, (images, masks) in enumerate(micro_batches):
+        images = images.to(run.device, non_blocking=True)
+        masks = masks.to(run.device, non_blocking=True)
+        if run.settings.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        last = i == len(micro_batches) - 1
+        # DDP all-reduces gradients only on the last micro-batch of the step
+        sync = run.model.no_sync() if isinstance(run.model, DistributedDataParallel) and not last \
+            else contextlib.nullcontext()
+        with sync:
+            with autocast(run.device.type, run.precision):
+                logits = run.model(images)
+            loss = run.criterion(logits, masks) / len(micro_batches)
+            run.scaler.scale(loss).backward()
+        total += loss.detach()
+    total = all_reduce_mean(total)
+    if not torch.isfinite(total):
+        raise TrainingDiverged(f"loss is {total.item()}")
+    if freeze_backbone:
+        for p in unwrap(run.model).backbone.parameters():
+            p.grad = None  # SGD/AdamW skip parameters without a gradient
+    if run.settings.grad_clip:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return total
+
+
+def validate(run: Run, iteration: int) -> dict:
+    """Full-resolution validation on the whole split; logs, and saves best.pt on a new best mIoU."""
+    data = run.config["dataset"]
+    matrix, kept = evaluate(run.model, run.val_batches, num_classes=data["num_classes"], device=run.device,
+                            ignore_index=data["ignore_index"], precision=run.precision,
+                            channels_last=run.settings.channels_last, keep=run.settings.grid_images)
+    metrics = matrix.compute()
+    run.last_metrics = metrics
+    improved = metrics["mIoU"] > run.best_miou
+    if improved:
+        run.best_miou = metrics["mIoU"]
+    if run.logger:
+        run.logger.validation(iteration, metrics, kept, best=run.best_miou)
+        if improved:
+            ckpt.save_checkpoint(run.output_dir / "best.pt", checkpoint_state(run, iteration))
+    return metrics
+
+
+def checkpoint_state(run: Run, iteration: int) -> dict:
+    """Everything needed to continue exactly, and to rebuild the model with no other file."""
+    return {"model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "iteration": iteration,
+            "best_miou": run.best_miou, "metrics": run.last_metrics, "rng": ckpt.rng_state(),
+            "config": run.config}
+
+
+def fit(run: Run, *, start_iter: int) -> float:
+    """The loop: step, log, validate every `val_every`, checkpoint every `checkpoint_every`; returns best mIoU."""
+    s = run.settings
+    iteration, micro = start_iter, []
+    progress = tqdm(total=s.iterations, initial=start_iter, disable=not run.dist.is_main, mininterval=2,
+                    dynamic_ncols=True, desc="train")
+    window_start, window_iters = time.perf_counter(), 0
+    for batch in run.train_batches:
+        micro.append(batch)
+        if len(micro) < s.grad_accum:
+            continue
+        try:
+            loss = train_step(run, micro, freeze_backbone=iteration < s.freeze_backbone_iters)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(
+                f"{exc} at iteration {iteration + 1}: training stopped. The last good checkpoint is untouched "
+                f"({run.output_dir / 'last.pt'}). Lower optim.lr, set trainer.grad_clip, or check the data "
+                f"with python -m deeplab.data.check.") from None
+        micro, iteration, window_iters = [], iteration + 1, window_iters + 1
+        run.scheduler.step()
+        progress.update(1)
+        if iteration % s.log_every == 0 or iteration == s.iterations:
+            elapsed = time.perf_counter() - window_start
+            lr = run.optimizer.param_groups[-1]["lr"]
+            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            if run.logger:
+                run.logger.train(iteration, loss.item(), lr, window_iters * s.batch_size / elapsed)
+            window_start, window_iters = time.perf_counter(), 0
+        if iteration % s.val_every == 0 or iteration == s.iterations:
+            validate(run, iteration)
+        if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
+            ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
+    progress.close()
+    return run.best_miou
+
+
+def resume_or_new(cfg: DictConfig, output_dir: Path) -> tuple[DictConfig, Path, dict | None]:
+    """resume=auto|PATH continues a checkpoint with its own saved config, in its own run dir."""
+    if not cfg.get("resume"):
+        return cfg, output_dir, None
+    path = ckpt.find_latest(cfg.output_root) if cfg.resume == "auto" else Path(cfg.resume)
+    if path is None:
+        log.warning("resume=auto: no last.pt under %s; starting a new run", cfg.output_root)
+        return cfg, output_dir, None
+    state = ckpt.load_checkpoint(path)
+    log.info("resuming %s at iteration %d with its saved config", path, state["iteration"])
+    return OmegaConf.create(state["config"]), path.parent, state
+
+
+def build_datasets(data: dict, augment: dict, *, preflight_samples: int):
+    """Train and val datasets from the dataset and augment sections, checked cheaply before training starts."""
+    mean, std, ignore = data["mean"], data["std"], data["ignore_index"]
+    train_set = build_dataset(split=data["train_split"], **data,
+                              transform=train_transform(mean=mean, std=std, ignore_index=ignore, **augment))
+    val_set = build_dataset(split=data["val_split"], **data, transform=eval_transform(mean=mean, std=std))
+    for dataset in (train_set, val_set):
+        preflight(dataset, samples=preflight_samples)
+    return train_set, val_set
+
+
+def build_network(config: dict, state: dict | None, settings: TrainerSettings, device: torch.device,
+                  world: DistInfo) -> nn.Module:
+    """The model with its starting weights: a resumed checkpoint, init_from, or the configured backbone weights."""
+    model_cfg = dict(config["model"])
+    if state is not None or config.get("init_from"):
+        model_cfg["backbone_weights"] = None  # the checkpoint's weights replace them anyway
+    model = build_model(**model_cfg)
+    if state is not None:
+        ckpt.load_model_weights(model, state["model"], source="resume checkpoint")
+    elif config.get("init_from"):
+        source = ckpt.load_checkpoint(config["init_from"])
+        fresh = ckpt.load_model_weights(model, source["model"], source=config["init_from"], reinit_classifier=True)
+        if fresh:
+            log.warning("init_from %s: it has another number of classes; the classifier starts fresh (%s)",
+                        config["init_from"], ", ".join(fresh))
+    sync_bn = settings.sync_bn if settings.sync_bn is not None else world.world_size > 1 and device.type == "cuda"
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: dict | None) -> Run:
+    """Device, process group, data, model, optimizer, schedule, loss and loaders for one run."""
+    torch.manual_seed(config["seed"])
+    torch.use_deterministic_algorithms(settings.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not settings.deterministic
+    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if settings.device == "auto" else settings.device)
+    world = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    train_set, val_set = build_datasets(config["dataset"], config["augment"],
+                                        preflight_samples=settings.preflight_samples)
+    model = build_network(config, state, settings, device, world)
+    optimizer = build_optimizer(model, **config["optim"])
+    scheduler = build_scheduler(optimizer, total_iters=settings.iterations, **config["schedule"])
+    precision = resolve_precision(settings.precision, device.type)
+    start = state["iteration"] if state else 0
+    batches = TrainBatches(len(train_set), batch_size=settings.batch_size, total_iters=settings.iterations,
+                           start_iter=start, seed=config["seed"], rank=world.rank, world_size=world.world_size,
+                           accum=settings.grad_accum)
+    pin = device.type == "cuda"
+    wrapped = DistributedDataParallel(model, device_ids=[device.index] if pin else None) \
+        if world.world_size > 1 else model
+    wrapped = torch.compile(wrapped) if settings.compile else wrapped
+    return Run(settings=settings, model=wrapped, optimizer=optimizer, scheduler=scheduler,
+               scaler=grad_scaler(device.type, precision),
+               criterion=SegmentationLoss(ignore_index=config["dataset"]["ignore_index"], **config["loss"]).to(device),
+               train_batches=train_loader(train_set, batches, num_workers=settings.num_workers, pin_memory=pin),
+               val_batches=val_loader(val_set, rank=world.rank, world_size=world.world_size,
+                                      num_workers=min(settings.num_workers, 2), pin_memory=pin),
+               device=device, precision=precision, dist=world, output_dir=output_dir, config=config)
+
+
+def restore(run: Run, state: dict) -> int:
+    """Optimizer, schedule, scaler, best score and RNG of a checkpoint; returns the iteration to continue from."""
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.best_miou, run.last_metrics = state["best_miou"], state.get("metrics", {})
+    ckpt.set_rng_state(state["rng"])
+    return state["iteration"]
+
+
+def train(cfg: DictConfig, output_dir: str | Path) -> float:
+    """Train from the composed Hydra config; returns the best validation mIoU (what a sweeper optimises)."""
+    cfg, output_dir, state = resume_or_new(cfg, Path(output_dir))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    settings = TrainerSettings(**config["trainer"])
+    run = build_run(config, settings, output_dir, state)
+    start = restore(run, state) if state else 0
+    if run.dist.is_main:
+        data = config["dataset"]
+        run.logger = RunLogger(output_dir, class_names=data["class_names"], palette=palette_array(
+            data.get("palette"), ignore_index=data["ignore_index"]), mean=data["mean"], std=data["std"],
+            start_iter=start)
+        log.info("training on %s (%s precision, %d process(es)) for %d iterations from %d; run dir %s",
+                 run.device, run.precision, run.dist.world_size, settings.iterations, start, output_dir)
+    try:
+        best = fit(run, start_iter=start)
+    finally:
+        if run.logger:
+            run.logger.close()
+        cleanup()
+    if run.dist.is_main:
+        report(run, output_dir)
+    return best
+
+
+def report(run: Run, output_dir: Path) -> None:
+    """Print the final metrics and where everything is."""
+    m = run.last_metrics
+    if m:
+        print(f"\nfinal val: mIoU {m['mIoU']:.4f}  pixel acc {m['pixel_acc']:.4f}  mean class acc "
+              f"{m['mean_class_acc']:.4f}  (best mIoU {run.best_miou:.4f})")
+    print(f"run dir:      {output_dir}\ncheckpoints:  {output_dir / 'best.pt'}  {output_dir / 'last.pt'}\n"
+          f"TensorBoard:  tensorboard --logdir {output_dir / 'tb'}")

@@ -1,0 +1,56 @@
+"""Training losses: cross-entropy with ignore, optional class weights, online hard example mining, dice."""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SegmentationLoss(nn.Module):
+    """Cross-entropy (ignoring `ignore_index`), optionally averaged over only the hardest pixels, plus dice."""
+
+    def __init__(self, *, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
+                 ohem_fraction: float | None = None, ohem_min_pixels: int = 0, dice_weight: float = 0.0) -> None:
+        super().__init__()
+        if ohem_fraction is not None and not 0 < ohem_fraction <= 1:
+            raise ValueError(f"ohem_fraction must be in (0, 1], got {ohem_fraction}")
+        self.ignore_index = ignore_index
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.ohem_fraction = ohem_fraction
+        self.ohem_min_pixels = ohem_min_pixels
+        self.dice_weight = dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # the loss in fp32 even under autocast: log-softmax over many pixels
+        if self.class_weights is not None and len(self.class_weights) != logits.shape[1]:
+            raise ValueError(f"{len(self.class_weights)} class_weights for {logits.shape[1]} classes")
+        if self.ohem_fraction is None:
+            loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index)
+        else:
+            loss = self._ohem(logits, target)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * self._dice(logits, target)
+        return loss
+
+    def _ohem(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss of the top `ohem_fraction` of valid pixels (at least `ohem_min_pixels`): hard examples."""
+        pixel = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
+                                reduction="none").flatten()
+        valid = pixel[(target != self.ignore_index).flatten()]
+        if valid.numel() == 0:
+            return pixel.sum() * 0.0  # keeps the graph: every parameter still gets a (zero) gradient
+        keep = min(valid.numel(), max(int(valid.numel() * self.ohem_fraction), self.ohem_min_pixels, 1))
+        return valid.topk(keep, sorted=False).values.mean()
+
+    def _dice(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Soft multi-class dice loss over valid pixels (1 - mean dice over classes present in the batch)."""
+        valid = (target != self.ignore_index).unsqueeze(1)
+        probs = logits.softmax(1) * valid
+        onehot = F.one_hot(target.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
+        inter = (probs * onehot).sum((0, 2, 3))
+        denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+        present = onehot.sum((0, 2, 3)) > 0
+        dice = (2 * inter + 1.0) / (denom + 1.0)
+        return 1 - dice[present].mean() if present.any() else logits.sum() * 0.0

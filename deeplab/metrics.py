@@ -1,0 +1,48 @@
+"""Segmentation metrics from one confusion matrix accumulated over a whole split (the VOC definition)."""
+
+import torch
+import torch.distributed as dist
+
+
+class ConfusionMatrix:
+    """Device-resident (num_classes x num_classes) counts: rows are ground truth, columns are predictions."""
+
+    def __init__(self, num_classes: int, *, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predicted and true label maps (same shape); ignore pixels are skipped."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        keep = target != self.ignore_index
+        index = target[keep].to(torch.int64) * self.num_classes + pred[keep].to(torch.int64)
+        self.mat += torch.bincount(index, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+
+    def reduce_from_all_processes(self) -> None:
+        """Sum the counts of every process, so every rank reports the metric of the whole split."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.mat)
+
+    def compute(self) -> dict:
+        """mIoU, pixel accuracy, mean class accuracy, frequency-weighted IoU and per-class IoU.
+
+        A class absent from both ground truth and predictions has no IoU (None) and is left out of the means.
+        """
+        mat = self.mat.double().cpu()
+        true, predicted, hit = mat.sum(1), mat.sum(0), mat.diag()
+        union = true + predicted - hit
+        present = union > 0
+        iou = torch.where(present, hit / union.clamp(min=1), torch.nan)
+        acc = torch.where(true > 0, hit / true.clamp(min=1), torch.nan)
+        total = mat.sum()
+        freq = true / total.clamp(min=1)
+        return {
+            "mIoU": float(iou[present].mean()) if present.any() else float("nan"),
+            "pixel_acc": float(hit.sum() / total) if total > 0 else float("nan"),
+            "mean_class_acc": float(acc[true > 0].mean()) if (true > 0).any() else float("nan"),
+            "fwIoU": float((freq[present] * iou[present]).sum()),
+            "per_class_iou": [float(v) if present[i] else None for i, v in enumerate(iou)],
+            "pixels": int(total),
+        }

@@ -1,0 +1,56 @@
+"""Colouring label maps with the dataset palette, and the input | truth | prediction grid for TensorBoard."""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def default_palette(num_colours: int = 256) -> list[list[int]]:
+    """The VOC bit-pattern colour map, for datasets that give no palette of their own."""
+    palette = []
+    for index in range(num_colours):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        palette.append([r, g, b])
+    return palette
+
+
+def palette_array(palette: Sequence[Sequence[int]] | None, *, ignore_index: int = 255,
+                  ignore_colour: Sequence[int] = (224, 224, 192)) -> np.ndarray:
+    """A (256, 3) uint8 lookup table: the classes' colours, then the default map, the ignore index in cream."""
+    table = np.array(default_palette(256), np.uint8)
+    if palette:
+        table[: len(palette)] = np.array(palette, np.uint8)
+    if 0 <= ignore_index < 256:
+        table[ignore_index] = ignore_colour
+    return table
+
+
+def colourize(labels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 colours."""
+    return table[labels.astype(np.uint8)]
+
+
+def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """A normalised (3, H, W) tensor back to an (H, W, 3) uint8 image."""
+    mean_t = torch.tensor(mean, device=image.device).view(3, 1, 1)
+    std_t = torch.tensor(std, device=image.device).view(3, 1, 1)
+    pixels = ((image.float() * std_t + mean_t) * 255).clamp(0, 255).round().byte()
+    return pixels.permute(1, 2, 0).cpu().numpy()
+
+
+def comparison_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], table: np.ndarray) -> np.ndarray:
+    """Stack (image, truth, prediction) rows into one (H, W, 3) image: input | ground truth | prediction."""
+    width = max(image.shape[1] for image, _, _ in rows)
+    lines = []
+    for image, truth, pred in rows:
+        line = np.concatenate([image, colourize(truth, table), colourize(pred, table)], axis=1)
+        pad = 3 * width - line.shape[1]
+        lines.append(np.pad(line, ((0, 2), (0, pad), (0, 0))))
+    return np.concatenate(lines, axis=0)

@@ -1,0 +1,120 @@
+import math
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import compose, make_voc_tree, tiny_train_overrides
+from deeplab.engine import trainer as trainer_module
+from deeplab.engine.checkpoint import load_checkpoint
+from deeplab.engine.trainer import TrainingDiverged, train
+
+
+@pytest.fixture
+def tree(tmp_path):
+    return make_voc_tree(tmp_path / "VOC", n_train=8, n_val=3, size=(48, 64))
+
+
+def _cfg(tree, tmp_path, *extra, iterations=3):
+    return compose("train", ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", iterations), *extra])
+
+
+def test_smoke_run_writes_checkpoints_and_readable_event_files(tree, tmp_path):
+    run_dir = tmp_path / "outputs" / "run"
+    best = train(_cfg(tree, tmp_path), run_dir)
+    assert 0 <= best <= 1
+    last = load_checkpoint(run_dir / "last.pt")
+    assert last["iteration"] == 3
+    assert {"model", "optimizer", "scheduler", "scaler", "iteration", "best_miou", "rng", "config"} <= set(last)
+    assert last["config"]["dataset"]["root"] == str(tree)
+    assert load_checkpoint(run_dir / "best.pt")["best_miou"] == pytest.approx(best)
+    events = EventAccumulator(str(run_dir / "tb"), size_guidance={"images": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/images_per_s", "val/mIoU", "val/pixel_acc", "val/mean_class_acc",
+            "val/fwIoU", "val/iou/background"} <= scalars
+    assert [e.step for e in events.Scalars("val/mIoU")] == [2, 3]
+    assert "val/input_truth_prediction" in events.Tags()["images"]
+    assert "val @ iter 3" in (run_dir / "train.log").read_text()
+
+
+def test_poly_lr_is_stepped_every_iteration(tree, tmp_path):
+    train(_cfg(tree, tmp_path, "optim.lr=0.01"), tmp_path / "run")
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    lrs = [e.value for e in events.Scalars("train/lr")]
+    assert lrs == pytest.approx([0.01 * (1 - i / 3) ** 0.9 for i in (1, 2, 3)], rel=1e-5)
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_interrupted_and_resumed_run_reaches_the_same_weights(tree, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(_cfg(tree, tmp_path, "trainer.deterministic=true", iterations=5), straight)
+
+    calls = {"n": 0}
+    real_step = trainer_module.train_step
+
+    def dies_at_iteration_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", dies_at_iteration_4)
+    broken = tmp_path / "outputs" / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tree, tmp_path, "trainer.deterministic=true", iterations=5), broken)
+    assert load_checkpoint(broken / "last.pt")["iteration"] == 2
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
+
+    resumed_cfg = _cfg(tree, tmp_path, "resume=auto")  # finds broken/last.pt, the newest under output_root
+    train(resumed_cfg, tmp_path / "outputs" / "new_dir_unused")
+    assert load_checkpoint(broken / "last.pt")["iteration"] == 5
+    a, b = _weights(straight / "last.pt"), _weights(broken / "last.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tree, tmp_path, monkeypatch):
+    run_dir = tmp_path / "outputs" / "nan"
+    calls = {"n": 0}
+
+    class NaNAfterThree(torch.nn.Module):
+        def forward(self, logits, target):
+            calls["n"] += 1
+            loss = torch.nn.functional.cross_entropy(logits.float(), target, ignore_index=255)
+            return loss * math.nan if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(trainer_module, "SegmentationLoss", lambda **kwargs: NaNAfterThree())
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at iteration 3: training stopped.*last.pt"):
+        train(_cfg(tree, tmp_path, iterations=4), run_dir)
+    good = load_checkpoint(run_dir / "last.pt")
+    assert good["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_init_from_another_class_count_reinitialises_the_classifier(tree, tmp_path, caplog):
+    source = tmp_path / "outputs" / "src"
+    train(_cfg(tree, tmp_path, iterations=2), source)
+    cfg = _cfg(tree, tmp_path, f"init_from={source / 'last.pt'}", "dataset.num_classes=6",
+               "dataset.class_names=[a,b,c,d,e,f]", iterations=2)
+    with caplog.at_level("WARNING"):
+        train(cfg, tmp_path / "outputs" / "finetune")
+    assert "classifier starts fresh" in caplog.text
+    tuned = _weights(tmp_path / "outputs" / "finetune" / "last.pt")
+    assert tuned["decoder.classifier.weight"].shape[0] == 6
+    assert tuned["backbone.features.0.0.weight"].shape == _weights(source / "last.pt")["backbone.features.0.0.weight"].shape
+
+
+def test_grad_accumulation_and_frozen_backbone(tree, tmp_path):
+    run_dir = tmp_path / "outputs" / "accum"
+    train(_cfg(tree, tmp_path, "trainer.grad_accum=2", "trainer.freeze_backbone_iters=2", iterations=2), run_dir)
+    after = _weights(run_dir / "last.pt")
+    torch.manual_seed(0)
+    from deeplab.model import build_model
+
+    fresh = build_model(num_classes=21, separable=True).state_dict()
+    assert torch.equal(after["backbone.features.3.conv.1.0.weight"], fresh["backbone.features.3.conv.1.0.weight"])
+    assert not torch.equal(after["decoder.classifier.weight"], fresh["decoder.classifier.weight"])
