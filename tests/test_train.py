@@ -82,6 +82,8 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tree, tmp_pat
     calls = {"n": 0}
 
     class NaNAfterThree(torch.nn.Module):
+        ignore_index = 255
+
         def forward(self, logits, target):
             calls["n"] += 1
             loss = torch.nn.functional.cross_entropy(logits.float(), target, ignore_index=255)

@@ -52,5 +52,80 @@ def broadcast_object(obj):
 
 
 def cleanup() -> None:
+    global _BN_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _BN_GROUP = None
+
+
+_BN_GROUP = None
+
+
+def _bn_group():
+    """A process group of its own for BatchNorm statistics.
+
+    DDP all-reduces gradient buckets asynchronously during backward; sharing its group, the BatchNorm backward
+    reductions could pair up with DDP's on the other rank and sum the wrong tensors.
+    """
+    global _BN_GROUP
+    if _BN_GROUP is None:
+        _BN_GROUP = dist.new_group()
+    return _BN_GROUP
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes whose gradient is the sum of every process's gradient (each one's loss uses it)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, group=_bn_group())
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, group=_bn_group())
+        return grad
+
+
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm whose training statistics cover the global batch of every process, on any backend.
+
+    torch's SyncBatchNorm runs on GPUs only; this one all-reduces per-channel sums with autograd-aware
+    collectives, so CPU (gloo) runs get the BatchNorm one process with the whole batch would. The variance is
+    taken around the global mean (two reductions), not as E[x^2] - E[x]^2, which cancels badly in fp32.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        xf = x if x.dtype == torch.float64 else x.float()  # statistics in fp32 (or fp64) even under autocast
+        count = torch.full((1,), xf.numel() / xf.shape[1], device=x.device, dtype=xf.dtype)
+        sums = _AllReduceSum.apply(torch.cat([xf.sum((0, 2, 3)), count]))
+        total = sums[-1]
+        mean = sums[:-1] / total
+        centred = xf - mean.view(1, -1, 1, 1)
+        var = _AllReduceSum.apply((centred * centred).sum((0, 2, 3))) / total
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var * total / (total - 1).clamp(min=1), momentum)
+        scale = torch.rsqrt(var + self.eps) * self.weight
+        return (centred * scale.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(x.dtype)
+
+
+def convert_to_global_bn(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every BatchNorm2d in `module` by GlobalBatchNorm2d, keeping its parameters and statistics."""
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm2d:
+            bn = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats, device=child.running_mean.device,
+                                   dtype=child.running_mean.dtype)
+            bn.load_state_dict(child.state_dict())
+            setattr(module, name, bn)
+        else:
+            convert_to_global_bn(child)
+    return module

@@ -16,7 +16,7 @@ from deeplab.data import build_dataset
 from deeplab.data.check import preflight
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
-from deeplab.engine.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+from deeplab.engine.distributed import DistInfo, all_reduce_mean, cleanup, convert_to_global_bn, init_distributed
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.tracking import RunLogger
@@ -88,6 +88,10 @@ def train_step(run: Run, micro_batches: list, *, freeze_backbone: bool) -> torch
     """One optimizer step over the micro-batches of a global batch; returns the mean loss (all ranks)."""
     run.optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=run.device)
+    # Weight each micro-batch's mean loss by its share of the global batch's labelled pixels, so that DDP's
+    # gradient average over ranks and accumulation steps equals the mean over the whole batch.
+    valid = torch.stack([(m != run.criterion.ignore_index).sum() for _, m in micro_batches]).float()
+    share = valid * len(valid) / all_reduce_mean(valid.sum().to(run.device)).cpu().clamp(min=1)
     for i, (images, masks) in enumerate(micro_batches):
         images = images.to(run.device, non_blocking=True)
         masks = masks.to(run.device, non_blocking=True)
@@ -100,7 +104,7 @@ def train_step(run: Run, micro_batches: list, *, freeze_backbone: bool) -> torch
         with sync:
             with autocast(run.device.type, run.precision):
                 logits = run.model(images)
-            loss = run.criterion(logits, masks) / len(micro_batches)
+            loss = run.criterion(logits, masks) * share[i] / len(micro_batches)
             run.scaler.scale(loss).backward()
         total += loss.detach()
     total = all_reduce_mean(total)
@@ -218,9 +222,9 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
         if fresh:
             log.warning("init_from %s: it has another number of classes; the classifier starts fresh (%s)",
                         config["init_from"], ", ".join(fresh))
-    sync_bn = settings.sync_bn if settings.sync_bn is not None else world.world_size > 1 and device.type == "cuda"
-    if sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if settings.sync_bn if settings.sync_bn is not None else world.world_size > 1:
+        # torch's SyncBatchNorm (fast CUDA kernels) on GPUs; our all-reduce version elsewhere (gloo on CPU)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else convert_to_global_bn(model)
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -22,6 +22,11 @@ class Decoder(nn.Module):
             conv3x3_bn_relu(channels, channels, separable=separable))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
+    def reset_classifier(self) -> None:
+        """Small initial logits: the loss starts near log(num_classes) and early gradients stay moderate."""
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
+
     def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         low = self.reduce(low)
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)

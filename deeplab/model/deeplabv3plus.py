@@ -66,6 +66,7 @@ def build_model(*, num_classes: int, output_stride: int = 16, separable: bool = 
                       low_level_channels=low_level_channels, channels=decoder_channels, separable=separable)
     init_head(aspp)
     init_head(decoder)
+    decoder.reset_classifier()
     if backbone_weights is not None:
         source = load_backbone_weights(backbone, backbone_weights)
         log.info("backbone weights loaded from %s", source)
