@@ -5,12 +5,13 @@ from collections.abc import Callable, Mapping, Sequence
 from deeplab.data.dataset import DataError, SegmentationDataset, read_image, read_mask
 from deeplab.data.cityscapes import cityscapes_samples
 from deeplab.data.coco import coco_samples
+from deeplab.data.demo import demo_samples
 from deeplab.data.folder import folder_samples
 from deeplab.data.voc import voc_samples
 
 # format name -> function(*, root, split, **format options) -> [(image path, mask path), ...]
 FORMATS: dict[str, Callable] = {"voc": voc_samples, "folder": folder_samples, "coco": coco_samples,
-                                "cityscapes": cityscapes_samples}
+                                "cityscapes": cityscapes_samples, "demo": demo_samples}
 
 
 def build_dataset(*, split: str, format: str, root: str, num_classes: int, transform: Callable | None = None,
