@@ -79,3 +79,14 @@ def test_run_dirs_are_dated_and_sweeps_get_their_own():
     assert cfg.hydra.run.dir.startswith("outputs/train/")
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
     assert sweep["dir"].startswith("outputs/multirun/") and sweep["subdir"] == "${hydra.job.num}"
+
+
+def test_the_demo_recipe_applies_to_the_demo_only():
+    demo = OmegaConf.to_container(compose("train", []), resolve=True)
+    assert demo["dataset"]["format"] == "demo" and demo["trainer"]["iterations"] == 900
+    assert demo["optim"]["name"] == "adamw" and demo["model"]["separable"] is True
+    voc = OmegaConf.to_container(compose("train", ["dataset=voc"]), resolve=True)
+    assert voc["trainer"]["iterations"] == 30000 and voc["optim"]["name"] == "sgd"
+    assert voc["augment"]["crop_size"] == [513, 513] and voc["model"]["width_mult"] == 1.0
+    for name in ("evaluate", "check"):  # the other entry points compose the demo dataset without its recipe
+        assert compose(name, ["dataset=demo"]).dataset.format == "demo"

@@ -23,7 +23,7 @@ def test_generation_is_deterministic_byte_for_byte(tmp_path):
 
 
 def test_layout_labels_and_borders(tmp_path):
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs/dataset/demo.yaml"))["dataset"]
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs/dataset/demo.yaml"))
     assert cfg["class_names"] == CLASS_NAMES and cfg["num_classes"] == len(CLASS_NAMES)
     cfg.update(root=str(tmp_path), **SMALL)
     for split in ("train", "val"):

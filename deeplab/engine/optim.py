@@ -10,7 +10,8 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, backbone_lr_mult:
                     **kwargs) -> torch.optim.Optimizer:
     """SGD or AdamW over two groups: the backbone (at lr * backbone_lr_mult) and the head (at lr).
 
-    `kwargs` go to the torch optimizer (momentum, weight_decay, nesterov, betas...), so a misspelt key fails there.
+    `kwargs` go to the torch optimizer (momentum, weight_decay, nesterov, betas...), so a misspelt key fails there;
+    keys set to None are left out, so one config schema can list every optimizer's options.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
@@ -18,7 +19,7 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, backbone_lr_mult:
     head = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     groups = [{"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"},
               {"params": head, "lr": lr, "name": "head"}]
-    return OPTIMIZERS[name](groups, lr=lr, **kwargs)
+    return OPTIMIZERS[name](groups, lr=lr, **{k: v for k, v in kwargs.items() if v is not None})
 
 
 def poly_factor(iteration: int, *, total: int, power: float = 0.9, warmup_iters: int = 0,
