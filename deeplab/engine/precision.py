@@ -1,10 +1,17 @@
-"""One code path for mixed and full precision: an autocast context and a GradScaler, each enabled or not."""
+"""Device and precision: one code path for mixed and full precision (autocast and GradScaler, enabled or not)."""
 
 import contextlib
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' -> the GPU when there is one, else the CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -21,7 +21,7 @@ from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.tracking import RunLogger
 from deeplab.engine.optim import build_optimizer, build_scheduler
-from deeplab.engine.precision import autocast, grad_scaler, resolve_precision
+from deeplab.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision
 from deeplab.losses import SegmentationLoss
 from deeplab.model import build_model
 from deeplab.visualization import palette_array
@@ -236,8 +236,7 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
     torch.manual_seed(config["seed"])
     torch.use_deterministic_algorithms(settings.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not settings.deterministic
-    device = torch.device("cuda" if settings.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if settings.device == "auto" else settings.device)
+    device = resolve_device(settings.device)
     world = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)

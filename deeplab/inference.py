@@ -1,0 +1,119 @@
+"""Inference: a model rebuilt from its checkpoint, test-time augmentation, sliding windows, and `Predictor`."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplab.engine.checkpoint import load_checkpoint, load_model_weights
+from deeplab.engine.precision import autocast, resolve_device, resolve_precision
+from deeplab.model import build_model
+
+
+def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                          output_stride: int | None = None) -> tuple[nn.Module, dict]:
+    """The model a checkpoint describes (its own saved config), with its weights, in eval mode; and that config."""
+    state = load_checkpoint(path)
+    config = state["config"]
+    model = build_model(**{**config["model"], "backbone_weights": None})
+    load_model_weights(model, state["model"], source=str(path))
+    if output_stride:
+        model.set_output_stride(output_stride)
+    return model.eval().to(device), config
+
+
+def _windows(length: int, window: int, stride: int) -> list[int]:
+    """Window starts covering [0, length): regular steps, the last one flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+def sliding_logits(model: nn.Module, images: torch.Tensor, *, window: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+    """Logits of an image larger than `window`, averaged over overlapping tiles (e.g. Cityscapes at 1024x2048)."""
+    n, _, height, width = images.shape
+    logits = counts = None
+    for top in _windows(height, window[0], stride[0]):
+        for left in _windows(width, window[1], stride[1]):
+            tile = images[:, :, top:top + window[0], left:left + window[1]]
+            out = model(tile).float()
+            if logits is None:
+                logits = out.new_zeros(n, out.shape[1], height, width)
+                counts = out.new_zeros(1, 1, height, width)
+            logits[:, :, top:top + tile.shape[2], left:left + tile.shape[3]] += out
+            counts[:, :, top:top + tile.shape[2], left:left + tile.shape[3]] += 1
+    return logits / counts
+
+
+@torch.inference_mode()
+def predict_probs(model: nn.Module, images: torch.Tensor, *, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  window: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                  precision: str = "fp32") -> torch.Tensor:
+    """Class probabilities (N, C, H, W) of normalised images, averaged over scales and (optionally) flips."""
+    height, width = images.shape[-2:]
+    total, count = None, 0
+    for scale in scales:
+        scaled = images if scale == 1.0 else F.interpolate(
+            images, scale_factor=scale, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+        for flipped in ((False, True) if flip else (False,)):
+            batch = scaled.flip(-1) if flipped else scaled
+            with autocast(images.device.type, precision):
+                logits = sliding_logits(model, batch, window=window, stride=stride or window) if window \
+                    else model(batch)
+            logits = logits.float().flip(-1) if flipped else logits.float()
+            if logits.shape[-2:] != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)
+            total, count = (probs if total is None else total + probs), count + 1
+    return total / count
+
+
+class Predictor:
+    """Label maps for RGB uint8 images of any size, for embedding a trained model in other code.
+
+    >>> predictor = Predictor.from_checkpoint("outputs/train/<run>/best.pt", device="cpu")
+    >>> labels = predictor.predict(rgb_uint8_array)          # (H, W) class indices
+    >>> labels, probs = predictor.predict(rgb, return_probs=True)  # probs: (C, H, W) float32
+    """
+
+    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
+                 palette: Sequence[Sequence[int]] | None = None, device: str | torch.device = "cpu",
+                 scales: Sequence[float] = (1.0,), flip: bool = False, window: Sequence[int] | None = None,
+                 stride: Sequence[int] | None = None, precision: str = "fp32") -> None:
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
+        self.class_names, self.palette = list(class_names), palette
+        self.tta = dict(scales=tuple(scales), flip=flip, window=window, stride=stride,
+                        precision=resolve_precision(precision, self.device.type))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,
+                        **tta) -> "Predictor":
+        """Rebuild the model from the checkpoint's own config; nothing else is needed."""
+        model, config = model_from_checkpoint(path, device=resolve_device(device), output_stride=output_stride)
+        data = config["dataset"]
+        return cls(model, mean=data["mean"], std=data["std"], class_names=data["class_names"],
+                   palette=data.get("palette"), device=device, **tta)
+
+    def normalise(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Same-size RGB uint8 (H, W, 3) arrays -> a normalised float (N, 3, H, W) batch on the device."""
+        batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
+        return (batch - self.mean) / self.std
+
+    def predict_batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Probabilities (N, C, H, W) for same-size RGB uint8 images."""
+        return predict_probs(self.model, self.normalise(images), **self.tta)
+
+    def predict(self, image: np.ndarray, *, return_probs: bool = False):
+        """The (H, W) label map of one RGB uint8 image; with return_probs, also its (C, H, W) probabilities."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 (H, W, 3) array, got {image.dtype} {image.shape}")
+        probs = self.predict_batch([image])[0]
+        labels = probs.argmax(0).to(torch.uint8).cpu().numpy()
+        return (labels, probs.cpu().numpy()) if return_probs else labels
