@@ -110,7 +110,9 @@ def test_predict_over_a_nested_folder_with_odd_images(trained, tmp_path):
     assert not (photos / "x").exists()
 
 
-def test_bad_checkpoints_are_one_sentence(tmp_path):
+def test_bad_checkpoints_are_one_sentence(trained, tmp_path):
+    done = _cli("evaluate.py", f"checkpoint={trained[1]}", "dataset=folder", f"hydra.run.dir={tmp_path / 'ev2'}")
+    assert done.returncode == 1 and "checkpoint is for 21 classes but the dataset (folder) has 2" in done.stdout + done.stderr
     (tmp_path / "bad.pt").write_bytes(b"nonsense")
     done = _cli("evaluate.py", f"checkpoint={tmp_path / 'bad.pt'}", f"hydra.run.dir={tmp_path / 'ev'}")
     assert done.returncode == 1 and "bad.pt: not a readable deeplab checkpoint" in done.stdout + done.stderr

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deeplab.data import DataError, SegmentationDataset, build_dataset, read_mask
 from deeplab.data.transforms import eval_transform
+from deeplab.engine.checkpoint import CheckpointError
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
@@ -83,6 +84,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         raise DataError("predictions=DIR needs a dataset to score against: add dataset=<name> [dataset.root=...]")
     if cfg.data_root:
         data["root"] = cfg.data_root
+    if model is not None and model.num_classes != data["num_classes"]:
+        raise CheckpointError(f"{cfg.checkpoint}: checkpoint is for {model.num_classes} classes but the dataset "
+                              f"({data['format']}) has {data['num_classes']}; evaluate it on the data it was trained for")
     split = cfg.split or data["val_split"]
     dataset = build_dataset(split=split, **data, transform=eval_transform(mean=data["mean"], std=data["std"]))
     if model is not None:
