@@ -1,10 +1,15 @@
-"""Benchmarks, side by side in one run: `python -m deeplab.bench [section=...] [key=value ...]`.
+"""Benchmarks, side by side in one run: `python -m deeplab.bench [sections=[...]] [key=value ...]`.
 
-Every comparison interleaves its contenders round by round on the same inputs and reports ratios, because this
-kind of machine is shared and noisy: absolute times drift, ratios measured together hold.
+Every comparison interleaves its contenders round by round on the same inputs and reports ratios to the plain eager
+fp32 model, because this kind of machine is shared and noisy: absolute times drift, ratios measured together hold.
+Sections: model (parameters, FLOPs), inference (batch-1 latency per mode, label agreement with fp32, peak memory),
+train (images/s per training mode on the same batches, their loss curves, data time vs step time), loader
+(training-transform throughput against PIL + torchvision transforms).
 """
 
 import json
+import math
+import platform
 import random
 import statistics
 import tempfile
@@ -16,13 +21,21 @@ import cv2
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+from omegaconf import OmegaConf
 from PIL import Image
 
 from deeplab.data.dataset import read_image, read_mask
-from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transform
+from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from deeplab.engine.precision import cpu_has_fast_bf16, resolve_device
+from deeplab.inference import model_from_checkpoint
+from deeplab.model import build_model
+from deeplab.model.summary import summarize
+from deeplab.speed import (inference_mode, label_quality, peak_memory_mib, scratch_dir, split_samples, synchronize,
+                           training_step)
 
 
-def make_images(folder: Path, *, count: int, size: tuple[int, int] = (375, 500), seed: int = 0) -> list[tuple[Path, Path]]:
+def make_images(folder: Path, *, count: int, size: tuple[int, int] = (375, 500), seed: int = 0,
+                num_classes: int = 21) -> list[tuple[Path, Path]]:
     """VOC-sized JPEG + palette-PNG pairs with smooth content and noise, so decoding costs what photos cost."""
     rng = np.random.default_rng(seed)
     height, width = size
@@ -32,7 +45,7 @@ def make_images(folder: Path, *, count: int, size: tuple[int, int] = (375, 500),
         base = np.stack([(xx * (i + 1)) % 256, (yy * 2) % 256, (xx + yy) % 256], -1)
         image = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
         mask = np.zeros((height, width), np.uint8)
-        mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 1 + i % 20
+        mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 1 + i % (num_classes - 1)
         Image.fromarray(image).save(folder / f"{i}.jpg", quality=90)
         Image.fromarray(mask, mode="L").convert("P").save(folder / f"{i}.png")
         pairs.append((folder / f"{i}.jpg", folder / f"{i}.png"))
@@ -103,10 +116,161 @@ def format_loader(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run(cfg) -> dict:
-    """Run the configured sections, print their tables, and write the JSON next to the run if asked."""
+
+
+def _stats_ms(seconds: list[float]) -> dict:
+    ordered = sorted(seconds)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return {"median_ms": statistics.median(seconds) * 1000, "p10_ms": pick(0.1), "p90_ms": pick(0.9)}
+
+
+def bench_inference(model: torch.nn.Module, *, device: torch.device, size: tuple[int, int], modes: list[str],
+                    separable_modes: list[str], separable_model: torch.nn.Module | None, rounds: int, warmup: int,
+                    samples: list[tuple[torch.Tensor, torch.Tensor | None]], calibration: list[np.ndarray]) -> dict:
+    """Batch-1 latency of each mode (interleaved), its labels' agreement with eager fp32, mIoU and peak memory."""
+    modes = ["eager_fp32"] + [m for m in modes if m != "eager_fp32"]
+    with scratch_dir() as work:
+        forwards, precisions = {}, {}
+        for prefix, net, names in (("", model, modes), ("separable_", separable_model, separable_modes)):
+            for name in names if net is not None else []:
+                (work / f"{prefix}{name}").mkdir()
+                forwards[prefix + name], precisions[prefix + name] = inference_mode(
+                    name, net, device=device, workdir=work / f"{prefix}{name}", calibration=calibration)
+        x = samples[0][0] if samples[0][0].shape[-2:] == size else _timing_input(size)
+        # peak memory of the first call: it includes what a mode allocates once (ONNX Runtime's arena, caches)
+        memory = {n: peak_memory_mib(lambda f=f: f(x), device) for n, f in forwards.items()}
+        for forward in forwards.values():
+            for _ in range(warmup):
+                forward(x)
+        times = interleaved({n: (lambda f=f: (f(x), synchronize(device))) for n, f in forwards.items()}, rounds=rounds)
+        base = statistics.median(times["eager_fp32"])
+        results = {n: {"precision": precisions[n], **_stats_ms(t), "speedup": base / statistics.median(t),
+                       "peak_memory_mib": memory[n]} for n, t in times.items()}
+        for name in modes:
+            results[name].update(label_quality(forwards[name], forwards["eager_fp32"], samples, model.num_classes))
+    return {"size": list(size), "rounds": rounds, "samples": len(samples), "modes": results}
+
+
+def _timing_input(size: tuple[int, int]) -> torch.Tensor:
+    """A photo-like normalised (1, 3, H, W) image."""
+    with tempfile.TemporaryDirectory() as folder:
+        (image, _), = make_images(Path(folder), count=1, size=size)
+        return eval_transform()(read_image(image), np.zeros(size, np.uint8))[0][None]
+
+
+def bench_train(model: torch.nn.Module, *, device: torch.device, modes: list[str], batch_size: int, crop: int,
+                steps: int, warmup: int, lr: float) -> dict:
+    """Images/s of each training mode, stepping in turn on the same batches from the same initial weights."""
+    modes = ["eager_fp32"] + [m for m in modes if m != "eager_fp32"]
+    transform = train_transform(crop_size=crop)
+    batches, start = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        pairs = make_images(Path(folder), count=batch_size * 2, num_classes=model.num_classes)
+        for i in range(warmup + steps):
+            chosen = [pairs[(i * batch_size + j) % len(pairs)] for j in range(batch_size)]
+            samples = [transform(read_image(a), read_mask(b, num_classes=model.num_classes)) for a, b in chosen]
+            batches.append(tuple(torch.stack(t) for t in zip(*samples)))
+    data_s = (time.perf_counter() - start) / len(batches)
+    stepper = {name: training_step(name, model, device=device, lr=lr) for name in modes}
+    losses = {name: [] for name in modes}
+    times = {name: [] for name in modes}
+    for i, batch in enumerate(batches):
+        for name in modes if i % 2 == 0 else reversed(modes):
+            begin = time.perf_counter()
+            losses[name].append(stepper[name](*batch))
+            synchronize(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - begin)
+    base = statistics.median(times["eager_fp32"])
+    half = len(batches) // 2
     results = {}
-    if "loader" in cfg.sections:
+    for name in modes:
+        step_s = statistics.median(times[name])
+        gap = np.abs(np.subtract(losses[name][half:], losses["eager_fp32"][half:])).mean()
+        results[name] = {"precision": stepper[name].precision, "median_step_s": step_s,
+                         "images_per_s": batch_size / step_s, "speedup": base / step_s, "losses": losses[name],
+                         "loss_gap_vs_fp32": float(gap / np.mean(losses["eager_fp32"][half:])),
+                         "peak_memory_mib": peak_memory_mib(lambda n=name: stepper[n](*batches[-1]), device)}
+    fast = results.get("fast", results["eager_fp32"])["median_step_s"]
+    return {"batch_size": batch_size, "crop": crop, "steps": steps, "warmup": warmup, "modes": results,
+            "data_s_per_batch_one_worker": data_s, "workers_to_keep_fed": math.ceil(data_s / fast)}
+
+
+def format_inference(result: dict) -> str:
+    h, w = result["size"]
+    lines = [f"inference at {h}x{w}, batch 1 ({result['rounds']} interleaved rounds; agreement and mIoU over "
+             f"{result['samples']} image(s)):",
+             f"  {'mode':<28}{'prec':>6}{'median ms':>11}{'p10-p90 ms':>15}{'vs eager':>9}{'agree':>9}"
+             f"{'mIoU':>8}{'peak MiB':>10}"]
+    for name, r in result["modes"].items():
+        agree = f"{r['agreement'] * 100:.2f}%" if "agreement" in r else "-"
+        miou = f"{r['mIoU']:.4f}" if r.get("mIoU") is not None else "-"
+        memory = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else "-"
+        lines.append(f"  {name:<28}{r['precision']:>6}{r['median_ms']:>11.1f}{r['p10_ms']:>7.1f}-{r['p90_ms']:<7.1f}"
+                     f"{r['speedup']:>8.2f}x{agree:>9}{miou:>8}{memory:>10}")
+    return "\n".join(lines)
+
+
+def format_train(result: dict) -> str:
+    lines = [f"training at batch {result['batch_size']}, crop {result['crop']} ({result['steps']} interleaved steps "
+             f"after {result['warmup']} warm-up, same batches and initial weights):",
+             f"  {'mode':<14}{'prec':>6}{'s/step':>9}{'img/s':>8}{'vs eager':>9}{'loss gap':>10}{'peak MiB':>10}"
+             f"   loss curve"]
+    for name, r in result["modes"].items():
+        memory = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else "-"
+        curve = " ".join(f"{v:.3f}" for v in r["losses"])
+        lines.append(f"  {name:<14}{r['precision']:>6}{r['median_step_s']:>9.3f}{r['images_per_s']:>8.2f}"
+                     f"{r['speedup']:>8.2f}x{r['loss_gap_vs_fp32'] * 100:>9.1f}%{memory:>10}   {curve}")
+    lines.append(f"  data: {result['data_s_per_batch_one_worker']:.3f} s per batch for one worker; "
+                 f"{result['workers_to_keep_fed']} worker(s) keep the fastest step fed")
+    return "\n".join(lines)
+
+
+def bench_models(cfg, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module | None, dict | None]:
+    """The model under test (a checkpoint's, or built from cfg.model), its separable twin, and the checkpoint config."""
+    if cfg.get("checkpoint"):
+        model, config = model_from_checkpoint(cfg.checkpoint, device=device)
+        model_cfg = {**config["model"], "backbone_weights": None}
+    else:
+        model_cfg, config = OmegaConf.to_container(cfg.model, resolve=True), None
+        model = build_model(**model_cfg).eval().to(device)
+    separable = build_model(**{**model_cfg, "separable": True}).eval().to(device) \
+        if cfg.inference.separable_modes and not model_cfg.get("separable") else None
+    return model, separable, config
+
+
+def run(cfg) -> dict:
+    """Run the configured sections, print their tables, and write the JSON if asked."""
+    device = resolve_device(cfg.get("device", "auto"))
+    results = {}
+    results["device"] = {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                         else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                         "native_bf16": cpu_has_fast_bf16() if device.type == "cpu" else None}
+    sections = list(cfg.sections)
+    if {"model", "inference", "train"} & set(sections):
+        model, separable, config = bench_models(cfg, device)
+        size = tuple(cfg.inference.size)
+    if "model" in sections:
+        results["model"] = {**summarize(model.cpu(), *size), "size": list(size)}
+        model.to(device)
+        print(f"model: {results['model']['total']:,} parameters, {results['model']['gflops']:.1f} GFLOPs at "
+              f"{size[0]}x{size[1]}")
+    if "inference" in sections:
+        c = cfg.inference
+        if config:
+            samples = split_samples(config["dataset"], "val_split", c.quality_images)
+            calibration = [x.numpy() for x, _ in split_samples(config["dataset"], "train_split", c.calibration_images)]
+        else:
+            samples = [(_timing_input(size), None)]
+            calibration = [_timing_input(size).numpy() for _ in range(c.calibration_images)]
+        results["inference"] = bench_inference(
+            model, device=device, size=size, modes=list(c.modes), separable_modes=list(c.separable_modes),
+            separable_model=separable, rounds=c.rounds, warmup=c.warmup, samples=samples, calibration=calibration)
+        print(format_inference(results["inference"]))
+    if "train" in sections:
+        results["train"] = bench_train(model, device=device, **OmegaConf.to_container(cfg.train, resolve=True))
+        print(format_train(results["train"]))
+    if "loader" in sections:
         results["loader"] = bench_loader(**cfg.loader)
         print(format_loader(results["loader"]))
     if cfg.json:

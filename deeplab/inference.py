@@ -11,18 +11,45 @@ from torch import nn
 from deeplab.engine.checkpoint import load_checkpoint, load_model_weights
 from deeplab.engine.precision import autocast, resolve_device, resolve_precision
 from deeplab.model import build_model
+from deeplab.model.fuse import fold_batchnorm
 
 
-def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                          output_stride: int | None = None) -> tuple[nn.Module, dict]:
-    """The model a checkpoint describes (its own saved config), with its weights, in eval mode; and that config."""
+def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", fold_bn: bool = True,
+                          channels_last: bool = True, compile: bool = False) -> nn.Module:
+    """The fast inference form of a model: BatchNorm folded into the convs, channels_last weights, eval mode.
+
+    fp32 results match the unfolded model to float rounding (1e-4); precision (bf16/fp16 autocast) is chosen
+    separately, per call. The input model is left as it was.
+    """
+    model = fold_batchnorm(model) if fold_bn else model.eval()
+    model = model.to(resolve_device(device))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return torch.compile(model, dynamic=True) if compile else model
+
+
+def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,
+                          fast: bool = False, compile: bool = False) -> tuple[nn.Module, dict]:
+    """The model a checkpoint describes (its own saved config), with its weights, in eval mode; and that config.
+
+    fast=True returns it prepared for inference (`prepare_for_inference`: folded BN, channels_last).
+    """
     state = load_checkpoint(path)
     config = state["config"]
     model = build_model(**{**config["model"], "backbone_weights": None})
     load_model_weights(model, state["model"], source=str(path))
     if output_stride:
         model.set_output_stride(output_stride)
+    if fast:
+        return prepare_for_inference(model, device=device, compile=compile), config
     return model.eval().to(device), config
+
+
+def is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's first conv holds channels_last weights (then inputs should be channels_last too)."""
+    weight = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return weight is not None and weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) \
+        and not weight.is_contiguous()
 
 
 def _windows(length: int, window: int, stride: int) -> list[int]:
@@ -55,6 +82,8 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, scales: Sequence[fl
                   precision: str = "fp32") -> torch.Tensor:
     """Class probabilities (N, C, H, W) of normalised images, averaged over scales and (optionally) flips."""
     height, width = images.shape[-2:]
+    if is_channels_last(model):
+        images = images.contiguous(memory_format=torch.channels_last)
     total, count = None, 0
     for scale in scales:
         scaled = images if scale == 1.0 else F.interpolate(
@@ -83,7 +112,7 @@ class Predictor:
     def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
                  palette: Sequence[Sequence[int]] | None = None, device: str | torch.device = "cpu",
                  scales: Sequence[float] = (1.0,), flip: bool = False, window: Sequence[int] | None = None,
-                 stride: Sequence[int] | None = None, precision: str = "fp32") -> None:
+                 stride: Sequence[int] | None = None, precision: str = "auto") -> None:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
@@ -94,9 +123,14 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,
-                        **tta) -> "Predictor":
-        """Rebuild the model from the checkpoint's own config; nothing else is needed."""
-        model, config = model_from_checkpoint(path, device=resolve_device(device), output_stride=output_stride)
+                        fast: bool = True, compile: bool = False, **tta) -> "Predictor":
+        """Rebuild the model from the checkpoint's own config; nothing else is needed.
+
+        fast (default): folded BN + channels_last, and precision="auto" (bf16 on CPUs with native bf16, fp16 on
+        CUDA, else fp32); fast=False, precision="fp32" is the plain model.
+        """
+        model, config = model_from_checkpoint(path, device=resolve_device(device), output_stride=output_stride,
+                                              fast=fast, compile=compile)
         data = config["dataset"]
         return cls(model, mean=data["mean"], std=data["std"], class_names=data["class_names"],
                    palette=data.get("palette"), device=device, **tta)

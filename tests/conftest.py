@@ -77,3 +77,14 @@ def tiny_train_overrides(root: Path, out: Path, iterations: int = 3) -> list[str
             "trainer.batch_size=4", "trainer.val_every=2", "trainer.checkpoint_every=2", "trainer.log_every=1",
             "trainer.num_workers=0", "trainer.precision=fp32", "augment.crop_size=[64,64]",
             "model.separable=true", "optim.lr=0.002"]
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny VOC-layout dataset and a checkpoint trained on it for 2 iterations."""
+    from deeplab.engine.trainer import train
+
+    tmp = tmp_path_factory.mktemp("inference")
+    tree = make_voc_tree(tmp / "VOC", n_train=4, n_val=3, size=(48, 64))
+    train(compose("train", ["dataset=voc", *tiny_train_overrides(tree, tmp / "outputs", iterations=2)]), tmp / "run")
+    return tree, tmp / "run" / "last.pt"

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from omegaconf import OmegaConf
 
 from deeplab.bench import bench_loader, interleaved, run
@@ -32,3 +33,46 @@ def test_both_loader_pipelines_produce_the_same_kind_of_sample(tmp_path):
         assert tensor.shape == (3, 64, 64) and tensor.dtype.is_floating_point
         assert target.shape == (64, 64) and set(target.unique().tolist()) <= {0, 1, 255}
     assert bench_loader.__doc__
+
+
+def _tiny_bench(tmp_path, **changes):
+    from conftest import compose
+
+    cfg = compose("bench", [f"json={tmp_path / 'bench.json'}", "device=cpu", "model.num_classes=4",
+                            "model.separable=true", "model.width_mult=0.5", "inference.size=[64,64]",
+                            "inference.rounds=2", "inference.warmup=1", "inference.calibration_images=2",
+                            "inference.separable_modes=[]", "train.batch_size=2", "train.crop=64", "train.steps=2",
+                            "train.warmup=1", "loader.crop=64", "loader.images=2", "loader.rounds=1",
+                            *[f"{k}={v}" for k, v in changes.items()]])
+    run(cfg)
+    return json.loads((tmp_path / "bench.json").read_text())
+
+
+def test_every_section_runs_end_to_end_and_its_json_has_every_field(tmp_path, capsys):
+    result = _tiny_bench(tmp_path)
+    assert set(result) == {"device", "model", "inference", "train", "loader"}
+    assert result["model"]["total"] > 0 and result["model"]["gflops"] > 0
+    modes = result["inference"]["modes"]
+    assert list(modes) == ["eager_fp32", "folded_fp32", "fast", "onnxruntime", "onnxruntime_int8"]
+    for name, r in modes.items():
+        assert {"precision", "median_ms", "p10_ms", "p90_ms", "speedup", "peak_memory_mib", "agreement",
+                "max_abs_logit_diff", "mIoU"} <= set(r), name
+        assert r["median_ms"] > 0 and 0 <= r["agreement"] <= 1
+    assert modes["eager_fp32"]["speedup"] == 1.0 and modes["eager_fp32"]["agreement"] == 1.0
+    assert modes["folded_fp32"]["max_abs_logit_diff"] < 1e-4 and modes["onnxruntime"]["max_abs_logit_diff"] < 1e-3
+    train = result["train"]
+    assert set(train["modes"]) == {"eager_fp32", "fast"} and train["workers_to_keep_fed"] >= 1
+    for r in train["modes"].values():
+        assert len(r["losses"]) == 3 and r["images_per_s"] > 0 and r["loss_gap_vs_fp32"] >= 0
+    assert train["modes"]["eager_fp32"]["losses"][0] == train["modes"]["fast"]["losses"][0] or \
+        abs(train["modes"]["eager_fp32"]["losses"][0] - train["modes"]["fast"]["losses"][0]) < 0.05
+    out = capsys.readouterr().out
+    assert "vs eager" in out and "ours / PIL" in out and "loss curve" in out
+
+
+def test_a_checkpoint_gives_agreement_and_miou_on_its_own_val_images(tmp_path, trained):
+    result = _tiny_bench(tmp_path, checkpoint=trained[1], sections="[inference]",
+                         **{"inference.modes": "[eager_fp32,fast]", "inference.quality_images": 2})
+    modes = result["inference"]["modes"]
+    assert result["inference"]["samples"] == 2
+    assert modes["fast"]["mIoU"] == pytest.approx(modes["eager_fp32"]["mIoU"], abs=0.02)

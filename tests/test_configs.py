@@ -83,7 +83,7 @@ def test_run_dirs_are_dated_and_sweeps_get_their_own():
 
 def test_the_demo_recipe_applies_to_the_demo_only():
     demo = OmegaConf.to_container(compose("train", []), resolve=True)
-    assert demo["dataset"]["format"] == "demo" and demo["trainer"]["iterations"] == 900
+    assert demo["dataset"]["format"] == "demo" and demo["trainer"]["iterations"] == 1100
     assert demo["optim"]["name"] == "adamw" and demo["model"]["separable"] is True
     voc = OmegaConf.to_container(compose("train", ["dataset=voc"]), resolve=True)
     assert voc["trainer"]["iterations"] == 30000 and voc["optim"]["name"] == "sgd"

@@ -7,18 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, compose, make_voc_tree, tiny_train_overrides
-from deeplab.engine.trainer import train
+from conftest import REPO
 from deeplab.inference import Predictor, model_from_checkpoint, predict_probs
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny VOC-layout dataset and a checkpoint trained on it for 2 iterations."""
-    tmp = tmp_path_factory.mktemp("inference")
-    tree = make_voc_tree(tmp / "VOC", n_train=4, n_val=3, size=(48, 64))
-    train(compose("train", ["dataset=voc", *tiny_train_overrides(tree, tmp / "outputs", iterations=2)]), tmp / "run")
-    return tree, tmp / "run" / "last.pt"
 
 
 def test_predictor_labels_and_probabilities_for_any_size(trained):

@@ -15,7 +15,7 @@ from deeplab.engine.checkpoint import CheckpointError
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
-from deeplab.inference import model_from_checkpoint
+from deeplab.inference import is_channels_last, model_from_checkpoint
 from deeplab.metrics import ConfusionMatrix
 
 log = logging.getLogger("deeplab.evaluate")
@@ -72,7 +72,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     device = resolve_device(cfg.device)
     model = None
     if cfg.checkpoint:
-        model, config = model_from_checkpoint(cfg.checkpoint, device=device, output_stride=cfg.output_stride)
+        model, config = model_from_checkpoint(cfg.checkpoint, device=device, output_stride=cfg.output_stride,
+                                              fast=cfg.fast, compile=cfg.compile)
         data = config["dataset"]
     elif cfg.predictions:
         data = None
@@ -94,7 +95,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         loader = val_loader(dataset, rank=0, world_size=1, num_workers=cfg.num_workers, pin_memory=False)
         matrix, _ = evaluate(model, loader, num_classes=data["num_classes"], device=device,
                              ignore_index=data["ignore_index"], precision=resolve_precision(cfg.precision, device.type),
-                             tta=tta)
+                             channels_last=is_channels_last(model), tta=tta)
     else:
         matrix = score_predictions(dataset, cfg.predictions)
     metrics = matrix.compute()

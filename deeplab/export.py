@@ -1,0 +1,216 @@
+"""Deployment formats: `python -m deeplab.export checkpoint=PATH format=onnx|int8|pt2 output=FILE`.
+
+onnx: float32 ONNX (opset >= 17) with dynamic batch, height and width and BatchNorm folded, checked against PyTorch
+with ONNX Runtime. int8: the same graph statically quantized with ONNX Runtime (QDQ, per-channel weights), calibrated
+on training images. pt2: a `torch.export` ExportedProgram with the same dynamic dimensions.
+Every format keeps the model's contract: float (N, 3, H, W) images normalised with the dataset's mean/std in,
+(N, C, H, W) logits out.
+"""
+
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deeplab.model.fuse import fold_batchnorm
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+FORMATS = ("onnx", "int8", "pt2")
+
+
+class ExportError(ValueError):
+    """An export that cannot be done or did not verify: the message names the file and the problem."""
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool) -> Path:
+    """Write through a temp file in the same folder and os.replace it; never replace an existing file unasked."""
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:
+        raise ExportError(f"{path} exists; choose another output=FILE or set overwrite=true")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, overwrite: bool = False) -> Path:
+    """Fold BN and write a float32 ONNX model with dynamic batch, height and width (one self-contained file)."""
+    if opset < 17:
+        raise ExportError(f"opset {opset} is too old; use 17 or newer")
+    folded = fold_batchnorm(model).float().cpu()
+    sample = torch.randn(1, 3, 65, 97)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+            # The TorchScript-based exporter handles the data-dependent interpolate sizes of the decoder with
+            # dynamic H and W directly; it writes one file with the weights inside.
+            torch.onnx.export(folded, (sample,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                                            OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}})
+
+    return _atomic_write(Path(path), write, overwrite=overwrite)
+
+
+def ort_session(path: str | Path, *, threads: int | None = None):
+    """An ONNX Runtime CPU session with full graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def verify_onnx(path: str | Path, model: nn.Module, *, sizes: Sequence[Sequence[int]] = ((1, 65, 97), (2, 128, 96)),
+                atol: float = 1e-3, seed: int = 0) -> float:
+    """Largest |ONNX Runtime - PyTorch| logit difference over the given (batch, H, W); raises above `atol`."""
+    session = ort_session(path)
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    model = model.eval().float().cpu()
+    for batch, height, width in sizes:
+        images = torch.randn(batch, 3, height, width, generator=generator)
+        with torch.inference_mode():
+            expected = model(images).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ExportError(f"{path}: ONNX Runtime gives {got.shape} for input {tuple(images.shape)}, "
+                              f"PyTorch {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > atol:
+        raise ExportError(f"{path}: ONNX Runtime logits differ from PyTorch by {worst:.2e} (> {atol})")
+    return worst
+
+
+def quantize_onnx(float_path: str | Path, path: str | Path, calibration: Iterable[np.ndarray], *,
+                  overwrite: bool = False, reduce_range: bool | None = None) -> Path:
+    """Post-training static INT8 quantization with ONNX Runtime, calibrated on normalised (1, 3, H, W) images.
+
+    QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration. reduce_range (7-bit weights)
+    avoids the int16 saturation of AVX2's u8*s8 multiply on CPUs without VNNI; None picks it from the CPU.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calibration)
+
+        def get_next(self) -> dict | None:
+            item = next(self.items, None)
+            return None if item is None else {INPUT_NAME: np.ascontiguousarray(item, dtype=np.float32)}
+
+    if reduce_range is None:
+        reduce_range = not cpu_has_vnni()
+
+    def write(tmp: Path) -> None:
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per shared bias on the root
+        try:
+            with tempfile.TemporaryDirectory() as work:
+                prepared = Path(work) / "prepared.onnx"
+                quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+                quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+
+    return _atomic_write(Path(path), write, overwrite=overwrite)
+
+
+def cpu_has_vnni() -> bool:
+    """True where the CPU has AVX-512 VNNI or AVX-VNNI (int8 dot products without saturation)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def export_pt2(model: nn.Module, path: str | Path, *, overwrite: bool = False) -> Path:
+    """A torch.export ExportedProgram (BN folded) with dynamic batch, height and width; load with torch.export.load."""
+    folded = fold_batchnorm(model).float().cpu()
+    batch, height, width = (torch.export.Dim(n, min=lo, max=hi) for n, lo, hi in
+                            (("batch", 1, 1024), ("height", 32, 8192), ("width", 32, 8192)))
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.export.export(folded, (torch.randn(2, 3, 97, 129),),
+                                      dynamic_shapes={"x": {0: batch, 2: height, 3: width}})
+    return _atomic_write(Path(path), lambda tmp: torch.export.save(program, str(tmp)), overwrite=overwrite)
+
+
+def default_output(checkpoint: str | Path, fmt: str) -> Path:
+    """Beside the checkpoint: best.pt -> best.onnx, best.int8.onnx or best.pt2."""
+    return Path(checkpoint).with_suffix({"onnx": ".onnx", "int8": ".int8.onnx", "pt2": ".pt2"}[fmt])
+
+
+def run(cfg) -> Path:
+    """Export `checkpoint` in `format`, verify it, and (int8) compare its mIoU with the float model's."""
+    from deeplab.engine.checkpoint import CheckpointError
+    from deeplab.inference import model_from_checkpoint
+    from deeplab.speed import inference_mode, label_quality, ort_forward, split_samples
+
+    if not cfg.checkpoint:
+        raise CheckpointError("usage: python -m deeplab.export checkpoint=PATH [format=onnx|int8|pt2] [output=FILE]")
+    if cfg.format not in FORMATS:
+        raise ExportError(f"format={cfg.format}: choose one of {FORMATS}")
+    model, config = model_from_checkpoint(cfg.checkpoint, device="cpu")
+    output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, cfg.format)
+    data = config["dataset"]
+    print(f"{cfg.checkpoint}: {model.num_classes} classes; input: float32 N x 3 x H x W normalised with mean "
+          f"{data['mean']} and std {data['std']} (RGB, 0-1 scale); output: N x {model.num_classes} x H x W logits")
+    if cfg.format == "pt2":
+        export_pt2(model, output, overwrite=cfg.overwrite)
+    elif cfg.format == "onnx":
+        export_onnx(model, output, opset=cfg.opset, overwrite=cfg.overwrite)
+        if cfg.verify:
+            print(f"ONNX Runtime vs PyTorch: max |logit difference| {verify_onnx(output, model):.2e}")
+    else:
+        calibration = [x.numpy() for x, _ in split_samples(data, "train_split", cfg.calibration_images)]
+        with tempfile.TemporaryDirectory() as work:
+            float_path = export_onnx(model, Path(work) / "float.onnx", opset=cfg.opset)
+            quantize_onnx(float_path, output, calibration, overwrite=cfg.overwrite)
+        print(f"int8 model calibrated on {len(calibration)} images of split '{data['train_split']}'")
+        if cfg.verify:
+            samples = split_samples(data, "val_split", cfg.val_images)
+            eager, _ = inference_mode("eager_fp32", model, device=torch.device("cpu"), workdir=output.parent)
+            int8 = ort_forward(output)
+            float_q, int8_q = (label_quality(f, eager, samples, model.num_classes) for f in (eager, int8))
+            print(f"on {len(samples)} images of split '{data['val_split']}': mIoU float {float_q['mIoU']:.4f}, "
+                  f"int8 {int8_q['mIoU']:.4f} ({(int8_q['mIoU'] - float_q['mIoU']) * 100:+.2f} points); "
+                  f"{int8_q['agreement'] * 100:.2f}% of pixels labelled as the float model labels them")
+    print(f"written: {output}")
+    return output
+
+
+if __name__ == "__main__":
+    import sys
+
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
+    def _main(cfg) -> None:
+        from deeplab.engine.checkpoint import CheckpointError
+
+        try:
+            run(cfg)
+        except (CheckpointError, ExportError) as exc:  # the user's to fix: one clear message
+            logging.getLogger("deeplab.export").error("%s", exc)
+            sys.exit(1)
+
+    _main()

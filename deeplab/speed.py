@@ -1,0 +1,169 @@
+"""The inference and training modes the benchmark compares, each as a plain callable, and what they cost.
+
+Inference modes map a normalised float (N, 3, H, W) batch to float32 logits, so their speed and their labels can be
+compared on the same inputs. Training modes run one optimizer step and return the loss.
+"""
+
+import contextlib
+import copy
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deeplab.data import build_dataset
+from deeplab.data.transforms import eval_transform
+from deeplab.engine.precision import autocast, resolve_precision
+from deeplab.inference import prepare_for_inference
+from deeplab.losses import SegmentationLoss
+from deeplab.metrics import ConfusionMatrix
+
+INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast", "bf16", "compile", "onnxruntime", "onnxruntime_int8")
+TRAINING_MODES = ("eager_fp32", "fast", "bf16")
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _torch_forward(model: nn.Module, *, device: torch.device, precision: str, channels_last: bool) -> Forward:
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        images = images.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(device.type, precision):
+            return model(images).float()
+    return forward
+
+
+def ort_forward(path: Path) -> Forward:
+    """Logits of an exported ONNX model through ONNX Runtime's CPU provider."""
+    from deeplab.export import INPUT_NAME, OUTPUT_NAME, ort_session
+
+    session = ort_session(path)
+    return lambda images: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: images.cpu().numpy()})[0])
+
+
+def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir: Path,
+                   calibration: Iterable[np.ndarray] = ()) -> tuple[Forward, str]:
+    """The forward function of one inference mode, and what precision it runs in.
+
+    eager_fp32: the plain model as the peer repositories run it (NCHW, BN unfolded, fp32) - the baseline.
+    folded_fp32: BN folded + channels_last, fp32. fast: that with the default precision of evaluate.py and
+    predict.py (bf16 on CPUs with native bf16, fp16 on CUDA, else fp32). bf16: folded + channels_last + bf16
+    autocast. compile: fast + torch.compile. onnxruntime / onnxruntime_int8: the exported ONNX model, float or
+    statically quantized (calibrated on `calibration`), in ONNX Runtime's CPU provider.
+    """
+    model = model.eval()
+    if name == "eager_fp32":
+        return _torch_forward(model.to(device), device=device, precision="fp32", channels_last=False), "fp32"
+    if name in ("folded_fp32", "fast", "bf16", "compile"):
+        precision = {"folded_fp32": "fp32", "bf16": "bf16"}.get(name, resolve_precision("auto", device.type))
+        fast = prepare_for_inference(model, device=device, compile=name == "compile")
+        return _torch_forward(fast, device=device, precision=precision, channels_last=True), precision
+    if name in ("onnxruntime", "onnxruntime_int8"):
+        from deeplab.export import export_onnx, quantize_onnx
+
+        path = export_onnx(model.cpu(), workdir / "model.onnx", overwrite=True)
+        model.to(device)
+        if name == "onnxruntime_int8":
+            path = quantize_onnx(path, workdir / "model.int8.onnx", calibration, overwrite=True)
+        return ort_forward(path), "int8" if name.endswith("int8") else "fp32"
+    raise ValueError(f"unknown inference mode {name!r}; known: {INFERENCE_MODES}")
+
+
+def training_step(name: str, model: nn.Module, *, device: torch.device, lr: float = 0.01
+                  ) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """One SGD step (the VOC recipe's optimizer) of a training mode on its own copy of `model`; returns the loss.
+
+    eager_fp32: NCHW, fp32 (the baseline). fast: the trainer's defaults (channels_last, precision=auto).
+    bf16: channels_last + bf16 autocast.
+    """
+    if name not in TRAINING_MODES:
+        raise ValueError(f"unknown training mode {name!r}; known: {TRAINING_MODES}")
+    model = copy.deepcopy(model).to(device).train()
+    channels_last = name != "eager_fp32"
+    precision = {"eager_fp32": "fp32", "bf16": "bf16"}.get(name, resolve_precision("auto", device.type))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    criterion = SegmentationLoss().to(device)
+
+    def step(images: torch.Tensor, masks: torch.Tensor) -> float:
+        images, masks = images.to(device), masks.to(device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device.type, precision):
+            logits = model(images)
+        loss = criterion(logits.float(), masks)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.item()
+    step.precision = precision
+    return step
+
+
+def label_quality(forward: Forward, baseline: Forward, samples: list, num_classes: int) -> dict:
+    """Fraction of pixels labelled as eager fp32 labels them, largest logit difference, and mIoU where masks exist."""
+    same = total = 0
+    worst = 0.0
+    matrix = ConfusionMatrix(num_classes)
+    for images, mask in samples:
+        logits, reference = forward(images), baseline(images)
+        labels = logits.argmax(1)
+        same += int((labels == reference.argmax(1)).sum())
+        total += labels.numel()
+        worst = max(worst, float((logits - reference).abs().max()))
+        if mask is not None:
+            matrix.update(labels.cpu(), mask)
+    miou = matrix.compute()["mIoU"] if int(matrix.mat.sum()) else None
+    return {"agreement": same / total, "max_abs_logit_diff": worst, "mIoU": miou}
+
+
+def split_samples(data: dict, split: str, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `count` normalised full-resolution (1, 3, H, W) images and (1, H, W) masks of a dataset config's
+    `split` ("val_split" or "train_split")."""
+    dataset = build_dataset(split=data[split], **data, transform=eval_transform(mean=data["mean"], std=data["std"]))
+    return [(image[None], mask[None]) for image, mask in (dataset[i] for i in range(min(count, len(dataset))))]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory while `fn` runs, in MiB above what was in use before: CUDA allocator peak on GPUs, the
+    process's peak resident set (VmHWM, reset through /proc/self/clear_refs) on Linux CPUs, else None."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        before = _status_kib("VmRSS")
+        fn()
+        return (_status_kib("VmHWM") - before) / 1024
+    except OSError:
+        return None
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterable[Path]:
+    """A temporary folder for exported models, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="deeplab-bench-") as folder:
+        yield Path(folder)

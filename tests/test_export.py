@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from deeplab.export import ExportError, export_onnx, export_pt2, ort_session, quantize_onnx, verify_onnx
+from deeplab.model import build_model
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = build_model(num_classes=4, separable=True, width_mult=0.5)
+    for m in net.modules():  # BN statistics as after training, so folding is really exercised
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model, tmp_path_factory):
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def test_onnx_matches_pytorch_on_several_sizes_and_batches(model, onnx_file):
+    import onnx
+
+    proto = onnx.load(str(onnx_file))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert not any(n.op_type == "BatchNormalization" for n in proto.graph.node)  # folded
+    assert verify_onnx(onnx_file, model, sizes=[(1, 65, 97), (2, 128, 96), (1, 33, 200)]) < 1e-3
+
+
+def test_onnx_output_follows_the_model_contract(onnx_file):
+    out = ort_session(onnx_file).run(["logits"], {"images": np.zeros((3, 3, 70, 50), np.float32)})[0]
+    assert out.shape == (3, 4, 70, 50) and out.dtype == np.float32
+
+
+def test_export_never_overwrites_an_existing_file(model, tmp_path):
+    target = tmp_path / "mine.onnx"
+    target.write_bytes(b"a user's file")
+    with pytest.raises(ExportError, match="exists"):
+        export_onnx(model, target)
+    assert target.read_bytes() == b"a user's file"
+    assert not list(tmp_path.glob(".mine.onnx.*"))  # no temp file left behind
+
+
+def test_int8_model_runs_and_labels_like_the_float_model(model, onnx_file, tmp_path):
+    rng = np.random.default_rng(0)
+    calibration = [rng.normal(size=(1, 3, 64, 64)).astype(np.float32) for _ in range(4)]
+    path = quantize_onnx(onnx_file, tmp_path / "model.int8.onnx", calibration)
+    assert path.stat().st_size < onnx_file.stat().st_size / 2
+    x = rng.normal(size=(2, 3, 80, 72)).astype(np.float32)
+    got = ort_session(path).run(["logits"], {"images": x})[0]
+    assert got.shape == (2, 4, 80, 72) and np.isfinite(got).all()
+    labels = got.argmax(1)
+    assert labels.shape == (2, 80, 72) and labels.max() < 4
+
+
+def test_pt2_export_has_dynamic_batch_and_size(model, tmp_path):
+    path = export_pt2(model, tmp_path / "model.pt2")
+    program = torch.export.load(str(path)).module()
+    for shape in [(1, 3, 64, 64), (3, 3, 97, 65)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert (program(x) - model(x)).abs().max() < 1e-4
+
+
+def _export_cli(*args):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", "deeplab.export", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_export_command_writes_verified_onnx_int8_and_pt2_beside_nothing_of_the_users(trained, tmp_path):
+    _, checkpoint = trained
+    done = _export_cli(f"checkpoint={checkpoint}", f"output={tmp_path / 'm.onnx'}")
+    assert done.returncode == 0, done.stderr
+    assert "ONNX Runtime vs PyTorch: max |logit difference|" in done.stdout and (tmp_path / "m.onnx").is_file()
+    done = _export_cli(f"checkpoint={checkpoint}", "format=int8", f"output={tmp_path / 'm.int8.onnx'}",
+                       "calibration_images=2", "val_images=2")
+    assert done.returncode == 0, done.stderr
+    assert "mIoU float" in done.stdout and "int8" in done.stdout and (tmp_path / "m.int8.onnx").is_file()
+    done = _export_cli(f"checkpoint={checkpoint}", f"output={tmp_path / 'm.onnx'}")
+    assert done.returncode == 1 and "exists" in done.stdout + done.stderr
+    done = _export_cli(f"checkpoint={tmp_path / 'nothing.pt'}")
+    assert done.returncode == 1 and "no such checkpoint file" in done.stdout + done.stderr
