@@ -17,6 +17,8 @@ class ConfusionMatrix:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
         keep = target != self.ignore_index
+        if keep.any() and (pred[keep].min() < 0 or pred[keep].max() >= self.num_classes):
+            raise ValueError(f"predictions must be class indices 0-{self.num_classes - 1} on labelled pixels")
         index = target[keep].to(torch.int64) * self.num_classes + pred[keep].to(torch.int64)
         self.mat += torch.bincount(index, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
 

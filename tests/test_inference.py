@@ -73,7 +73,15 @@ def test_evaluate_and_score_saved_predictions_agree(trained, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
     assert scored["confusion_matrix"] == metrics["confusion_matrix"]
-    (tmp_path / "pred" / sorted(p.name for p in (tmp_path / "pred").iterdir())[0]).unlink()
+    first = tmp_path / "pred" / sorted(p.name for p in (tmp_path / "pred").iterdir())[0]
+    unlabelled = np.array(Image.open(first))
+    unlabelled[:2] = 255
+    Image.fromarray(unlabelled).save(first)
+    done = _cli("evaluate.py", f"predictions={tmp_path / 'pred'}", "dataset=voc", f"dataset.root={tree}",
+                f"hydra.run.dir={tmp_path / 'scored1'}")
+    assert done.returncode == 1 and f"{first.name}: {2 * unlabelled.shape[1]} pixel(s) hold the ignore value 255" \
+        in done.stdout + done.stderr
+    first.unlink()
     done = _cli("evaluate.py", f"predictions={tmp_path / 'pred'}", "dataset=voc", f"dataset.root={tree}",
                 f"hydra.run.dir={tmp_path / 'scored2'}")
     assert done.returncode == 1 and "missing prediction for" in done.stdout + done.stderr

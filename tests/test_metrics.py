@@ -50,3 +50,11 @@ def test_shape_mismatch_and_empty():
     with pytest.raises(ValueError, match="shape"):
         ConfusionMatrix(2).update(torch.zeros(2, 3), torch.zeros(3, 2))
     assert math.isnan(ConfusionMatrix(2).compute()["mIoU"])
+
+
+def test_predictions_outside_the_classes_are_refused_on_labelled_pixels():
+    matrix = ConfusionMatrix(3)
+    matrix.update(torch.tensor([0, 7, 2]), torch.tensor([0, 255, 2]))  # on an ignored pixel it does not matter
+    with pytest.raises(ValueError, match="class indices 0-2"):
+        matrix.update(torch.tensor([0, 255, 2]), torch.tensor([0, 1, 2]))
+    assert int(matrix.mat.sum()) == 2

@@ -32,6 +32,10 @@ def score_predictions(dataset: SegmentationDataset, folder: str | Path) -> Confu
         _, truth = dataset.load(index)
         pred = read_mask(path, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
                          palette=dataset.palette)
+        unlabelled = int((pred == dataset.ignore_index).sum())
+        if unlabelled:
+            raise DataError(f"{path}: {unlabelled} pixel(s) hold the ignore value {dataset.ignore_index}; a prediction "
+                            f"must give every pixel a class (0-{dataset.num_classes - 1})")
         if pred.shape != truth.shape:
             raise DataError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground truth "
                             f"{mask_path} is {truth.shape[1]}x{truth.shape[0]}")
