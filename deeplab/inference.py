@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab.engine.checkpoint import load_checkpoint, load_model_weights
+from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from deeplab.engine.precision import autocast, resolve_device, resolve_precision
 from deeplab.model import build_model
 from deeplab.model.fuse import fold_batchnorm
@@ -28,14 +28,48 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     return torch.compile(model, dynamic=True) if compile else model
 
 
+class OnnxModel(nn.Module):
+    """An exported model (`python -m deeplab.export`, float or int8) run by ONNX Runtime behind the model's interface:
+    normalised float (N, 3, H, W) in, (N, C, H, W) logits out, on the input's device."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        from deeplab.export import ort_session
+
+        self.path = Path(path)
+        try:
+            self.session = ort_session(self.path)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
+            raise CheckpointError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+        self.num_classes = int(self(torch.zeros(1, 3, 32, 32)).shape[1])  # the graph may leave C symbolic
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from deeplab.export import INPUT_NAME, OUTPUT_NAME
+
+        logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().cpu().contiguous().numpy()})[0]
+        return torch.from_numpy(logits).to(x.device)
+
+
 def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,
-                          fast: bool = False, compile: bool = False) -> tuple[nn.Module, dict]:
+                          fast: bool = False, compile: bool = False, onnx: str | Path | None = None
+                          ) -> tuple[nn.Module, dict]:
     """The model a checkpoint describes (its own saved config), with its weights, in eval mode; and that config.
 
-    fast=True returns it prepared for inference (`prepare_for_inference`: folded BN, channels_last).
+    fast=True returns it prepared for inference (`prepare_for_inference`: folded BN, channels_last). onnx=FILE runs
+    that exported model (ONNX Runtime, CPU) instead of the checkpoint's weights; the checkpoint still gives the
+    classes, mean/std and palette.
     """
     state = load_checkpoint(path)
     config = state["config"]
+    if onnx:
+        if output_stride:
+            raise CheckpointError(f"{onnx}: an exported model has a fixed output stride; export it again after "
+                                  "model.set_output_stride() instead of passing output_stride")
+        model = OnnxModel(onnx)
+        if model.num_classes != config["dataset"]["num_classes"]:
+            raise CheckpointError(f"{onnx}: ONNX model gives {model.num_classes} classes but the checkpoint {path} "
+                                  f"is for {config['dataset']['num_classes']}; export it from that checkpoint")
+        return model, config
     model = build_model(**{**config["model"], "backbone_weights": None})
     load_model_weights(model, state["model"], source=str(path))
     if output_stride:
@@ -123,14 +157,16 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,
-                        fast: bool = True, compile: bool = False, **tta) -> "Predictor":
+                        fast: bool = True, compile: bool = False, onnx: str | Path | None = None,
+                        **tta) -> "Predictor":
         """Rebuild the model from the checkpoint's own config; nothing else is needed.
 
         fast (default): folded BN + channels_last, and precision="auto" (bf16 on CPUs with native bf16, fp16 on
-        CUDA, else fp32); fast=False, precision="fp32" is the plain model.
+        CUDA, else fp32); fast=False, precision="fp32" is the plain model. onnx=FILE: an exported model (float or
+        int8, `python -m deeplab.export`) run by ONNX Runtime instead.
         """
         model, config = model_from_checkpoint(path, device=resolve_device(device), output_stride=output_stride,
-                                              fast=fast, compile=compile)
+                                              fast=fast, compile=compile, onnx=onnx)
         data = config["dataset"]
         return cls(model, mean=data["mean"], std=data["std"], class_names=data["class_names"],
                    palette=data.get("palette"), device=device, **tta)

@@ -91,3 +91,36 @@ def test_export_command_writes_verified_onnx_int8_and_pt2_beside_nothing_of_the_
     assert done.returncode == 1 and "exists" in done.stdout + done.stderr
     done = _export_cli(f"checkpoint={tmp_path / 'nothing.pt'}")
     assert done.returncode == 1 and "no such checkpoint file" in done.stdout + done.stderr
+
+
+def test_predictor_and_evaluate_run_an_exported_model(trained, tmp_path):
+    from deeplab.engine.checkpoint import CheckpointError
+    from deeplab.inference import Predictor
+
+    tree, checkpoint = trained
+    from deeplab.inference import model_from_checkpoint
+
+    model, _ = model_from_checkpoint(checkpoint)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    image = np.random.default_rng(1).integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    plain = Predictor.from_checkpoint(checkpoint, fast=False, precision="fp32")
+    onnx = Predictor.from_checkpoint(checkpoint, onnx=path)
+    labels, probs = onnx.predict(image, return_probs=True)
+    expected_labels, expected_probs = plain.predict(image, return_probs=True)
+    assert np.abs(probs - expected_probs).max() < 1e-4 and (labels == expected_labels).mean() > 0.999
+    assert onnx.predict_batch([image, image]).shape == (2, 21, 45, 61)
+    other = export_onnx(build_model(num_classes=3, separable=True), tmp_path / "other.onnx")
+    with pytest.raises(CheckpointError, match="gives 3 classes but the checkpoint"):
+        Predictor.from_checkpoint(checkpoint, onnx=other)
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="junk.onnx: not a readable ONNX model"):
+        Predictor.from_checkpoint(checkpoint, onnx=tmp_path / "junk.onnx")
+    from conftest import REPO
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "evaluate.py", f"checkpoint={checkpoint}", f"onnx={path}",
+                           f"data_root={tree}", f"hydra.run.dir={tmp_path / 'ev'}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "mIoU" in done.stdout and (tmp_path / "ev" / "metrics.json").is_file()

@@ -77,7 +77,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     model = None
     if cfg.checkpoint:
         model, config = model_from_checkpoint(cfg.checkpoint, device=device, output_stride=cfg.output_stride,
-                                              fast=cfg.fast, compile=cfg.compile)
+                                              fast=cfg.fast, compile=cfg.compile, onnx=cfg.onnx)
         data = config["dataset"]
     elif cfg.predictions:
         data = None

@@ -78,7 +78,8 @@ def run(cfg: DictConfig, output_dir: str | Path) -> int:
                         "(or set allow_inside_input=true)")
     predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
                                           scales=cfg.scales, flip=cfg.flip, window=cfg.window, stride=cfg.stride,
-                                          precision=cfg.precision, fast=cfg.fast, compile=cfg.compile)
+                                          precision=cfg.precision, fast=cfg.fast, compile=cfg.compile,
+                                          onnx=cfg.onnx)
     table = palette_array(predictor.palette)
     failed: list[str] = []
     with tqdm(total=len(paths), desc="predict", mininterval=1) as progress:
