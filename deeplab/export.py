@@ -8,7 +8,6 @@ Every format keeps the model's contract: float (N, 3, H, W) images normalised wi
 """
 
 import logging
-import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deeplab.engine.checkpoint import atomic_write
 from deeplab.model.fuse import fold_batchnorm
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -29,19 +29,11 @@ class ExportError(ValueError):
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool) -> Path:
-    """Write through a temp file in the same folder and os.replace it; never replace an existing file unasked."""
+    """Write through a temp file and os.replace (see atomic_write); never replace an existing file unasked."""
     path = Path(path).expanduser()
     if path.exists() and not overwrite:
         raise ExportError(f"{path} exists; choose another output=FILE or set overwrite=true")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return atomic_write(path, write)
 
 
 def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, overwrite: bool = False) -> Path:

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -26,6 +28,12 @@ def test_round_trip_and_atomic_replace(tmp_path, monkeypatch):
     assert load_checkpoint(path)["iteration"] == 1, "a failed write keeps the last good checkpoint"
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"], "no temp file left behind"
     assert find_latest(tmp_path) == path
+    umask = os.umask(0o022)
+    try:
+        save_checkpoint(path, _state(model, 3))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644, "readable like any new file, not mkstemp's owner-only 0600"
 
 
 def test_bad_files_give_one_clear_sentence(tmp_path):
@@ -59,8 +67,6 @@ def test_pickled_code_never_runs(tmp_path, monkeypatch):
     torch.save({"model": {}, "config": {}, "payload": Evil()}, path)
     with pytest.raises(CheckpointError, match="evil.pt: not a readable deeplab checkpoint"):
         load_checkpoint(path)
-    import os
-
     assert "PWNED" not in os.environ
 
 

@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,23 +15,33 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: the message is one sentence naming the file and the problem."""
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write `state` to `path` atomically: a temp file in the same folder, fsync, then os.replace.
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.
 
-    A crash or a kill mid-write leaves the previous file intact: the last good checkpoint is never lost.
+    A crash or a kill mid-write leaves the previous file intact. The file gets the permissions a new file would
+    (0666 less the umask), not mkstemp's owner-only 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **state}, f)
-            f.flush()
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write `state` to `path` atomically: the last good checkpoint is never lost to a crash mid-write."""
+    atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp))
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
