@@ -191,7 +191,7 @@ def bench_train(model: torch.nn.Module, *, device: torch.device, modes: list[str
                          "images_per_s": batch_size / step_s, "speedup": base / step_s, "losses": losses[name],
                          "loss_gap_vs_fp32": float(gap / np.mean(losses["eager_fp32"][half:])),
                          "peak_memory_mib": peak_memory_mib(lambda n=name: stepper[n](*batches[-1]), device)}
-    fast = results.get("fast", results["eager_fp32"])["median_step_s"]
+    fast = min(r["median_step_s"] for r in results.values())
     return {"batch_size": batch_size, "crop": crop, "steps": steps, "warmup": warmup, "modes": results,
             "data_s_per_batch_one_worker": data_s, "workers_to_keep_fed": math.ceil(data_s / fast)}
 
@@ -239,13 +239,23 @@ def bench_models(cfg, device: torch.device) -> tuple[torch.nn.Module, torch.nn.M
     return model, separable, config
 
 
+def cpu_name() -> str:
+    """The CPU model as Linux names it, else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run(cfg) -> dict:
     """Run the configured sections, print their tables, and write the JSON if asked."""
     device = resolve_device(cfg.get("device", "auto"))
-    results = {}
-    results["device"] = {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda"
-                         else platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                         "native_bf16": cpu_has_fast_bf16() if device.type == "cpu" else None}
+    results = {"device": {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda"
+                         else cpu_name(), "threads": torch.get_num_threads(),
+                         "native_bf16": cpu_has_fast_bf16() if device.type == "cpu" else None}}
     sections = list(cfg.sections)
     if {"model", "inference", "train"} & set(sections):
         model, separable, config = bench_models(cfg, device)
