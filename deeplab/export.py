@@ -154,8 +154,8 @@ def default_output(checkpoint: str | Path, fmt: str) -> Path:
 def run(cfg) -> Path:
     """Export `checkpoint` in `format`, verify it, and (int8) compare its mIoU with the float model's."""
     from deeplab.engine.checkpoint import CheckpointError
-    from deeplab.inference import model_from_checkpoint
-    from deeplab.speed import inference_mode, label_quality, ort_forward, split_samples
+    from deeplab.inference import OnnxModel, model_from_checkpoint
+    from deeplab.speed import inference_mode, label_quality, split_samples
 
     if not cfg.checkpoint:
         raise CheckpointError("usage: python -m deeplab.export checkpoint=PATH [format=onnx|int8|pt2] [output=FILE]")
@@ -181,7 +181,7 @@ def run(cfg) -> Path:
         if cfg.verify:
             samples = split_samples(data, "val_split", cfg.val_images)
             eager, _ = inference_mode("eager_fp32", model, device=torch.device("cpu"), workdir=output.parent)
-            int8 = ort_forward(output)
+            int8 = OnnxModel(output)
             float_q, int8_q = (label_quality(f, eager, samples, model.num_classes) for f in (eager, int8))
             print(f"on {len(samples)} images of split '{data['val_split']}': mIoU float {float_q['mIoU']:.4f}, "
                   f"int8 {int8_q['mIoU']:.4f} ({(int8_q['mIoU'] - float_q['mIoU']) * 100:+.2f} points); "

@@ -17,7 +17,7 @@ from torch import nn
 from deeplab.data import build_dataset
 from deeplab.data.transforms import eval_transform
 from deeplab.engine.precision import autocast, resolve_precision
-from deeplab.inference import prepare_for_inference
+from deeplab.inference import OnnxModel, prepare_for_inference
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
 
@@ -35,14 +35,6 @@ def _torch_forward(model: nn.Module, *, device: torch.device, precision: str, ch
         with torch.inference_mode(), autocast(device.type, precision):
             return model(images).float()
     return forward
-
-
-def ort_forward(path: Path) -> Forward:
-    """Logits of an exported ONNX model through ONNX Runtime's CPU provider."""
-    from deeplab.export import INPUT_NAME, OUTPUT_NAME, ort_session
-
-    session = ort_session(path)
-    return lambda images: torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: images.cpu().numpy()})[0])
 
 
 def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir: Path,
@@ -69,7 +61,7 @@ def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir
         model.to(device)
         if name == "onnxruntime_int8":
             path = quantize_onnx(path, workdir / "model.int8.onnx", calibration, overwrite=True)
-        return ort_forward(path), "int8" if name.endswith("int8") else "fp32"
+        return OnnxModel(path), "int8" if name.endswith("int8") else "fp32"
     raise ValueError(f"unknown inference mode {name!r}; known: {INFERENCE_MODES}")
 
 
