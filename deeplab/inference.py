@@ -12,19 +12,27 @@ from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_mod
 from deeplab.engine.precision import autocast, resolve_device, resolve_precision
 from deeplab.model import build_model
 from deeplab.model.fuse import fold_batchnorm
+from deeplab.model.fast_convs import use_fast_convs
 
 
 def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", fold_bn: bool = True,
-                          channels_last: bool = True, compile: bool = False) -> nn.Module:
-    """The fast inference form of a model: BatchNorm folded into the convs, channels_last weights, eval mode.
+                          channels_last: bool = True, fast_convs: bool = True, compile: bool = False) -> nn.Module:
+    """The fast inference form of a model: BatchNorm folded into the convs, channels_last weights, eval mode, and
+    on the CPU (fast_convs) the dense 3x3 decoder convs done with fewer multiplications when running in fp32: the
+    first at the ASPP output's resolution (UpsampleConcatConv), the second by Winograd F(6x6, 3x3).
 
     fp32 results match the unfolded model to float rounding (1e-4); precision (bf16/fp16 autocast) is chosen
-    separately, per call. The input model is left as it was.
+    separately, per call (under autocast those convs run as plain convs). The input model is left as it was.
     """
+    device = resolve_device(device)
     model = fold_batchnorm(model) if fold_bn else model.eval()
-    model = model.to(resolve_device(device))
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if fast_convs and device.type == "cpu" and not compile:
+        if not fold_bn:  # the rearranged weights are taken once, so they must be the final (folded) ones
+            raise ValueError("fast_convs=True needs fold_bn=True")
+        use_fast_convs(model)
     return torch.compile(model, dynamic=True) if compile else model
 
 
@@ -55,7 +63,8 @@ def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu
                           ) -> tuple[nn.Module, dict]:
     """The model a checkpoint describes (its own saved config), with its weights, in eval mode; and that config.
 
-    fast=True returns it prepared for inference (`prepare_for_inference`: folded BN, channels_last). onnx=FILE runs
+    fast=True returns it prepared for inference (`prepare_for_inference`: folded BN, channels_last, fewer-multiplication
+    decoder convs on the CPU). onnx=FILE runs
     that exported model (ONNX Runtime, CPU) instead of the checkpoint's weights; the checkpoint still gives the
     classes, mean/std and palette.
     """

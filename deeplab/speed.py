@@ -21,7 +21,8 @@ from deeplab.inference import OnnxModel, prepare_for_inference
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
 
-INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast", "bf16", "compile", "onnxruntime", "onnxruntime_int8")
+INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast_convs_fp32", "fast", "bf16", "compile", "onnxruntime",
+                   "onnxruntime_int8")
 TRAINING_MODES = ("eager_fp32", "fast", "bf16")
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -42,17 +43,21 @@ def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir
     """The forward function of one inference mode, and what precision it runs in.
 
     eager_fp32: the plain model as the peer repositories run it (NCHW, BN unfolded, fp32) - the baseline.
-    folded_fp32: BN folded + channels_last, fp32. fast: that with the default precision of evaluate.py and
-    predict.py (bf16 on CPUs with native bf16, fp16 on CUDA, else fp32). bf16: folded + channels_last + bf16
-    autocast. compile: fast + torch.compile. onnxruntime / onnxruntime_int8: the exported ONNX model, float or
+    folded_fp32: BN folded + channels_last, fp32. fast_convs_fp32: that with the decoder's dense 3x3 convs
+    done with fewer multiplications (CPU; `prepare_for_inference`). fast: what evaluate.py and predict.py run (folded
+    + channels_last + fast convs on the CPU, in the default precision: bf16 on CPUs with native bf16 - where the fast
+    convs step aside - fp16 on CUDA, else fp32). bf16: folded + channels_last + bf16 autocast. compile: folded + channels_last +
+    torch.compile in the default precision. onnxruntime / onnxruntime_int8: the exported ONNX model, float or
     statically quantized (calibrated on `calibration`), in ONNX Runtime's CPU provider.
     """
     model = model.eval()
     if name == "eager_fp32":
         return _torch_forward(model.to(device), device=device, precision="fp32", channels_last=False), "fp32"
-    if name in ("folded_fp32", "fast", "bf16", "compile"):
-        precision = {"folded_fp32": "fp32", "bf16": "bf16"}.get(name, resolve_precision("auto", device.type))
-        fast = prepare_for_inference(model, device=device, compile=name == "compile")
+    if name in ("folded_fp32", "fast_convs_fp32", "fast", "bf16", "compile"):
+        precision = {"folded_fp32": "fp32", "fast_convs_fp32": "fp32", "bf16": "bf16"}.get(
+            name, resolve_precision("auto", device.type))
+        fast = prepare_for_inference(model, device=device, compile=name == "compile",
+                                     fast_convs=name in ("fast_convs_fp32", "fast"))
         return _torch_forward(fast, device=device, precision=precision, channels_last=True), precision
     if name in ("onnxruntime", "onnxruntime_int8"):
         from deeplab.export import export_onnx, quantize_onnx

@@ -53,7 +53,7 @@ def test_every_section_runs_end_to_end_and_its_json_has_every_field(tmp_path, ca
     assert set(result) == {"device", "model", "inference", "train", "loader"}
     assert result["model"]["total"] > 0 and result["model"]["gflops"] > 0
     modes = result["inference"]["modes"]
-    assert list(modes) == ["eager_fp32", "folded_fp32", "fast", "onnxruntime", "onnxruntime_int8"]
+    assert list(modes) == ["eager_fp32", "folded_fp32", "fast_convs_fp32", "fast", "onnxruntime", "onnxruntime_int8"]
     for name, r in modes.items():
         assert {"precision", "median_ms", "p10_ms", "p90_ms", "speedup", "peak_memory_mib", "agreement",
                 "max_abs_logit_diff", "mIoU"} <= set(r), name
