@@ -157,7 +157,7 @@ class UpsampleConcatConv(nn.Module):
     Resizing is linear and acts on each channel alone, so a 1x1 channel mix commutes with it: each of the nine taps'
     channel mix runs on the coarse map (one 1x1 conv with 9x the outputs), and the resize-then-shift of each tap is
     two small matrix products (width, then height). For the decoder's first conv (256 of its 304 inputs come from
-    the upsampled ASPP output) that is about a fifth of the multiplications. Same result as the original up to fp32
+    the upsampled ASPP output) that is about a quarter of the multiplications. Same result as the original up to fp32
     rounding (tested); where WinogradConv2d would run the direct conv, the original path runs.
     """
 
