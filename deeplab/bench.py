@@ -116,8 +116,6 @@ def format_loader(result: dict) -> str:
     return "\n".join(lines)
 
 
-
-
 def _stats_ms(seconds: list[float]) -> dict:
     ordered = sorted(seconds)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731

@@ -63,10 +63,9 @@ def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu
                           ) -> tuple[nn.Module, dict]:
     """The model a checkpoint describes (its own saved config), with its weights, in eval mode; and that config.
 
-    fast=True returns it prepared for inference (`prepare_for_inference`: folded BN, channels_last, fewer-multiplication
-    decoder convs on the CPU). onnx=FILE runs
-    that exported model (ONNX Runtime, CPU) instead of the checkpoint's weights; the checkpoint still gives the
-    classes, mean/std and palette.
+    fast=True returns it prepared for inference (`prepare_for_inference`: folded BN, channels_last,
+    fewer-multiplication decoder convs on the CPU). onnx=FILE runs that exported model (ONNX Runtime, CPU) instead
+    of the checkpoint's weights; the checkpoint still gives the classes, mean/std and palette.
     """
     state = load_checkpoint(path)
     config = state["config"]
@@ -170,9 +169,10 @@ class Predictor:
                         **tta) -> "Predictor":
         """Rebuild the model from the checkpoint's own config; nothing else is needed.
 
-        fast (default): folded BN + channels_last, and precision="auto" (bf16 on CPUs with native bf16, fp16 on
-        CUDA, else fp32); fast=False, precision="fp32" is the plain model. onnx=FILE: an exported model (float or
-        int8, `python -m deeplab.export`) run by ONNX Runtime instead.
+        fast (default): `prepare_for_inference` (folded BN, channels_last, fast decoder convs on the CPU), and
+        precision="auto" (bf16 on CPUs with native bf16, fp16 on CUDA, else fp32); fast=False, precision="fp32" is
+        the plain model. onnx=FILE: an exported model (float or int8, `python -m deeplab.export`) run by ONNX Runtime
+        instead.
         """
         model, config = model_from_checkpoint(path, device=resolve_device(device), output_stride=output_stride,
                                               fast=fast, compile=compile, onnx=onnx)

@@ -16,7 +16,7 @@ from torch import nn
 
 from deeplab.data import build_dataset
 from deeplab.data.transforms import eval_transform
-from deeplab.engine.precision import autocast, resolve_precision
+from deeplab.engine.precision import autocast, grad_scaler, resolve_precision
 from deeplab.inference import OnnxModel, prepare_for_inference
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
@@ -43,12 +43,12 @@ def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir
     """The forward function of one inference mode, and what precision it runs in.
 
     eager_fp32: the plain model as the peer repositories run it (NCHW, BN unfolded, fp32) - the baseline.
-    folded_fp32: BN folded + channels_last, fp32. fast_convs_fp32: that with the decoder's dense 3x3 convs
-    done with fewer multiplications (CPU; `prepare_for_inference`). fast: what evaluate.py and predict.py run (folded
-    + channels_last + fast convs on the CPU, in the default precision: bf16 on CPUs with native bf16 - where the fast
-    convs step aside - fp16 on CUDA, else fp32). bf16: folded + channels_last + bf16 autocast. compile: folded + channels_last +
-    torch.compile in the default precision. onnxruntime / onnxruntime_int8: the exported ONNX model, float or
-    statically quantized (calibrated on `calibration`), in ONNX Runtime's CPU provider.
+    folded_fp32: BN folded + channels_last, fp32. fast_convs_fp32: that with the decoder's dense 3x3 convs done
+    with fewer multiplications (CPU; `prepare_for_inference`). fast: what evaluate.py and predict.py run (folded +
+    channels_last + fast convs on the CPU, in the default precision: bf16 on CPUs with native bf16 - where the fast
+    convs step aside - fp16 on CUDA, else fp32). bf16: folded + channels_last + bf16 autocast. compile: folded +
+    channels_last + torch.compile in the default precision. onnxruntime / onnxruntime_int8: the exported ONNX model,
+    float or statically quantized (calibrated on `calibration`), in ONNX Runtime's CPU provider.
     """
     model = model.eval()
     if name == "eager_fp32":
@@ -85,7 +85,7 @@ def training_step(name: str, model: nn.Module, *, device: torch.device, lr: floa
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler = grad_scaler(device.type, precision)
     criterion = SegmentationLoss().to(device)
 
     def step(images: torch.Tensor, masks: torch.Tensor) -> float:
