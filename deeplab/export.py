@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from deeplab.engine.checkpoint import atomic_write
+from deeplab.model.fast_convs import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -36,11 +37,19 @@ def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool)
     return atomic_write(path, write)
 
 
+def _plain_folded(model: nn.Module) -> nn.Module:
+    """A BN-folded fp32 CPU copy for export, with the decoder's plain convs (the fewer-multiplication ones are
+    blocked Python loops over tiles, which a traced graph would freeze at one size)."""
+    folded = fold_batchnorm(model).float().cpu()
+    use_fast_convs(folded, enabled=False)
+    return folded
+
+
 def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, overwrite: bool = False) -> Path:
     """Fold BN and write a float32 ONNX model with dynamic batch, height and width (one self-contained file)."""
     if opset < 17:
         raise ExportError(f"opset {opset} is too old; use 17 or newer")
-    folded = fold_batchnorm(model).float().cpu()
+    folded = _plain_folded(model)
     sample = torch.randn(1, 3, 65, 97)
 
     def write(tmp: Path) -> None:
@@ -137,7 +146,7 @@ def cpu_has_vnni() -> bool:
 
 def export_pt2(model: nn.Module, path: str | Path, *, overwrite: bool = False) -> Path:
     """A torch.export ExportedProgram (BN folded) with dynamic batch, height and width; load with torch.export.load."""
-    folded = fold_batchnorm(model).float().cpu()
+    folded = _plain_folded(model)
     batch, height, width = (torch.export.Dim(n, min=lo, max=hi) for n, lo, hi in
                             (("batch", 1, 1024), ("height", 32, 8192), ("width", 32, 8192)))
     with torch.inference_mode(False), torch.no_grad():

@@ -18,8 +18,8 @@ from deeplab.model.fast_convs import use_fast_convs
 def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", fold_bn: bool = True,
                           channels_last: bool = True, fast_convs: bool = True, compile: bool = False) -> nn.Module:
     """The fast inference form of a model: BatchNorm folded into the convs, channels_last weights, eval mode, and
-    on the CPU (fast_convs) the dense 3x3 decoder convs done with fewer multiplications when running in fp32: the
-    first at the ASPP output's resolution (UpsampleConcatConv), the second by Winograd F(6x6, 3x3).
+    (fast_convs) the dense 3x3 decoder convs done with fewer multiplications where they run in fp32 on the CPU:
+    the first at the ASPP output's resolution, the second by Winograd F(6x6, 3x3) (`deeplab.model.fast_convs`).
 
     fp32 results match the unfolded model to float rounding (1e-4); precision (bf16/fp16 autocast) is chosen
     separately, per call (under autocast those convs run as plain convs). The input model is left as it was.
@@ -29,10 +29,7 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if fast_convs and device.type == "cpu" and not compile:
-        if not fold_bn:  # the rearranged weights are taken once, so they must be the final (folded) ones
-            raise ValueError("fast_convs=True needs fold_bn=True")
-        use_fast_convs(model)
+    use_fast_convs(model, fast_convs and not compile)  # a compiled graph runs the plain convs anyway
     return torch.compile(model, dynamic=True) if compile else model
 
 

@@ -19,6 +19,7 @@ from deeplab.data.transforms import eval_transform
 from deeplab.engine.precision import autocast, grad_scaler, resolve_precision
 from deeplab.inference import OnnxModel, prepare_for_inference
 from deeplab.losses import SegmentationLoss
+from deeplab.model.fast_convs import use_fast_convs
 from deeplab.metrics import ConfusionMatrix
 
 INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast_convs_fp32", "fast", "bf16", "compile", "onnxruntime",
@@ -74,8 +75,8 @@ def training_step(name: str, model: nn.Module, *, device: torch.device, lr: floa
                   ) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """One SGD step (the VOC recipe's optimizer) of a training mode on its own copy of `model`; returns the loss.
 
-    eager_fp32: NCHW, fp32 (the baseline). fast: the trainer's defaults (channels_last, precision=auto).
-    bf16: channels_last + bf16 autocast.
+    eager_fp32: NCHW, fp32 (the baseline). fast: the trainer's defaults (channels_last, precision=auto, the
+    decoder's fast convs). bf16: channels_last + bf16 autocast.
     """
     if name not in TRAINING_MODES:
         raise ValueError(f"unknown training mode {name!r}; known: {TRAINING_MODES}")
@@ -84,6 +85,7 @@ def training_step(name: str, model: nn.Module, *, device: torch.device, lr: floa
     precision = {"eager_fp32": "fp32", "bf16": "bf16"}.get(name, resolve_precision("auto", device.type))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    use_fast_convs(model, name == "fast")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     scaler = grad_scaler(device.type, precision)
     criterion = SegmentationLoss().to(device)

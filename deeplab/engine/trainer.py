@@ -24,6 +24,7 @@ from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision
 from deeplab.losses import SegmentationLoss
 from deeplab.model import build_model
+from deeplab.model.fast_convs import use_fast_convs
 from deeplab.visualization import palette_array
 
 log = logging.getLogger("deeplab.train")
@@ -47,6 +48,7 @@ class TrainerSettings:
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
+    fast_convs: bool = True  # the dense decoder's 3x3 convs with fewer multiplications where they run in fp32 on CPU
     compile: bool = False
     grad_clip: float | None = None
     freeze_backbone_iters: int = 0
@@ -225,6 +227,7 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
     if settings.sync_bn if settings.sync_bn is not None else world.world_size > 1:
         # torch's SyncBatchNorm (fast CUDA kernels) on GPUs; our all-reduce version elsewhere (gloo on CPU)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else convert_to_global_bn(model)
+    use_fast_convs(model, settings.fast_convs)
     model.to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)

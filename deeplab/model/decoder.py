@@ -4,13 +4,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deeplab.model import fast_convs
 from deeplab.model.layers import conv3x3_bn_relu, conv_bn_relu
 
 
 class Decoder(nn.Module):
     """Low-level 1x1 -> `low_level_channels`, concat with the upsampled ASPP output, two 3x3 convs, 1x1 classifier.
 
-    Two 3x3 256-channel convs is the best decoder in the DeepLabV3+ paper's ablation.
+    Two 3x3 256-channel convs is the best decoder in the DeepLabV3+ paper's ablation. With `fast_convs` set
+    (`fast_convs.use_fast_convs`), a dense decoder does those convs with fewer multiplications where they are
+    exact and faster (fp32 on the CPU), in training and inference alike.
     """
 
     def __init__(self, *, in_channels: int, low_in_channels: int, num_classes: int, low_level_channels: int = 48,
@@ -21,6 +24,8 @@ class Decoder(nn.Module):
             conv3x3_bn_relu(in_channels + low_level_channels, channels, separable=separable),
             conv3x3_bn_relu(channels, channels, separable=separable))
         self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.dense = not separable
+        self.fast_convs = False
 
     def reset_classifier(self) -> None:
         """Small initial logits: the loss starts near log(num_classes) and early gradients stay moderate."""
@@ -29,5 +34,14 @@ class Decoder(nn.Module):
 
     def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         low = self.reduce(low)
+        if self.fast_convs and self.dense and fast_convs.applicable(low):
+            (first, *first_rest), (second, *second_rest) = self.fuse
+            y = fast_convs.upsample_concat_conv3x3(x, low, first.weight, first.bias)
+            for layer in first_rest:
+                y = layer(y)
+            y = fast_convs.winograd_conv3x3(y, second.weight, second.bias)
+            for layer in second_rest:
+                y = layer(y)
+            return self.classifier(y)
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.fuse(torch.cat([x, low], dim=1)))

@@ -1,16 +1,24 @@
-"""Fewer-multiplication 3x3 convs for fp32 CPU inference of the dense decoder: Winograd F(6x6, 3x3), and the
-first decoder conv done at the ASPP output's resolution (UpsampleConcatConv, further down).
+"""Fewer-multiplication versions of the dense decoder's two 3x3 convs, for fp32 on the CPU, in training and in
+inference: the first conv done at the ASPP output's resolution (`upsample_concat_conv3x3`), the second by Winograd
+F(6x6, 3x3) (`winograd_conv3x3`).
 
-The decoder's two dense 3x3 convs at stride 4 hold most of the dense model's FLOPs. A CPU without bf16 (AVX2,
-AVX-512F) runs them near its fp32 peak already, so the only way to make them faster in fp32 is to do less
-arithmetic: Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016)
-computes each 6x6 output tile from an 8x8 input tile with 64 multiplications per channel pair instead of 324.
-Here it is four matrix products (input transform, 64 batched channel GEMMs, output transform) so the heavy work
-stays in the BLAS. The result equals the direct conv up to fp32 rounding (about 1e-5 relative; tested).
+The decoder's two dense 3x3 convs at stride 4 hold most of the dense model's FLOPs (and of its training step's
+time). A CPU without bf16 (AVX2, AVX-512F) runs them near its fp32 peak already, so the only way to make them
+faster in fp32 is to do less arithmetic:
 
-`WinogradConv2d` replaces a folded 3x3 conv for inference only: with autograd recording, under autocast (bf16/fp16
-are too coarse for these transforms and have faster native kernels), off the CPU or on small maps it runs the
-original conv instead.
+- Winograd's minimal filtering (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016) computes
+  each 6x6 output tile from an 8x8 input tile with 64 multiplications per channel pair instead of 324. Here it is
+  matrix products (input transform, 64 batched channel GEMMs, output transform), so the heavy work stays in the
+  BLAS, done in blocks of tile rows that stay in cache. Its backward pass is Winograd too: the input gradient is the
+  transposed transforms around the same GEMMs, the weight gradient is accumulated in the transformed domain.
+- The first conv reads the bilinearly upsampled ASPP output. Resizing is linear and acts on each channel alone, so
+  each of the nine taps' channel mix runs at the ASPP map's resolution and the resize-and-shift is two small matrix
+  products: about a quarter of the multiplications. Plain differentiable torch ops.
+
+Both equal the direct convs up to fp32 rounding (about 1e-5 relative, gradients included; tested). They run where
+`applicable` says so: fp32 on the CPU, outside autocast (bf16/fp16 are too coarse for the transforms and have fast
+native kernels where they pay), on maps at least MIN_SIDE pixels a side, and not while tracing or compiling (the
+blocked loops would be baked into a graph). Elsewhere the decoder runs its plain convs.
 """
 
 from functools import lru_cache
@@ -59,11 +67,22 @@ def winograd_matrices(m: int = TILE, r: int = 3, points: tuple[float, ...] = POI
     return a_t, g, b_t
 
 
-def use_direct(x: torch.Tensor) -> bool:
-    """Whether the original conv should run on `x`: off the CPU, not fp32, autograd recording, under autocast, or a
-    map too small to gain."""
-    return (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled()
-            or torch.is_autocast_enabled("cpu") or min(x.shape[-2:]) < MIN_SIDE)
+@lru_cache(maxsize=None)
+def _transforms(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float32 kron(B^T, B^T) (n*n, n*n), kron(A^T, A^T) (m*m, n*n) and kron(G, G) (n*n, 9) for tiles of side m:
+    the 2-D transforms of flattened input tiles, output tiles and 3x3 filters."""
+    with torch.inference_mode(False):  # cached: usable by autograd even when first built under inference_mode
+        a_t, g, b_t = winograd_matrices(m)
+        return torch.kron(b_t, b_t).float(), torch.kron(a_t, a_t).float(), torch.kron(g, g).float()
+
+
+def applicable(x: torch.Tensor) -> bool:
+    """Whether the fewer-multiplication convs should run on `x` (see the module docstring)."""
+    if (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()):
+        return False
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and min(x.shape[-2:]) >= MIN_SIDE
+            and not torch.is_autocast_enabled("cpu"))
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -73,67 +92,102 @@ def eligible(conv: nn.Module) -> bool:
             and conv.padding_mode == "zeros")
 
 
-class WinogradConv2d(nn.Module):
-    """An inference-only stand-in for a 3x3 'same' conv (see the module docstring); `conv` is the original."""
-
-    def __init__(self, conv: nn.Conv2d, tile: int = TILE) -> None:
-        super().__init__()
-        if not eligible(conv):
-            raise ValueError(f"Winograd needs a dense 3x3 stride-1 dilation-1 conv with padding 1, got {conv}")
-        self.conv = conv
-        self.tile = tile
-        a_t, g, b_t = winograd_matrices(tile)
-        n = tile + 2
-        weight = conv.weight.detach().double()
-        # U[p, q] = G w G^T per (out, in) pair, laid out (n*n, in, out) for the batched GEMM
-        transformed = torch.einsum("pk,oikl,ql->pqio", g, weight, g).reshape(n * n, conv.in_channels, conv.out_channels)
-        self.register_buffer("transformed", transformed.float().contiguous(), persistent=False)
-        self.register_buffer("input_transform", torch.kron(b_t, b_t).float(), persistent=False)    # (n*n, n*n)
-        self.register_buffer("output_transform", torch.kron(a_t, a_t).float(), persistent=False)   # (m*m, n*n)
-
-    def use_direct(self, x: torch.Tensor) -> bool:
-        return use_direct(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_direct(x):
-            return self.conv(x)
-        m, n = self.tile, self.tile + 2
-        batch, channels, height, width = x.shape
-        rows, cols = -(-height // m), -(-width // m)
-        # NHWC with a 1-pixel zero border (the conv's padding) and enough more to fill the last tiles
-        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, m * cols + 1 - width, 1, m * rows + 1 - height))
-        s_n, s_h, s_w, s_c = padded.stride()
-        out_channels = self.transformed.shape[2]
-        out = torch.empty(batch, rows * m, cols * m, out_channels, dtype=x.dtype)
-        per_row = n * n * cols * max(channels, out_channels)
-        step = max(1, MAX_CHUNK_ELEMENTS // per_row)
+def _tile_blocks(batch: int, rows: int, per_row: int):
+    """(first image, images, first tile row, tile rows) blocks of about MAX_CHUNK_ELEMENTS transformed floats each:
+    several whole images where they fit (bigger GEMMs), else parts of one image."""
+    rows_per_block = max(1, MAX_CHUNK_ELEMENTS // per_row)
+    if rows_per_block >= rows:
+        step = max(1, rows_per_block // rows)
+        for image in range(0, batch, step):
+            yield image, min(step, batch - image), 0, rows
+    else:
         for image in range(batch):
-            for first in range(0, rows, step):
-                count = min(step, rows - first)
-                offset = padded.storage_offset() + image * s_n + first * m * s_h
-                tiles = padded.as_strided((n, n, count, cols, channels), (s_h, s_w, m * s_h, m * s_w, s_c), offset)
-                v = (self.input_transform @ tiles.reshape(n * n, -1)).view(n * n, count * cols, channels)
-                products = torch.bmm(v, self.transformed)
-                y = (self.output_transform @ products.view(n * n, -1)).view(m, m, count, cols, out_channels)
-                out[image, first * m:(first + count) * m].view(count, m, cols, m, out_channels).copy_(
-                    y.permute(2, 0, 3, 1, 4))
+            for first in range(0, rows, rows_per_block):
+                yield image, 1, first, min(rows_per_block, rows - first)
+
+
+def _tiles(t: torch.Tensor, block: tuple[int, int, int, int], cols: int, step: int, window: tuple[int, int],
+           corner: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """(window height, window width, images, tile rows, cols, C) view of a block (`_tile_blocks`) of an NHWC
+    tensor: for each tile, `step` pixels apart, the window `corner` pixels into it."""
+    image, images, first, count = block
+    s_n, s_h, s_w, s_c = t.stride()
+    offset = t.storage_offset() + image * s_n + (first * step + corner[0]) * s_h + corner[1] * s_w
+    return t.as_strided((*window, images, count, cols, t.shape[3]), (s_h, s_w, s_n, step * s_h, step * s_w, s_c),
+                        offset)
+
+
+class _Winograd(torch.autograd.Function):
+    """conv2d(x, weight, bias, padding=1) for a 3x3 weight, by Winograd F(m x m, 3x3), forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: int) -> torch.Tensor:
+        n = m + 2
+        input_transform, output_transform, filter_transform = _transforms(m)
+        batch, channels, height, width = x.shape
+        out_channels = weight.shape[0]
+        rows, cols = -(-height // m), -(-width // m)
+        # U = G w G^T per (in, out) channel pair, laid out (n*n, in, out) for the batched GEMMs
+        u = (filter_transform @ weight.permute(2, 3, 1, 0).reshape(9, -1)).view(n * n, channels, out_channels)
+        # NHWC with a 1-pixel zero border (the conv's padding) and enough more to fill the last tiles
+        padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, m * cols + 1 - width, 1, m * rows + 1 - height)).contiguous()
+        out = torch.empty(batch, rows * m, cols * m, out_channels, dtype=x.dtype)
+        for block in _tile_blocks(batch, rows, n * n * cols * max(channels, out_channels)):
+            tiles = _tiles(padded, block, cols, m, (n, n))
+            v = (input_transform @ tiles.reshape(n * n, -1)).view(n * n, -1, channels)
+            y = output_transform @ torch.bmm(v, u).view(n * n, -1)
+            target = _tiles(out, block, cols, m, (m, m))
+            target.copy_(y.view(target.shape))
         out = out[:, :height, :width]
-        out = out + self.conv.bias if self.conv.bias is not None else out.contiguous()
+        out = out + bias if bias is not None else out.contiguous()
+        ctx.save_for_backward(padded, u)
+        ctx.m, ctx.has_bias = m, bias is not None
         return out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
 
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        padded, u = ctx.saved_tensors
+        m = ctx.m
+        n = m + 2
+        input_transform, output_transform, filter_transform = _transforms(m)
+        batch, padded_height, padded_width, channels = padded.shape
+        out_channels = u.shape[2]
+        rows, cols = (padded_height - 2) // m, (padded_width - 2) // m
+        height, width = grad.shape[-2:]
+        grad = F.pad(grad.permute(0, 2, 3, 1), (0, 0, 0, m * cols - width, 0, m * rows - height)).contiguous()
+        want_input, want_weight, want_bias = ctx.needs_input_grad[:3]
+        grad_padded = torch.zeros_like(padded) if want_input else None
+        grad_u = torch.zeros_like(u) if want_weight else None
+        for block in _tile_blocks(batch, rows, n * n * cols * max(channels, out_channels)):
+            # the output tiles' gradient in the transformed domain: A (dL/dy) A^T
+            grad_products = (output_transform.T @ _tiles(grad, block, cols, m, (m, m)).reshape(m * m, -1)
+                             ).view(n * n, -1, out_channels)
+            if want_weight:
+                tiles = _tiles(padded, block, cols, m, (n, n))
+                v = (input_transform @ tiles.reshape(n * n, -1)).view(n * n, -1, channels)
+                grad_u.baddbmm_(v.transpose(1, 2), grad_products)
+            if want_input:
+                grad_tiles = (input_transform.T @ torch.bmm(grad_products, u.transpose(1, 2)).view(n * n, -1)
+                              ).view(n, n, block[1], block[3], cols, channels)
+                # input tiles overlap by two pixels: add the four parts whose windows do not overlap one by one
+                for r0, r1 in ((0, m), (m, n)):
+                    for c0, c1 in ((0, m), (m, n)):
+                        _tiles(grad_padded, block, cols, m, (r1 - r0, c1 - c0), (r0, c0)).add_(
+                            grad_tiles[r0:r1, c0:c1])
+        grad_x = grad_padded[:, 1:height + 1, 1:width + 1].permute(0, 3, 1, 2) if want_input else None
+        grad_weight = (filter_transform.T @ grad_u.view(n * n, -1)).view(3, 3, channels, out_channels).permute(
+            3, 2, 0, 1) if want_weight else None
+        grad_bias = grad[:, :height, :width].sum((0, 1, 2)) if want_bias and ctx.has_bias else None
+        return grad_x, grad_weight, grad_bias, None
 
-def use_winograd(model: nn.Module, *, min_channels: int = 64) -> int:
-    """Replace, in place, every eligible 3x3 conv with at least `min_channels` in and out by a WinogradConv2d
-    (narrower convs gain too little); returns how many were replaced. For an eval-mode, BN-folded model."""
-    replaced = 0
-    for parent in list(model.modules()):
-        if isinstance(parent, UpsampleConcatConv):  # its conv is only the fallback
-            continue
-        for name, child in parent.named_children():
-            if eligible(child) and min(child.in_channels, child.out_channels) >= min_channels:
-                setattr(parent, name, WinogradConv2d(child))
-                replaced += 1
-    return replaced
+
+def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
+                     tile: int = TILE) -> torch.Tensor:
+    """conv2d(x, weight, bias, padding=1) for a (out, in, 3, 3) weight by Winograd F(tile x tile, 3x3); fp32 CPU
+    tensors, differentiable. The result has NCHW shape and channels_last memory."""
+    if weight.shape[-2:] != (3, 3) or x.shape[1] != weight.shape[1]:
+        raise ValueError(f"needs a (out, {x.shape[1]}, 3, 3) weight, got {tuple(weight.shape)}")
+    return _Winograd.apply(x, weight, bias, tile)
 
 
 def interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
@@ -151,80 +205,42 @@ def _shifted_taps(matrix: torch.Tensor) -> torch.Tensor:
     return torch.cat([padded[k:k + matrix.shape[0]] for k in range(3)], dim=1)
 
 
-class UpsampleConcatConv(nn.Module):
-    """conv3x3(cat([bilinear(x, size of low), low])) for inference, with the conv's part on x done at x's resolution.
+@lru_cache(maxsize=64)
+def _resize_taps(size_in: int, size_out: int) -> torch.Tensor:
+    with torch.inference_mode(False):  # cached: usable by autograd even when first built under inference_mode
+        return _shifted_taps(interpolation_matrix(size_in, size_out)).float()
 
-    Resizing is linear and acts on each channel alone, so a 1x1 channel mix commutes with it: each of the nine taps'
-    channel mix runs on the coarse map (one 1x1 conv with 9x the outputs), and the resize-then-shift of each tap is
-    two small matrix products (width, then height). For the decoder's first conv (256 of its 304 inputs come from
-    the upsampled ASPP output) that is about a quarter of the multiplications. Same result as the original up to fp32
-    rounding (tested); where WinogradConv2d would run the direct conv, the original path runs.
+
+def upsample_concat_conv3x3(x: torch.Tensor, low: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor | None = None) -> torch.Tensor:
+    """conv2d(cat([bilinear(x, size of low), low]), weight, bias, padding=1), with the part on x done at x's
+    resolution (see the module docstring); differentiable. NCHW shape, channels_last memory."""
+    batch, upsampled, h, w = x.shape
+    height, width = low.shape[-2:]
+    out_channels = weight.shape[0]
+    if weight.shape[1] != upsampled + low.shape[1] or weight.shape[-2:] != (3, 3):
+        raise ValueError(f"needs a (out, {upsampled} + {low.shape[1]}, 3, 3) weight, got {tuple(weight.shape)}")
+    coarse = weight[:, :upsampled].permute(2, 3, 0, 1).reshape(9 * out_channels, upsampled, 1, 1)
+    taps = F.conv2d(x.contiguous(memory_format=torch.channels_last), coarse.contiguous(memory_format=torch.channels_last))
+    # NHWC memory (n, y, x, ky, kx, o) -> (n, ky, y, kx, x, o): the width pass sums over (kx, x)
+    taps = taps.permute(0, 2, 3, 1).reshape(batch, h, w, 3, 3, out_channels).permute(0, 3, 1, 4, 2, 5)
+    along_width = torch.matmul(_resize_taps(w, width), taps.reshape(batch * 3 * h, 3 * w, out_channels))
+    resized = torch.matmul(_resize_taps(h, height), along_width.reshape(batch, 3 * h, width * out_channels))
+    resized = resized.view(batch, height, width, out_channels).permute(0, 3, 1, 2)    # channels_last
+    fine = weight[:, upsampled:].contiguous(memory_format=torch.channels_last)
+    return resized + F.conv2d(low.contiguous(memory_format=torch.channels_last), fine, bias, padding=1)
+
+
+def use_fast_convs(model: nn.Module, enabled: bool = True) -> int:
+    """Have every dense DeepLabV3+ decoder in `model` run its two 3x3 convs with fewer multiplications where
+    `applicable` (or stop, enabled=False). Returns how many convs that covers (0 for a separable head). The weights
+    and their names do not change, so checkpoints and BN folding are unaffected; training and inference both use it.
     """
+    from deeplab.model.decoder import Decoder
 
-    def __init__(self, conv: nn.Conv2d, upsampled_channels: int) -> None:
-        super().__init__()
-        if not eligible(conv) or not 0 < upsampled_channels < conv.in_channels:
-            raise ValueError(f"needs a dense 3x3 'same' conv over more than {upsampled_channels} channels, got {conv}")
-        self.conv = conv
-        out_channels, weight = conv.out_channels, conv.weight.detach()
-        coarse = weight[:, :upsampled_channels].permute(2, 3, 0, 1).reshape(9 * out_channels, upsampled_channels, 1, 1)
-        self.register_buffer("coarse_weight", coarse.contiguous(memory_format=torch.channels_last), persistent=False)
-        self.fine = nn.Conv2d(conv.in_channels - upsampled_channels, out_channels, 3, padding=1)
-        self.fine.weight.data = weight[:, upsampled_channels:].contiguous(memory_format=torch.channels_last)
-        self.fine.bias.data = conv.bias.detach().clone() if conv.bias is not None else torch.zeros(out_channels)
-        self._matrices: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _resize_matrices(self, h: int, w: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (h, w, height, width)
-        if key not in self._matrices:
-            if len(self._matrices) >= 32:
-                self._matrices.clear()
-            self._matrices[key] = (_shifted_taps(interpolation_matrix(h, height)).float(),
-                                   _shifted_taps(interpolation_matrix(w, width)).float())
-        return self._matrices[key]
-
-    def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        height, width = low.shape[-2:]
-        if use_direct(low) or x.dtype != torch.float32:
-            upsampled = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-            return self.conv(torch.cat([upsampled, low], dim=1))
-        batch, _, h, w = x.shape
-        out_channels = self.fine.out_channels
-        rows, cols = self._resize_matrices(h, w, height, width)
-        taps = F.conv2d(x.contiguous(memory_format=torch.channels_last), self.coarse_weight)
-        # NHWC memory (n, y, x, ky, kx, o) -> (n, ky, y, kx, x, o): the width pass sums over (kx, x)
-        taps = taps.permute(0, 2, 3, 1).view(batch, h, w, 3, 3, out_channels).permute(0, 3, 1, 4, 2, 5)
-        along_width = torch.matmul(cols, taps.reshape(batch * 3 * h, 3 * w, out_channels))   # (n, ky, y, X, o)
-        resized = torch.matmul(rows, along_width.view(batch, 3 * h, width * out_channels))    # sums over (ky, y)
-        resized = resized.view(batch, height, width, out_channels).permute(0, 3, 1, 2)        # channels_last
-        return resized + self.fine(low.contiguous(memory_format=torch.channels_last))
-
-
-class CoarseUpsampleDecoder(nn.Module):
-    """A BN-folded DeepLabV3+ decoder whose first fuse conv is an UpsampleConcatConv; the rest is the decoder's own
-    layers. Inference only (`use_fast_convs`)."""
-
-    def __init__(self, decoder: nn.Module) -> None:
-        super().__init__()
-        first = decoder.fuse[0]
-        self.reduce = decoder.reduce
-        self.first = UpsampleConcatConv(first[0], first[0].in_channels - decoder.reduce[0].out_channels)
-        self.first_activation = first[1:]
-        self.rest = decoder.fuse[1:]
-        self.classifier = decoder.classifier
-
-    def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
-        y = self.first_activation(self.first(x, self.reduce(low)))
-        return self.classifier(self.rest(y))
-
-
-def use_fast_convs(model: nn.Module) -> int:
-    """Make a BN-folded, eval-mode DeepLabV3+ do its dense decoder convs with fewer multiplications, in place: the
-    first as an UpsampleConcatConv, the others by Winograd. Returns how many convs changed (0 for a separable head).
-    Only fp32 CPU inference takes the new paths; elsewhere the original convs run."""
     changed = 0
-    decoder = getattr(model, "decoder", None)
-    if decoder is not None and hasattr(decoder, "fuse") and eligible(decoder.fuse[0][0]):
-        model.decoder = CoarseUpsampleDecoder(decoder)
-        changed += 1
-    return changed + use_winograd(model)
+    for decoder in model.modules():
+        if isinstance(decoder, Decoder) and decoder.dense:
+            decoder.fast_convs = enabled
+            changed += 2 if enabled else 0
+    return changed
