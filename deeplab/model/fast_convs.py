@@ -225,10 +225,13 @@ def upsample_concat_conv3x3(x: torch.Tensor, low: torch.Tensor, weight: torch.Te
     # NHWC memory (n, y, x, ky, kx, o) -> (n, ky, y, kx, x, o): the width pass sums over (kx, x)
     taps = taps.permute(0, 2, 3, 1).reshape(batch, h, w, 3, 3, out_channels).permute(0, 3, 1, 4, 2, 5)
     along_width = torch.matmul(_resize_taps(w, width), taps.reshape(batch * 3 * h, 3 * w, out_channels))
-    resized = torch.matmul(_resize_taps(h, height), along_width.reshape(batch, 3 * h, width * out_channels))
-    resized = resized.view(batch, height, width, out_channels).permute(0, 3, 1, 2)    # channels_last
-    fine = weight[:, upsampled:].contiguous(memory_format=torch.channels_last)
-    return resized + F.conv2d(low.contiguous(memory_format=torch.channels_last), fine, bias, padding=1)
+    fine_weight = weight[:, upsampled:].contiguous(memory_format=torch.channels_last)
+    fine = F.conv2d(low.contiguous(memory_format=torch.channels_last), fine_weight, bias, padding=1)
+    # the height pass sums over (ky, y) and adds the low-level part's conv in the same GEMM
+    out = torch.baddbmm(fine.permute(0, 2, 3, 1).reshape(batch, height, width * out_channels),
+                        _resize_taps(h, height).expand(batch, -1, -1),
+                        along_width.reshape(batch, 3 * h, width * out_channels))
+    return out.view(batch, height, width, out_channels).permute(0, 3, 1, 2)    # channels_last
 
 
 def use_fast_convs(model: nn.Module, enabled: bool = True) -> int:
