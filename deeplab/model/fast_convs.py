@@ -85,13 +85,6 @@ def applicable(x: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-def eligible(conv: nn.Module) -> bool:
-    """A dense 3x3, stride 1, dilation 1, 'same'-padded conv: the kind Winograd F(m, 3) computes."""
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.dilation == (1, 1) and conv.padding == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros")
-
-
 def _tile_blocks(batch: int, rows: int, per_row: int):
     """(first image, images, first tile row, tile rows) blocks of about MAX_CHUNK_ELEMENTS transformed floats each:
     several whole images where they fit (bigger GEMMs), else parts of one image."""
@@ -145,6 +138,7 @@ class _Winograd(torch.autograd.Function):
         return out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         padded, u = ctx.saved_tensors
         m = ctx.m
