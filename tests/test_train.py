@@ -120,3 +120,23 @@ def test_grad_accumulation_and_frozen_backbone(tree, tmp_path):
     fresh = build_model(num_classes=21, separable=True).state_dict()
     assert torch.equal(after["backbone.features.3.conv.1.0.weight"], fresh["backbone.features.3.conv.1.0.weight"])
     assert not torch.equal(after["decoder.classifier.weight"], fresh["decoder.classifier.weight"])
+
+
+def test_fast_decoder_convs_train_as_the_plain_convs(tree, tmp_path, monkeypatch):
+    """A dense head at a crop whose stride-4 map is big enough for the fast convs: they run, and the logged losses
+    are the plain run's."""
+    import deeplab.model.fast_convs as fast_convs
+
+    calls = []
+    original = fast_convs.winograd_conv3x3
+    monkeypatch.setattr(fast_convs, "winograd_conv3x3", lambda *a, **k: calls.append(1) or original(*a, **k))
+    losses = {}
+    for fast in (True, False):
+        run_dir = tmp_path / f"run_{fast}"
+        train(_cfg(tree, tmp_path, "model.separable=false", "augment.crop_size=[96,96]", f"trainer.fast_convs={fast}",
+                   "trainer.deterministic=true", iterations=2), run_dir)
+        losses[fast] = [e.value for e in EventAccumulator(str(run_dir / "tb")).Reload().Scalars("train/loss")]
+        if fast:
+            assert len(calls) == 2  # one per training iteration (validation images are too small for them)
+    assert len(calls) == 2 and len(losses[True]) == 2
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
