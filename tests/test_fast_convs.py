@@ -62,6 +62,9 @@ def test_winograd_conv_gradients_equal_the_direct_convs(channels_last, bias):
         assert _close(g, e)
     weight_only = torch.autograd.grad(winograd_conv3x3(x.detach(), weight), weight, upstream)[0]  # no input grad
     assert _close(weight_only, torch.autograd.grad(F.conv2d(x.detach(), weight, padding=1), weight, upstream)[0])
+    frozen = weight.detach()  # a frozen layer: the input gradient alone
+    input_only = torch.autograd.grad(winograd_conv3x3(x, frozen), x, upstream)[0]
+    assert _close(input_only, torch.autograd.grad(F.conv2d(x, frozen, padding=1), x, upstream)[0])
 
 
 @pytest.mark.parametrize("chunk", [1, 1 << 12, 1 << 30])  # a tile row, a few rows, several whole images per block

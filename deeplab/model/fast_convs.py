@@ -114,7 +114,8 @@ class _Winograd(torch.autograd.Function):
     """conv2d(x, weight, bias, padding=1) for a 3x3 weight, by Winograd F(m x m, 3x3), forward and backward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, m: int,
+                keep_transformed: bool) -> torch.Tensor:
         n = m + 2
         input_transform, output_transform, filter_transform = _transforms(m)
         batch, channels, height, width = x.shape
@@ -125,41 +126,44 @@ class _Winograd(torch.autograd.Function):
         # NHWC with a 1-pixel zero border (the conv's padding) and enough more to fill the last tiles
         padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, m * cols + 1 - width, 1, m * rows + 1 - height)).contiguous()
         out = torch.empty(batch, rows * m, cols * m, out_channels, dtype=x.dtype)
-        for block in _tile_blocks(batch, rows, n * n * cols * max(channels, out_channels)):
+        blocks = list(_tile_blocks(batch, rows, n * n * cols * max(channels, out_channels)))
+        transformed = []  # each block's transformed input, kept for the weight gradient (cheaper than redoing it)
+        for block in blocks:
             tiles = _tiles(padded, block, cols, m, (n, n))
             v = (input_transform @ tiles.reshape(n * n, -1)).view(n * n, -1, channels)
             y = output_transform @ torch.bmm(v, u).view(n * n, -1)
             target = _tiles(out, block, cols, m, (m, m))
             target.copy_(y.view(target.shape))
+            if keep_transformed:
+                transformed.append(v)
         out = out[:, :height, :width]
         out = out + bias if bias is not None else out.contiguous()
-        ctx.save_for_backward(padded, u)
-        ctx.m, ctx.has_bias = m, bias is not None
+        ctx.save_for_backward(u, *transformed)
+        ctx.m, ctx.has_bias, ctx.shapes, ctx.blocks = m, bias is not None, (padded.shape, x.dtype), blocks
         return out.permute(0, 3, 1, 2)  # NCHW shape, channels_last memory
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        padded, u = ctx.saved_tensors
+        u, *transformed = ctx.saved_tensors
         m = ctx.m
         n = m + 2
         input_transform, output_transform, filter_transform = _transforms(m)
-        batch, padded_height, padded_width, channels = padded.shape
+        padded_shape, dtype = ctx.shapes
+        batch, padded_height, padded_width, channels = padded_shape
         out_channels = u.shape[2]
         rows, cols = (padded_height - 2) // m, (padded_width - 2) // m
         height, width = grad.shape[-2:]
         grad = F.pad(grad.permute(0, 2, 3, 1), (0, 0, 0, m * cols - width, 0, m * rows - height)).contiguous()
         want_input, want_weight, want_bias = ctx.needs_input_grad[:3]
-        grad_padded = torch.zeros_like(padded) if want_input else None
+        grad_padded = torch.zeros(padded_shape, dtype=dtype) if want_input else None
         grad_u = torch.zeros_like(u) if want_weight else None
-        for block in _tile_blocks(batch, rows, n * n * cols * max(channels, out_channels)):
+        for index, block in enumerate(ctx.blocks):
             # the output tiles' gradient in the transformed domain: A (dL/dy) A^T
             grad_products = (output_transform.T @ _tiles(grad, block, cols, m, (m, m)).reshape(m * m, -1)
                              ).view(n * n, -1, out_channels)
             if want_weight:
-                tiles = _tiles(padded, block, cols, m, (n, n))
-                v = (input_transform @ tiles.reshape(n * n, -1)).view(n * n, -1, channels)
-                grad_u.baddbmm_(v.transpose(1, 2), grad_products)
+                grad_u.baddbmm_(transformed[index].transpose(1, 2), grad_products)
             if want_input:
                 grad_tiles = (input_transform.T @ torch.bmm(grad_products, u.transpose(1, 2)).view(n * n, -1)
                               ).view(n, n, block[1], block[3], cols, channels)
@@ -172,7 +176,7 @@ class _Winograd(torch.autograd.Function):
         grad_weight = (filter_transform.T @ grad_u.view(n * n, -1)).view(3, 3, channels, out_channels).permute(
             3, 2, 0, 1) if want_weight else None
         grad_bias = grad[:, :height, :width].sum((0, 1, 2)) if want_bias and ctx.has_bias else None
-        return grad_x, grad_weight, grad_bias, None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -181,7 +185,8 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     tensors, differentiable. The result has NCHW shape and channels_last memory."""
     if weight.shape[-2:] != (3, 3) or x.shape[1] != weight.shape[1]:
         raise ValueError(f"needs a (out, {x.shape[1]}, 3, 3) weight, got {tuple(weight.shape)}")
-    return _Winograd.apply(x, weight, bias, tile)
+    # needs_input_grad is set under no_grad too, so whether a weight gradient can follow is decided here
+    return _Winograd.apply(x, weight, bias, tile, torch.is_grad_enabled() and weight.requires_grad)
 
 
 def interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
