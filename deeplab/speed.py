@@ -19,8 +19,8 @@ from deeplab.data.transforms import eval_transform
 from deeplab.engine.precision import autocast, grad_scaler, resolve_precision
 from deeplab.inference import OnnxModel, prepare_for_inference
 from deeplab.losses import SegmentationLoss
-from deeplab.model.fast_convs import use_fast_convs
 from deeplab.metrics import ConfusionMatrix
+from deeplab.model.fast_convs import use_fast_convs
 
 INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast_convs_fp32", "fast", "bf16", "compile", "onnxruntime",
                    "onnxruntime_int8")
