@@ -134,7 +134,7 @@ def bench_inference(model: torch.nn.Module, *, device: torch.device, size: tuple
                 (work / f"{prefix}{name}").mkdir()
                 forwards[prefix + name], precisions[prefix + name] = inference_mode(
                     name, net, device=device, workdir=work / f"{prefix}{name}", calibration=calibration)
-        x = samples[0][0] if samples[0][0].shape[-2:] == size else _timing_input(size)
+        x = samples[0][0] if samples[0][0].shape[-2:] == size else _synthetic_inputs(size)[0]
         # peak memory of the first call: it includes what a mode allocates once (ONNX Runtime's arena, caches)
         memory = {n: peak_memory_mib(lambda f=f: f(x), device) for n, f in forwards.items()}
         for forward in forwards.values():
@@ -149,11 +149,11 @@ def bench_inference(model: torch.nn.Module, *, device: torch.device, size: tuple
     return {"size": list(size), "rounds": rounds, "samples": len(samples), "modes": results}
 
 
-def _timing_input(size: tuple[int, int]) -> torch.Tensor:
-    """A photo-like normalised (1, 3, H, W) image."""
+def _synthetic_inputs(size: tuple[int, int], count: int = 1) -> list[torch.Tensor]:
+    """`count` different photo-like normalised (1, 3, H, W) images, made in one go."""
     with tempfile.TemporaryDirectory() as folder:
-        (image, _), = make_images(Path(folder), count=1, size=size)
-        return eval_transform()(read_image(image), np.zeros(size, np.uint8))[0][None]
+        pairs = make_images(Path(folder), count=count, size=size)
+        return [eval_transform()(read_image(image), np.zeros(size, np.uint8))[0][None] for image, _ in pairs]
 
 
 def bench_train(model: torch.nn.Module, *, device: torch.device, modes: list[str], batch_size: int, crop: int,
@@ -269,8 +269,8 @@ def run(cfg) -> dict:
             samples = split_samples(config["dataset"], "val_split", c.quality_images)
             calibration = [x.numpy() for x, _ in split_samples(config["dataset"], "train_split", c.calibration_images)]
         else:
-            samples = [(_timing_input(size), None)]
-            calibration = [_timing_input(size).numpy() for _ in range(c.calibration_images)]
+            images = _synthetic_inputs(size, 1 + c.calibration_images)  # calibration: images other than the timed one
+            samples, calibration = [(images[0], None)], [x.numpy() for x in images[1:]]
         results["inference"] = bench_inference(
             model, device=device, size=size, modes=list(c.modes), separable_modes=list(c.separable_modes),
             separable_model=separable, rounds=c.rounds, warmup=c.warmup, samples=samples, calibration=calibration)

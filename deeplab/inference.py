@@ -1,5 +1,6 @@
 """Inference: a model rebuilt from its checkpoint, test-time augmentation, sliding windows, and `Predictor`."""
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     separately, per call (under autocast those convs run as plain convs). The input model is left as it was.
     """
     device = resolve_device(device)
-    model = fold_batchnorm(model) if fold_bn else model.eval()
+    model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()  # a copy either way
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

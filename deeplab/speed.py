@@ -17,6 +17,7 @@ from torch import nn
 from deeplab.data import build_dataset
 from deeplab.data.transforms import eval_transform
 from deeplab.engine.precision import autocast, grad_scaler, resolve_precision
+from deeplab.engine.trainer import TrainerSettings
 from deeplab.inference import OnnxModel, prepare_for_inference
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
@@ -81,11 +82,12 @@ def training_step(name: str, model: nn.Module, *, device: torch.device, lr: floa
     if name not in TRAINING_MODES:
         raise ValueError(f"unknown training mode {name!r}; known: {TRAINING_MODES}")
     model = copy.deepcopy(model).to(device).train()
-    channels_last = name != "eager_fp32"
-    precision = {"eager_fp32": "fp32", "bf16": "bf16"}.get(name, resolve_precision("auto", device.type))
+    defaults = TrainerSettings()  # "fast" is what train.py does unless told otherwise
+    channels_last = name != "eager_fp32" and defaults.channels_last
+    precision = {"eager_fp32": "fp32", "bf16": "bf16"}.get(name, resolve_precision(defaults.precision, device.type))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    use_fast_convs(model, name == "fast")
+    use_fast_convs(model, name == "fast" and defaults.fast_convs)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     scaler = grad_scaler(device.type, precision)
     criterion = SegmentationLoss().to(device)
