@@ -292,6 +292,9 @@ if __name__ == "__main__":
 
     @hydra.main(version_base="1.3", config_path="../configs", config_name="bench")
     def _main(cfg) -> None:
-        run(cfg)
+        from deeplab.errors import user_errors
+
+        with user_errors("deeplab.bench"):  # the user's to fix: one clear sentence, exit 1
+            run(cfg)
 
     _main()

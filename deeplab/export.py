@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from deeplab.engine.checkpoint import atomic_write
+from deeplab.errors import UserError
 from deeplab.model.fast_convs import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
 
@@ -25,7 +26,7 @@ INPUT_NAME, OUTPUT_NAME = "images", "logits"
 FORMATS = ("onnx", "int8", "pt2")
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """An export that cannot be done or did not verify: the message names the file and the problem."""
 
 
@@ -202,18 +203,13 @@ def run(cfg) -> Path:
 
 
 if __name__ == "__main__":
-    import sys
-
     import hydra
 
     @hydra.main(version_base="1.3", config_path="../configs", config_name="export")
     def _main(cfg) -> None:
-        from deeplab.engine.checkpoint import CheckpointError
+        from deeplab.errors import user_errors
 
-        try:
+        with user_errors("deeplab.export"):  # the user's to fix: one clear sentence, exit 1
             run(cfg)
-        except (CheckpointError, ExportError) as exc:  # the user's to fix: one clear message
-            logging.getLogger("deeplab.export").error("%s", exc)
-            sys.exit(1)
 
     _main()

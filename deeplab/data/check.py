@@ -126,6 +126,10 @@ if __name__ == "__main__":
 
     @hydra.main(version_base="1.3", config_path="../../configs", config_name="check")
     def _main(cfg) -> None:
-        sys.exit(run(cfg))
+        from deeplab.errors import user_errors
+
+        with user_errors("deeplab.data.check"):  # the user's to fix: one clear sentence, exit 1
+            code = run(cfg)
+        sys.exit(code)
 
     _main()

@@ -8,10 +8,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deeplab.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with the user's data: the message names the file and what is wrong."""
 
 

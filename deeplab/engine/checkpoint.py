@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from deeplab.errors import UserError
+
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be used: the message is one sentence naming the file and the problem."""
 
 

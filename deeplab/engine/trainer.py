@@ -20,6 +20,7 @@ from deeplab.engine.distributed import DistInfo, all_reduce_mean, cleanup, conve
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.tracking import RunLogger
+from deeplab.errors import ConfigError, UserError
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision
 from deeplab.losses import SegmentationLoss
@@ -30,7 +31,7 @@ from deeplab.visualization import palette_array
 log = logging.getLogger("deeplab.train")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stopped before overwriting any checkpoint."""
 
 

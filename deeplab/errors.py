@@ -1,0 +1,56 @@
+"""The user's mistakes as one sentence: the error classes the library raises and the wrapper every command shares.
+
+A `UserError` is a problem the user can fix (bad data, a wrong config value, an unusable checkpoint, a full disk).
+Its message is one sentence that names the file or config key, what is wrong, and the fix. Commands run their body
+inside `user_errors(...)`, which prints that sentence (never a traceback) and exits with status 1.
+"""
+
+import errno
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class UserError(ValueError):
+    """A problem the user can fix: the message names the file or config key, what is wrong, and the fix."""
+
+
+class ConfigError(UserError):
+    """A config value that cannot work: the message names the key, the value and what is allowed."""
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` on one line; an error re-raised from a DataLoader worker is reduced to its own message.
+
+    torch re-raises a worker's exception as the same class with "Caught X in DataLoader worker process N" and the
+    worker's whole traceback as the message; the user's sentence is the traceback's last line.
+    """
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        name = f"{type(exc).__module__}.{type(exc).__name__}: "
+        text = last.split(name, 1)[1] if name in last else last.split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "operation not permitted"}
+
+
+@contextmanager
+def user_errors(logger: str) -> Iterator[None]:
+    """Run a command's body: a UserError or a file-system refusal ends it with one logged sentence and exit 1."""
+    try:
+        yield
+    except UserError as exc:
+        logging.getLogger(logger).error("%s", one_line(exc))
+        sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = exc.filename or "a file"
+        logging.getLogger(logger).error("%s: %s (%s); free space or choose another folder, then run the command "
+                                        "again", where, DISK_ERRORS[exc.errno], exc.strerror or exc)
+        sys.exit(1)
