@@ -11,7 +11,8 @@ def main(cfg: DictConfig) -> float:
     from deeplab.errors import user_errors
 
     with user_errors("deeplab.train"):  # the user's to fix: one clear sentence, exit 1
-        return train(cfg, HydraConfig.get().runtime.output_dir)
+        job = HydraConfig.get()
+        return train(cfg, job.runtime.output_dir, overrides=job.overrides.task)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def tiny_train_overrides(root: Path, out: Path, iterations: int = 3) -> list[str
     return [f"dataset.root={root}", f"output_root={out}", f"trainer.iterations={iterations}",
             "trainer.batch_size=4", "trainer.val_every=2", "trainer.checkpoint_every=2", "trainer.log_every=1",
             "trainer.num_workers=0", "trainer.precision=fp32", "augment.crop_size=[64,64]",
-            "model.separable=true", "optim.lr=0.002"]
+            "model.separable=true", "model.backbone_weights=null", "optim.lr=0.002"]
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+from deeplab.errors import ConfigError
 from deeplab.model.backbone import MobileNetV2Backbone, imagenet_cache_path, load_backbone_weights
 
 
@@ -56,7 +57,7 @@ def test_output_stride_can_change_after_construction():
     backbone = MobileNetV2Backbone(output_stride=8)
     backbone.set_output_stride(16)
     assert _stride_dilation(backbone) == _stride_dilation(MobileNetV2Backbone(output_stride=16))
-    with pytest.raises(ValueError, match="output_stride must be one of"):
+    with pytest.raises(ConfigError, match=r"output_stride=4: must be one of \[8, 16, 32\]"):
         backbone.set_output_stride(4)
 
 
@@ -98,7 +99,7 @@ def test_dilated_backbone_holds_the_same_weights(torchvision_state, output_strid
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     missing = tmp_path / "nope.pth"
-    with pytest.raises(FileNotFoundError, match="backbone_weights file not found: .*nope.pth"):
+    with pytest.raises(ConfigError, match="model.backbone_weights: file not found: .*nope.pth"):
         load_backbone_weights(MobileNetV2Backbone(), str(missing))
 
 
@@ -139,7 +140,7 @@ def test_imagenet_offline_names_the_cache_file(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     expected = imagenet_cache_path()
     assert str(expected).startswith(str(tmp_path))
-    with pytest.raises(RuntimeError, match="copy that file to " + str(expected)):
+    with pytest.raises(ConfigError, match="copy that file to " + str(expected) + ".*model.backbone_weights=null"):
         load_backbone_weights(MobileNetV2Backbone(), "imagenet")
 
 

@@ -7,7 +7,9 @@ from conftest import REPO, compose
 from deeplab.data import DataError, build_dataset
 from deeplab.data.transforms import train_transform
 from deeplab.engine.optim import build_optimizer, build_scheduler
+from deeplab.engine.run_config import validate_config
 from deeplab.engine.trainer import TrainerSettings
+from deeplab.errors import ConfigError
 from deeplab.losses import SegmentationLoss
 from deeplab.model import build_model
 
@@ -20,6 +22,7 @@ def _options(group):
 
 def _build_everything(cfg, tmp_path):
     c = OmegaConf.to_container(cfg, resolve=True)
+    validate_config(c)  # the trainer's check before anything is read: every shipped option passes it
     settings = TrainerSettings(**c["trainer"])
     model = build_model(**{**c["model"], "backbone_weights": None})  # weights are tested in test_backbone
     assert model.num_classes == c["dataset"]["num_classes"] == len(c["dataset"]["class_names"])
@@ -65,9 +68,20 @@ def test_misspelt_keys_fail_loudly():
     cfg = OmegaConf.to_container(compose("train", ["+trainer.iteratoins=5"]), resolve=True)
     with pytest.raises(TypeError, match="iteratoins"):
         TrainerSettings(**cfg["trainer"])
+    with pytest.raises(ConfigError, match=r"^trainer.iteratoins: no such key in the trainer section \(known: .*"
+                                          r"iterations"):
+        validate_config(cfg)
     cfg = OmegaConf.to_container(compose("train", ["+model.outputstride=8"]), resolve=True)
     with pytest.raises(TypeError, match="outputstride"):
         build_model(**cfg["model"])
+    with pytest.raises(ConfigError, match="^model.outputstride: no such key"):
+        validate_config(cfg)
+
+
+@pytest.mark.parametrize("dataset", [o for o in _options("dataset") if o != "demo"])
+def test_real_datasets_start_from_imagenet_and_the_demo_from_random(dataset):
+    assert compose("train", [f"dataset={dataset}"]).model.backbone_weights == "imagenet"
+    assert compose("train", []).model.backbone_weights is None  # the demo downloads nothing
 
 
 def test_run_dirs_are_dated_and_sweeps_get_their_own():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from deeplab.errors import ConfigError
 from deeplab.model import build_model
 from deeplab.model.summary import count_parameters
 
@@ -91,5 +92,5 @@ def test_backbone_weights_path_is_loaded(tmp_path):
     torch.save(net.state_dict(), path)
     model = build_model(num_classes=3, backbone_weights=str(path))
     assert torch.equal(model.backbone.features[5].conv[1][0].weight, net.features[5].conv[1][0].weight)
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
+    with pytest.raises(ConfigError, match="model.backbone_weights: file not found: .*missing.pth"):
         build_model(num_classes=3, backbone_weights=str(tmp_path / "missing.pth"))

@@ -79,7 +79,7 @@ def _torchrun(nproc, tree, run_dir, port):
            f"hydra.run.dir={run_dir}", "trainer.iterations=1", "trainer.batch_size=4", "trainer.val_every=1",
            "trainer.checkpoint_every=1", "trainer.log_every=1", "trainer.num_workers=0", "trainer.precision=fp32",
            "trainer.channels_last=false", "augment.crop_size=[64,64]", "model.separable=true",
-           "model.aspp_dropout=0", "optim.lr=0.002"]
+           "model.aspp_dropout=0", "model.backbone_weights=null", "optim.lr=0.002"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

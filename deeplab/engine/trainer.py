@@ -2,7 +2,9 @@
 
 import contextlib
 import logging
+import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +21,11 @@ from deeplab.engine import checkpoint as ckpt
 from deeplab.engine.distributed import DistInfo, all_reduce_mean, cleanup, convert_to_global_bn, init_distributed
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
-from deeplab.engine.tracking import RunLogger
-from deeplab.errors import ConfigError, UserError
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision
+from deeplab.engine.run_config import TrainerSettings, resume_config, validate_config
+from deeplab.engine.tracking import RunLogger
+from deeplab.errors import ConfigError, UserError
 from deeplab.losses import SegmentationLoss
 from deeplab.model import build_model
 from deeplab.model.fast_convs import use_fast_convs
@@ -33,30 +36,6 @@ log = logging.getLogger("deeplab.train")
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stopped before overwriting any checkpoint."""
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    """The `trainer` config section; a misspelt key is a TypeError naming it."""
-
-    iterations: int = 30000
-    batch_size: int = 16  # the global batch per optimizer step, over all processes and accumulation steps
-    grad_accum: int = 1
-    val_every: int = 1000
-    checkpoint_every: int = 1000
-    log_every: int = 20
-    num_workers: int = 4
-    device: str = "auto"
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool = True
-    fast_convs: bool = True  # the dense decoder's 3x3 convs with fewer multiplications where they run in fp32 on CPU
-    compile: bool = False
-    grad_clip: float | None = None
-    freeze_backbone_iters: int = 0
-    sync_bn: bool | None = None  # None: on when more than one process trains on GPUs
-    deterministic: bool = False
-    grid_images: int = 4
-    preflight_samples: int = 8
 
 
 @dataclass
@@ -142,6 +121,20 @@ def validate(run: Run, iteration: int) -> dict:
     return metrics
 
 
+def validate_keeping_progress(run: Run, iteration: int) -> None:
+    """Validate; if validation fails (bad val data, Ctrl-C), save last.pt first, so no training is lost."""
+    try:
+        validate(run, iteration)
+    except BaseException as exc:
+        if run.dist.is_main:
+            ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
+        if isinstance(exc, UserError):
+            raise type(exc)(f"{exc} (validation at iteration {iteration} stopped the run; the training so far is "
+                            f"saved in {run.output_dir / 'last.pt'}: fix this, then continue with "
+                            f"resume={run.output_dir / 'last.pt'})") from exc
+        raise
+
+
 def checkpoint_state(run: Run, iteration: int) -> dict:
     """Everything needed to continue exactly, and to rebuild the model with no other file."""
     return {"model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
@@ -157,46 +150,74 @@ def fit(run: Run, *, start_iter: int) -> float:
     progress = tqdm(total=s.iterations, initial=start_iter, disable=not run.dist.is_main, mininterval=2,
                     dynamic_ncols=True, desc="train")
     window_start, window_iters = time.perf_counter(), 0
-    for batch in run.train_batches:
-        micro.append(batch)
-        if len(micro) < s.grad_accum:
-            continue
-        try:
-            loss = train_step(run, micro, freeze_backbone=iteration < s.freeze_backbone_iters)
-        except TrainingDiverged as exc:
-            raise TrainingDiverged(
-                f"{exc} at iteration {iteration + 1}: training stopped. The last good checkpoint is untouched "
-                f"({run.output_dir / 'last.pt'}). Lower optim.lr, set trainer.grad_clip, or check the data "
-                f"with python -m deeplab.data.check.") from None
-        micro, iteration, window_iters = [], iteration + 1, window_iters + 1
-        run.scheduler.step()
-        progress.update(1)
-        if iteration % s.log_every == 0 or iteration == s.iterations:
-            elapsed = time.perf_counter() - window_start
-            lr = run.optimizer.param_groups[-1]["lr"]
-            progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-            if run.logger:
-                run.logger.train(iteration, loss.item(), lr, window_iters * s.batch_size / elapsed)
-            window_start, window_iters = time.perf_counter(), 0
-        if iteration % s.val_every == 0 or iteration == s.iterations:
-            validate(run, iteration)
-        if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
-            ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
-    progress.close()
+    try:
+        for batch in run.train_batches:
+            micro.append(batch)
+            if len(micro) < s.grad_accum:
+                continue
+            try:
+                loss = train_step(run, micro, freeze_backbone=iteration < s.freeze_backbone_iters)
+            except TrainingDiverged as exc:
+                raise TrainingDiverged(
+                    f"{exc} at iteration {iteration + 1}: training stopped. The last good checkpoint is untouched "
+                    f"({run.output_dir / 'last.pt'}). Lower optim.lr, set trainer.grad_clip, or check the data "
+                    f"with python -m deeplab.data.check.") from None
+            micro, iteration, window_iters = [], iteration + 1, window_iters + 1
+            run.scheduler.step()
+            progress.update(1)
+            if iteration % s.log_every == 0 or iteration == s.iterations:
+                elapsed = time.perf_counter() - window_start
+                lr = run.optimizer.param_groups[-1]["lr"]
+                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                if run.logger:
+                    run.logger.train(iteration, loss.item(), lr, window_iters * s.batch_size / elapsed)
+                window_start, window_iters = time.perf_counter(), 0
+            if iteration % s.val_every == 0 or iteration == s.iterations:
+                validate_keeping_progress(run, iteration)
+            if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
+                ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
+    finally:
+        progress.close()  # also when an error ends the run: the error line starts on a line of its own
     return run.best_miou
 
 
-def resume_or_new(cfg: DictConfig, output_dir: Path) -> tuple[DictConfig, Path, dict | None]:
-    """resume=auto|PATH continues a checkpoint with its own saved config, in its own run dir."""
+def resume_or_new(cfg: DictConfig, output_dir: Path,
+                  overrides: Sequence[str]) -> tuple[dict, Path, dict | None]:
+    """resume=auto|PATH continues a checkpoint in its own run dir, with its saved config and the safe overrides."""
     if not cfg.get("resume"):
-        return cfg, output_dir, None
-    path = ckpt.find_latest(cfg.output_root) if cfg.resume == "auto" else Path(cfg.resume)
-    if path is None:
-        log.warning("resume=auto: no last.pt under %s; starting a new run", cfg.output_root)
-        return cfg, output_dir, None
+        return OmegaConf.to_container(cfg, resolve=True), output_dir, None
+    if cfg.resume == "auto":
+        path = ckpt.find_latest(cfg.output_root)
+        if path is None:
+            log.warning("resume=auto: no last.pt under %s; starting a new run", cfg.output_root)
+            return OmegaConf.to_container(cfg, resolve=True), output_dir, None
+    else:
+        path = Path(cfg.resume).expanduser()
+        path = path / "last.pt" if path.is_dir() else path
     state = ckpt.load_checkpoint(path)
-    log.info("resuming %s at iteration %d with its saved config", path, state["iteration"])
-    return OmegaConf.create(state["config"]), path.parent, state
+    config, changes = resume_config(state["config"], cfg, overrides)
+    log.info("resuming %s at iteration %d with its saved config%s", path, state["iteration"],
+             "; changed: " + ", ".join(changes) if changes else "")
+    return config, path.parent, state
+
+
+def adopt_run_dir(stub: Path, run_dir: Path) -> None:
+    """A resumed run logs to its own train.log; the run dir Hydra made for this command is removed if unused."""
+    if stub.resolve() == run_dir.resolve() or not stub.is_dir():
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == stub.resolve():
+            handler.close()
+            root.removeHandler(handler)
+            moved = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a")
+            moved.setFormatter(handler.formatter)
+            moved.setLevel(handler.level)
+            root.addHandler(moved)
+            with open(handler.baseFilename) as old, open(moved.baseFilename, "a") as new:
+                new.write(old.read())  # what this command logged before it knew the run dir
+    if {p.name for p in stub.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(stub, ignore_errors=True)  # every process of a torchrun job may get here
 
 
 def build_datasets(data: dict, augment: dict, *, preflight_samples: int):
@@ -240,16 +261,24 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
     torch.manual_seed(config["seed"])
     torch.use_deterministic_algorithms(settings.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not settings.deterministic
-    device = resolve_device(settings.device)
+    device = resolve_device(settings.device, key="trainer.device")
     world = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
+    if settings.batch_size % (world.world_size * settings.grad_accum):
+        raise ConfigError(f"trainer.batch_size={settings.batch_size} is not divisible by processes x "
+                          f"trainer.grad_accum ({world.world_size} x {settings.grad_accum}); each process and "
+                          f"accumulation step takes an equal share of the global batch")
     train_set, val_set = build_datasets(config["dataset"], config["augment"],
                                         preflight_samples=settings.preflight_samples)
+    if len(train_set) < settings.batch_size:
+        raise ConfigError(f"trainer.batch_size={settings.batch_size} is larger than the training split "
+                          f"'{config['dataset']['train_split']}' ({len(train_set)} samples under "
+                          f"{config['dataset']['root']}); lower trainer.batch_size or add data")
     model = build_network(config, state, settings, device, world)
     optimizer = build_optimizer(model, **config["optim"])
     scheduler = build_scheduler(optimizer, total_iters=settings.iterations, **config["schedule"])
-    precision = resolve_precision(settings.precision, device.type)
+    precision = resolve_precision(settings.precision, device.type, key="trainer.precision")
     start = state["iteration"] if state else 0
     batches = TrainBatches(len(train_set), batch_size=settings.batch_size, total_iters=settings.iterations,
                            start_iter=start, seed=config["seed"], rank=world.rank, world_size=world.world_size,
@@ -271,27 +300,50 @@ def restore(run: Run, state: dict) -> int:
     """Optimizer, schedule, scaler, best score and RNG of a checkpoint; returns the iteration to continue from."""
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    run.scaler.load_state_dict(state["scaler"])
+    if state["scaler"] or not run.scaler.is_enabled():  # a CPU run's disabled scaler has no state to give a GPU's
+        run.scaler.load_state_dict(state["scaler"])
     run.best_miou, run.last_metrics = state["best_miou"], state.get("metrics", {})
     ckpt.set_rng_state(state["rng"])
-    return state["iteration"]
+    start, saved_total = state["iteration"], state["config"]["trainer"]["iterations"]
+    # The schedule follows trainer.iterations: a longer or shorter run re-plans the poly decay from here on.
+    before = [group["lr"] for group in run.optimizer.param_groups]
+    for group, base, factor in zip(run.optimizer.param_groups, run.scheduler.base_lrs, run.scheduler.lr_lambdas):
+        group["lr"] = base * factor(start)
+    if run.settings.iterations != saved_total and run.dist.is_main:
+        log.info("trainer.iterations %d -> %d: the learning-rate schedule now ends at iteration %d; the LR at "
+                 "iteration %d goes from %.3g to %.3g", saved_total, run.settings.iterations,
+                 run.settings.iterations, start, before[-1], run.optimizer.param_groups[-1]["lr"])
+    return start
 
 
-def train(cfg: DictConfig, output_dir: str | Path) -> float:
-    """Train from the composed Hydra config; returns the best validation mIoU (what a sweeper optimises)."""
-    cfg, output_dir, state = resume_or_new(cfg, Path(output_dir))
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
+def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float:
+    """Train from the composed Hydra config; returns the best validation mIoU (what a sweeper optimises).
+
+    `overrides` are the command line's key=value overrides: on resume, the safe ones are applied to the saved
+    config and the others refused (see run_config.resume_config).
+    """
+    config, run_dir, state = resume_or_new(cfg, Path(output_dir), overrides)
+    validate_config(config)
+    if state is not None:
+        adopt_run_dir(Path(output_dir), run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     settings = TrainerSettings(**config["trainer"])
-    run = build_run(config, settings, output_dir, state)
+    if state is not None and state["iteration"] >= settings.iterations:
+        if state["iteration"] > settings.iterations:
+            raise ConfigError(f"trainer.iterations={settings.iterations} is below the iteration this run reached "
+                              f"({state['iteration']}); set trainer.iterations above it to train on")
+        log.info("nothing to train: %s already reached trainer.iterations=%d; set trainer.iterations higher "
+                 "to train on", run_dir / "last.pt", settings.iterations)
+        return state["best_miou"]
+    run = build_run(config, settings, run_dir, state)
     start = restore(run, state) if state else 0
     if run.dist.is_main:
         data = config["dataset"]
-        run.logger = RunLogger(output_dir, class_names=data["class_names"], palette=palette_array(
+        run.logger = RunLogger(run_dir, class_names=data["class_names"], palette=palette_array(
             data.get("palette"), ignore_index=data["ignore_index"]), mean=data["mean"], std=data["std"],
             start_iter=start)
         log.info("training on %s (%s precision, %d process(es)) for %d iterations from %d; run dir %s",
-                 run.device, run.precision, run.dist.world_size, settings.iterations, start, output_dir)
+                 run.device, run.precision, run.dist.world_size, settings.iterations, start, run_dir)
     try:
         best = fit(run, start_iter=start)
     finally:
@@ -299,7 +351,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> float:
             run.logger.close()
         cleanup()
     if run.dist.is_main:
-        report(run, output_dir)
+        report(run, run_dir)
     return best
 
 

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
+from deeplab.errors import ConfigError
+
 LOW_LEVEL_INDEX = 3  # features[0:4] end at stride 4 with 24 channels (x width_mult)
 LAST_INDEX = 17  # features[17] is the 320-channel block; features[18] (the 1280-channel 1x1) is dropped
 OUTPUT_STRIDES = (8, 16, 32)
@@ -63,7 +65,7 @@ class MobileNetV2Backbone(nn.Module):
         current dilation) and every later 3x3 conv multiplies its dilation by the stride given up.
         """
         if output_stride not in OUTPUT_STRIDES:
-            raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
+            raise ConfigError(f"output_stride={output_stride!r}: must be one of {list(OUTPUT_STRIDES)}")
         stride, dilation = 1, 1
         for block, native in zip(self.features, self._native_strides):
             conv = _spatial_conv(block)
@@ -88,18 +90,18 @@ def load_backbone_weights(backbone: MobileNetV2Backbone, weights: str | Path) ->
     """Load ImageNet or local torchvision-format MobileNetV2 weights into `backbone`; return their source."""
     if isinstance(weights, str) and weights in IMAGENET_WEIGHTS:
         if backbone.width_mult != 1.0 or backbone.expand_ratio != 6:
-            raise ValueError(
-                f"ImageNet MobileNetV2 weights exist only for width_mult=1.0 and expand_ratio=6, not "
-                f"width_mult={backbone.width_mult}, expand_ratio={backbone.expand_ratio}; "
-                "use backbone_weights=null (random init) or a state dict of your own.")
+            raise ConfigError(
+                f"model.backbone_weights={weights}: ImageNet MobileNetV2 weights exist only for width_mult=1.0 and "
+                f"expand_ratio=6, not model.width_mult={backbone.width_mult}, model.expand_ratio="
+                f"{backbone.expand_ratio}; set model.backbone_weights=null (random init) or a state dict of your own")
         state, source = _imagenet_state_dict(IMAGENET_WEIGHTS[weights])
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
-                f"backbone_weights file not found: {path}. Pass the path of a torchvision MobileNetV2 state dict "
-                f"(torch.save(torchvision.models.mobilenet_v2(...).state_dict(), PATH)), or one of "
-                f"{sorted(IMAGENET_WEIGHTS)}, or null for random init.")
+            raise ConfigError(
+                f"model.backbone_weights: file not found: {path}; pass the path of a torchvision MobileNetV2 state "
+                f"dict (torch.save(torchvision.models.mobilenet_v2(...).state_dict(), PATH)), or one of "
+                f"{sorted(IMAGENET_WEIGHTS)}, or null for random init")
         state, source = _read_state_dict(path), str(path)
     _load_features(backbone, state, source)
     return source
@@ -119,19 +121,22 @@ def _imagenet_state_dict(name: str) -> tuple[dict, str]:
     try:
         return weights.get_state_dict(progress=True, check_hash=True, weights_only=True), str(cached)
     except OSError as exc:  # URLError (offline, DNS, proxy) is an OSError
-        raise RuntimeError(
-            f"Could not download the ImageNet MobileNetV2 weights from {weights.url} ({exc}). "
-            f"Offline, copy that file to {cached} (set TORCH_HOME to move the cache), "
-            "or pass backbone_weights=/path/to/mobilenet_v2.pth.") from exc
+        raise ConfigError(
+            f"model.backbone_weights=imagenet: could not download the ImageNet MobileNetV2 weights from "
+            f"{weights.url} ({exc}); offline, copy that file to {cached} (set TORCH_HOME to move the cache), pass "
+            f"model.backbone_weights=/path/to/mobilenet_v2.pth, or set model.backbone_weights=null to start from "
+            f"random weights on purpose") from exc
 
 
 def _read_state_dict(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, not a torch file, or pickled code refused by weights_only
-        raise ValueError(f"{path} is not a readable PyTorch state dict: {exc}") from exc
+        raise ConfigError(f"model.backbone_weights: {path} is not a readable PyTorch state dict "
+                          f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); pass a "
+                          f"torchvision MobileNetV2 state dict") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+        raise ConfigError(f"model.backbone_weights: {path} holds a {type(state).__name__}, not a state dict")
     return state
 
 
@@ -140,12 +145,14 @@ def _load_features(backbone: MobileNetV2Backbone, state: dict, source: str) -> N
     own = backbone.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise ValueError(
-            f"{source} is not a torchvision MobileNetV2 state dict: {len(missing)} of {len(own)} backbone tensors "
-            f"are missing (first: {missing[0]!r}). Expected keys like 'features.0.0.weight'.")
+        raise ConfigError(
+            f"model.backbone_weights: {source} is not a torchvision MobileNetV2 state dict: {len(missing)} of "
+            f"{len(own)} backbone tensors are missing (first: {missing[0]!r}); expected keys like "
+            f"'features.0.0.weight'")
     for key, tensor in own.items():
         if state[key].shape != tensor.shape:
-            raise ValueError(
-                f"{source} does not fit this backbone (width_mult={backbone.width_mult}, expand_ratio="
-                f"{backbone.expand_ratio}): {key} has shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}.")
+            raise ConfigError(
+                f"model.backbone_weights: {source} does not fit this backbone (width_mult={backbone.width_mult}, "
+                f"expand_ratio={backbone.expand_ratio}): {key} has shape {tuple(state[key].shape)}, expected "
+                f"{tuple(tensor.shape)}")
     backbone.load_state_dict({k: state[k] for k in own})

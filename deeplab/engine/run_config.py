@@ -1,0 +1,284 @@
+"""The training config as one checked whole: every key and value is checked before any data is read or any file is
+written, and a resumed run takes the command line's safe overrides and refuses the others, naming the key.
+"""
+
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from deeplab.data.transforms import train_transform
+from deeplab.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
+from deeplab.engine.precision import PRECISIONS, resolve_device, resolve_precision
+from deeplab.errors import ConfigError
+from deeplab.losses import SegmentationLoss
+from deeplab.model import build_model
+from deeplab.model.backbone import OUTPUT_STRIDES
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """The `trainer` config section; a misspelt key is a ConfigError naming it."""
+
+    iterations: int = 30000
+    batch_size: int = 16  # the global batch per optimizer step, over all processes and accumulation steps
+    grad_accum: int = 1
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    num_workers: int = 4
+    device: str = "auto"
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    channels_last: bool = True
+    fast_convs: bool = True  # the dense decoder's 3x3 convs with fewer multiplications where they run in fp32 on CPU
+    compile: bool = False
+    grad_clip: float | None = None
+    freeze_backbone_iters: int = 0
+    sync_bn: bool | None = None  # None: on when more than one process trains on GPUs
+    deterministic: bool = False
+    grid_images: int = 4
+    preflight_samples: int = 8
+
+
+# section -> the callable that takes its keys as keyword arguments (besides those the trainer passes itself)
+SECTIONS: dict[str, tuple[Callable, tuple[str, ...]]] = {
+    "trainer": (TrainerSettings, ()), "model": (build_model, ()), "optim": (build_optimizer, ("model",)),
+    "schedule": (build_scheduler, ("optimizer", "total_iters")), "loss": (SegmentationLoss, ("ignore_index",)),
+    "augment": (train_transform, ("mean", "std", "ignore_index")),
+}
+
+# (key, test, what is allowed): plain range checks that read better than a builder's own error
+RANGES: list[tuple[str, Callable[[typing.Any], bool], str]] = [
+    *[(f"trainer.{k}", lambda v: v >= 1, "an integer >= 1") for k in
+      ("iterations", "batch_size", "grad_accum", "val_every", "checkpoint_every", "log_every")],
+    *[(f"trainer.{k}", lambda v: v >= 0, "an integer >= 0") for k in
+      ("num_workers", "freeze_backbone_iters", "grid_images", "preflight_samples")],
+    ("trainer.grad_clip", lambda v: v is None or v > 0, "null or a number > 0"),
+    ("trainer.precision", lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}"),
+    ("model.output_stride", lambda v: v in OUTPUT_STRIDES, f"one of {list(OUTPUT_STRIDES)}"),
+    ("model.width_mult", lambda v: v > 0, "a number > 0 (0.5, 0.75, 1.0, 1.4)"),
+    *[(f"model.{k}", lambda v: v >= 1, "an integer >= 1") for k in
+      ("expand_ratio", "aspp_channels", "low_level_channels", "decoder_channels")],
+    ("model.aspp_dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("optim.lr", lambda v: v > 0 and math.isfinite(v), "a number > 0, e.g. 0.01"),
+    ("optim.backbone_lr_mult", lambda v: v >= 0, "a number >= 0 (0 freezes the backbone's updates)"),
+    ("optim.weight_decay", lambda v: v is None or v >= 0, "null or a number >= 0"),
+    ("optim.momentum", lambda v: v is None or 0 <= v < 1, "null or a number in [0, 1)"),
+    ("schedule.power", lambda v: v > 0, "a number > 0"),
+    ("schedule.warmup_iters", lambda v: v >= 0, "an integer >= 0"),
+    ("schedule.warmup_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("schedule.min_lr_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("loss.dice_weight", lambda v: v >= 0, "a number >= 0"),
+    ("loss.ohem_min_pixels", lambda v: v >= 0, "an integer >= 0"),
+    ("augment.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    ("augment.color_jitter", lambda v: v >= 0, "a number >= 0"),
+    ("dataset.ignore_index", lambda v: 0 <= v <= 255, "an integer in 0-255 (masks are 8-bit)"),
+    ("dataset.num_classes", lambda v: 1 <= v <= 255, "an integer in 1-255"),
+]
+
+
+def _describe(annotation) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if annotation in names:
+        return names[annotation]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args) + (" or null" if type(None) in typing.get_args(annotation)
+                                                          else "")
+    if typing.get_origin(annotation) in (list, tuple, Sequence):
+        return "a list"
+    return "a mapping" if typing.get_origin(annotation) in (dict, Mapping) else str(annotation)
+
+
+def _fits(value, annotation) -> bool:
+    """Whether a config value fits a parameter's type hint (the hints this project uses; others pass)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin in (list, tuple, Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
+        return not args or all(_fits(v, args[0]) for v in value)
+    if origin in (dict, Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def check_section(name: str, values: Mapping, fn: Callable, *, passed: Sequence[str] = (),
+                  extra: Mapping[str, inspect.Parameter] | None = None) -> None:
+    """Every key of a section is a keyword `fn` takes, with a value of its type; else one sentence naming it."""
+    params = {**{k: p for k, p in inspect.signature(fn).parameters.items() if k not in passed
+                 and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}, **(extra or {})}
+    hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) and not hasattr(fn, "__dataclass_fields__")
+                                  else fn)
+    for key, value in values.items():
+        if key not in params:
+            raise ConfigError(f"{name}.{key}: no such key in the {name} section (known: {', '.join(sorted(params))}); "
+                              f"check the spelling, or drop it")
+        hint = hints.get(key, params[key].annotation)
+        if hint is not inspect.Parameter.empty and not _fits(value, hint):
+            raise ConfigError(f"{name}.{key}={value!r}: must be {_describe(hint)}")
+
+
+def _select(config: Mapping, key: str, default=None):
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _optimizer_keys(optim: Mapping) -> dict[str, inspect.Parameter]:
+    """The chosen torch optimizer's own keywords (momentum, betas...): keys set to null are never passed."""
+    cls = OPTIMIZERS.get(optim.get("name"))
+    own = inspect.signature(cls).parameters if cls else {}
+    return {k: p.replace(annotation=inspect.Parameter.empty) for k, p in own.items() if k not in ("params", "lr")}
+
+
+def validate_config(config: Mapping) -> None:
+    """Check the composed training config before anything is read or written: keys, types, ranges, consistency."""
+    for name, (fn, passed) in SECTIONS.items():
+        section = config.get(name)
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"{name}: the config has no {name} section; do not delete config groups")
+        values = section
+        extra = None
+        if name == "optim":  # keys set to null are left out, so one file can list both optimizers' options
+            if section.get("name") not in OPTIMIZERS:
+                raise ConfigError(f"optim.name={section.get('name')!r}: must be one of {sorted(OPTIMIZERS)}")
+            values, extra = {k: v for k, v in section.items() if v is not None}, _optimizer_keys(section)
+        check_section(name, values, fn, passed=passed, extra=extra)
+    for key, test, allowed in RANGES:
+        value = _select(config, key)
+        if value is None and key.split(".")[-1] not in ("grad_clip", "weight_decay", "momentum"):
+            continue
+        try:
+            ok = test(value)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: must be {allowed}")
+    _check_consistency(config)
+
+
+def _check_consistency(config: Mapping) -> None:
+    """Keys that must agree with each other."""
+    data, trainer = config["dataset"], config["trainer"]
+    device = resolve_device(trainer["device"], key="trainer.device")
+    resolve_precision(trainer["precision"], device.type, key="trainer.precision")
+    names = data.get("class_names")
+    if names is not None and len(names) != data["num_classes"]:
+        raise ConfigError(f"dataset.num_classes={data['num_classes']} but dataset.class_names lists {len(names)} "
+                          f"names; give one name per class")
+    if config["model"].get("num_classes") != data["num_classes"]:
+        raise ConfigError(f"model.num_classes={config['model'].get('num_classes')} differs from dataset.num_classes="
+                          f"{data['num_classes']}; leave model.num_classes at ${{dataset.num_classes}}")
+    weights = config["loss"].get("class_weights")
+    if weights is not None and len(weights) != data["num_classes"]:
+        raise ConfigError(f"loss.class_weights has {len(weights)} values for dataset.num_classes="
+                          f"{data['num_classes']}; give one weight per class")
+    if trainer["batch_size"] % trainer["grad_accum"]:
+        raise ConfigError(f"trainer.batch_size={trainer['batch_size']} is not divisible by trainer.grad_accum="
+                          f"{trainer['grad_accum']}; each accumulation step takes an equal share of the batch")
+    fraction = config["loss"].get("ohem_fraction")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ConfigError(f"loss.ohem_fraction={fraction!r}: must be null or a number in (0, 1]")
+    crop = config["augment"].get("crop_size")
+    if crop is not None and any(int(c) < 1 for c in ([crop] if isinstance(crop, int) else crop)):
+        raise ConfigError(f"augment.crop_size={crop!r}: must be a size >= 1, e.g. [513, 513]")
+    scale = config["augment"].get("scale_range")
+    if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
+        raise ConfigError(f"augment.scale_range={scale!r}: must be [low, high] with 0 < low <= high")
+
+
+# What a resumed run may change: paths, cadence, length, workers and the speed settings that leave its result
+# as it is. Everything else (the model, the data it learns, the optimisation) would make it another run.
+SAFE_ON_RESUME = ("trainer.iterations", "trainer.val_every", "trainer.checkpoint_every", "trainer.log_every",
+                  "trainer.num_workers", "trainer.device", "trainer.precision", "trainer.channels_last",
+                  "trainer.fast_convs", "trainer.compile", "trainer.grad_accum", "trainer.deterministic",
+                  "trainer.grid_images", "trainer.preflight_samples", "output_root", "resume")
+# dataset keys that define what is learned; its other keys are where the data lives (root, folders, cache)
+DATASET_IDENTITY = ("format", "num_classes", "class_names", "ignore_index", "label_map", "palette", "ignore_colour",
+                    "mean", "std", "train_split", "val_ratio", "seed", "categories")
+
+
+def safe_on_resume(key: str) -> bool:
+    """Whether a resumed run may take a new value for `key` (a dotted config key)."""
+    if key.startswith("dataset."):
+        return key.split(".")[1] not in DATASET_IDENTITY
+    return key in SAFE_ON_RESUME
+
+
+def _refuse(key: str, shown: str) -> ConfigError:
+    return ConfigError(f"{shown}: a resumed run keeps its {key.split('.')[0]} settings as saved, and {key} would "
+                       f"change the model or what it learns; drop it, or start a new run from these weights with "
+                       f"init_from=<its last.pt>")
+
+
+def _set(config: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
+def _flat(config: Mapping, prefix: str = "") -> dict:
+    """{dotted key: value} of every leaf."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_config(saved: dict, cfg: DictConfig, overrides: Sequence[str]) -> tuple[dict, list[str]]:
+    """The saved config with the command line's safe overrides applied, and a note for each change.
+
+    `overrides` are the command line's (Hydra's `overrides.task`); their values are read from the composed `cfg`,
+    so interpolations and types are as Hydra made them. A config group chosen again as it was (dataset=voc,
+    experiment=voc_os16) is fine; one that would change the model or the optimisation is refused, naming a key.
+    """
+    new, old = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
+    config, notes = OmegaConf.to_container(OmegaConf.create(saved)), []
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        key, shown = override.key_or_group, override.input_line or override.key_or_group
+        if key.split(".")[0] in ("hydra", "resume"):
+            continue
+        if override.is_delete():
+            raise _refuse(key, shown)
+        if key not in new:  # a config group: compare every key it may have set
+            changed = [k for k in new if (k.startswith(f"{key}.") or key not in saved) and not safe_on_resume(k)
+                       and old.get(k) != new[k]]
+            if changed:
+                raise _refuse(changed[0], shown)
+            continue
+        if key not in old:
+            raise ConfigError(f"{shown}: this run's saved config has no key {key}; check the spelling")
+        if new[key] == old[key]:
+            continue
+        if not safe_on_resume(key):
+            raise _refuse(key, shown)
+        notes.append(f"{key}: {old[key]!r} -> {new[key]!r}")
+        _set(config, key, new[key])
+    return config, notes

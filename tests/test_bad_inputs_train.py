@@ -1,0 +1,243 @@
+"""Catalogue of a training user's mistakes: each ends in one sentence naming the key or file, loses nothing, and a
+resumed run takes the safe overrides and refuses the others."""
+
+import hashlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, compose, make_voc_tree, tiny_train_overrides
+from deeplab.data import DataError
+from deeplab.engine.checkpoint import load_checkpoint
+from deeplab.engine.trainer import train
+from deeplab.errors import ConfigError, UserError
+
+
+def _digest(root):
+    """Path -> sha256 of every file under root: what must be byte-identical after a refused command."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _cfg(tree, out, *extra, iterations=2):
+    return compose("train", ["dataset=voc", *tiny_train_overrides(tree, out, iterations), *extra])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A VOC tree and a finished 2-iteration run (run dir with last.pt and best.pt)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    tree = make_voc_tree(tmp / "VOC", n_train=4, n_val=2, size=(48, 64))
+    train(_cfg(tree, tmp / "outputs"), tmp / "outputs" / "run")
+    return tree, tmp / "outputs" / "run"
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    """A private copy of the finished run and its data, so a test may resume, move or break them."""
+    tree, run = finished
+    shutil.copytree(tree, tmp_path / "VOC")
+    shutil.copytree(run, tmp_path / "outputs" / "run")
+    return tmp_path / "VOC", tmp_path / "outputs" / "run"
+
+
+def _one_sentence(exc_info, *names):
+    message = str(exc_info.value)
+    assert "\n" not in message and "Traceback" not in message
+    for name in names:
+        assert name in message, (name, message)
+    return message
+
+
+# --- configuration values: refused before any data is read or any run dir is made ---------------------------------
+
+BAD_VALUES = [
+    ("model.output_stride=12", "model.output_stride=12"),
+    ("optim.lr=-0.01", "optim.lr=-0.01"),
+    ("trainer.batch_size=abc", "trainer.batch_size='abc'"),
+    ("trainer.val_every=0", "trainer.val_every=0"),
+    ("trainer.iterations=0", "trainer.iterations=0"),
+    ("trainer.checkpoint_every=-5", "trainer.checkpoint_every=-5"),
+    ("trainer.num_workers=1.5", "trainer.num_workers=1.5"),
+    ("trainer.precision=fp8", "trainer.precision='fp8'"),
+    ("trainer.precision=fp16", "trainer.precision=fp16"),
+    ("trainer.device=cuda", "trainer.device=cuda"),
+    ("trainer.device=gpu0", "trainer.device='gpu0'"),
+    ("trainer.grad_accum=3", "trainer.grad_accum=3"),
+    ("dataset.num_classes=4", "dataset.num_classes=4"),
+    ("dataset.ignore_index=300", "dataset.ignore_index=300"),
+    ("+trainer.epochs=5", "trainer.epochs"),
+    ("+model.backbone=resnet50", "model.backbone"),
+    ("optim.name=adam", "optim.name='adam'"),
+    ("+optim.momentun=0.8", "optim.momentun"),
+    ("schedule.power=0", "schedule.power=0"),
+    ("loss.class_weights=[1,2]", "loss.class_weights"),
+    ("loss.ohem_fraction=1.5", "loss.ohem_fraction=1.5"),
+    ("augment.scale_range=[2.0,0.5]", "augment.scale_range"),
+    ("augment.crop_size=[0,64]", "augment.crop_size"),
+    ("augment.hflip=2", "augment.hflip=2"),
+    ("model.separable=maybe", "model.separable='maybe'"),
+]
+
+
+@pytest.mark.parametrize("override,named", BAD_VALUES, ids=[b[0] for b in BAD_VALUES])
+def test_bad_config_value_is_one_sentence_before_anything_is_touched(override, named, voc_root, tmp_path):
+    if override == "trainer.device=cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    before = _digest(voc_root)
+    run_dir = tmp_path / "outputs" / "run"
+    with pytest.raises(ConfigError) as exc_info:
+        train(_cfg(voc_root, tmp_path / "outputs", override), run_dir)
+    _one_sentence(exc_info, named)
+    assert not run_dir.exists()  # checked before the run dir is made
+    assert _digest(voc_root) == before
+
+
+def test_batch_larger_than_the_training_split_names_split_and_root(tmp_path):
+    tree = make_voc_tree(tmp_path / "VOC", n_train=3, n_val=1)
+    with pytest.raises(ConfigError) as exc_info:
+        train(_cfg(tree, tmp_path / "outputs"), tmp_path / "run")  # batch 4, 3 training images
+    _one_sentence(exc_info, "trainer.batch_size=4", "'train'", "3 samples", str(tree))
+
+
+def test_offline_imagenet_default_says_where_to_put_the_file_or_how_to_choose_random(voc_root, tmp_path,
+                                                                                     monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    overrides = [o for o in tiny_train_overrides(voc_root, tmp_path / "out", 2) if "backbone_weights" not in o]
+    cfg = compose("train", ["dataset=voc", *overrides])
+    assert cfg.model.backbone_weights == "imagenet"  # what `python train.py dataset=voc` asks for
+    with pytest.raises(ConfigError) as exc_info:
+        train(cfg, tmp_path / "run")
+    _one_sentence(exc_info, "model.backbone_weights=imagenet", str(tmp_path / "torch"), "model.backbone_weights=null")
+
+
+# --- resume: safe overrides applied, the others refused -------------------------------------------------------------
+
+def test_resume_extends_a_finished_run_and_says_how_the_schedule_changes(run_copy, tmp_path, caplog):
+    tree, run = run_copy
+    with caplog.at_level("INFO"):
+        train(_cfg(tree, tmp_path / "outputs", f"resume={run / 'last.pt'}", "trainer.iterations=4"),
+              tmp_path / "outputs" / "stub", overrides=["resume=" + str(run / "last.pt"), "trainer.iterations=4"])
+    last = load_checkpoint(run / "last.pt")
+    assert last["iteration"] == 4 and last["config"]["trainer"]["iterations"] == 4
+    assert "trainer.iterations 2 -> 4: the learning-rate schedule now ends at iteration 4" in caplog.text
+    # at iteration 2 the old schedule had ended (LR 0); the new one is at 0.002 * (1 - 2/4)^0.9
+    assert f"the LR at iteration 2 goes from 0 to {0.002 * 0.5 ** 0.9:.3g}" in caplog.text
+
+
+def test_resume_after_the_data_moved_reads_the_new_root(run_copy, tmp_path):
+    tree, run = run_copy
+    moved = tmp_path / "moved" / "VOC"
+    shutil.move(str(tree), moved)
+    overrides = [f"resume={run}", f"dataset.root={moved}", "trainer.iterations=3"]
+    train(_cfg(tree, tmp_path / "outputs", *overrides), tmp_path / "outputs" / "stub", overrides=overrides)
+    last = load_checkpoint(run / "last.pt")
+    assert last["iteration"] == 3 and last["config"]["dataset"]["root"] == str(moved)
+
+
+REFUSED_ON_RESUME = ["model.separable=false", "model.output_stride=8", "dataset.num_classes=6", "optim=adamw",
+                     "optim.lr=0.5", "trainer.batch_size=2", "loss.dice_weight=1.0", "seed=3", "experiment=voc_os8",
+                     "dataset=cityscapes"]
+
+
+@pytest.mark.parametrize("override", REFUSED_ON_RESUME)
+def test_resume_refuses_what_would_change_the_model_or_the_optimisation(override, run_copy, tmp_path):
+    tree, run = run_copy
+    before = _digest(run)
+    overrides = [f"resume={run / 'last.pt'}", override]
+    cfg = _cfg(tree, tmp_path / "outputs", *overrides) if override != "dataset=cityscapes" else \
+        compose("train", [*tiny_train_overrides(tree, tmp_path / "outputs", 2), *overrides])
+    with pytest.raises(ConfigError) as exc_info:
+        train(cfg, tmp_path / "outputs" / "stub", overrides=overrides)
+    message = _one_sentence(exc_info, override, "init_from=")
+    assert message.startswith(override)
+    assert _digest(run) == before
+
+
+def test_resume_with_the_original_command_line_repeated_is_fine(run_copy, tmp_path):
+    tree, run = run_copy
+    overrides = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 3), f"resume={run}"]
+    train(compose("train", overrides), tmp_path / "outputs" / "stub", overrides=overrides)
+    assert load_checkpoint(run / "last.pt")["iteration"] == 3
+
+
+def test_resume_below_the_reached_iteration_is_refused_and_equal_trains_nothing(run_copy, tmp_path, caplog):
+    tree, run = run_copy
+    before = _digest(run)
+    overrides = [f"resume={run}", "trainer.iterations=1"]
+    with pytest.raises(ConfigError) as exc_info:
+        train(_cfg(tree, tmp_path / "outputs", *overrides), tmp_path / "stub", overrides=overrides)
+    _one_sentence(exc_info, "trainer.iterations=1", "(2)")
+    with caplog.at_level("INFO"):
+        train(_cfg(tree, tmp_path / "outputs", f"resume={run}"), tmp_path / "stub", overrides=[f"resume={run}"])
+    assert "nothing to train" in caplog.text and "trainer.iterations higher" in caplog.text
+    assert _digest(run) == before
+
+
+def test_resume_leaves_no_stub_run_dir_and_logs_into_the_resumed_run(run_copy, tmp_path):
+    import logging
+
+    tree, run = run_copy
+    stub = tmp_path / "outputs" / "stub"
+    (stub / ".hydra").mkdir(parents=True)  # what Hydra makes for every command
+    (stub / ".hydra" / "config.yaml").write_text("{}\n")
+    handler = logging.FileHandler(stub / "train.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        logging.getLogger("deeplab.train").warning("said before the run dir was known")
+        overrides = [f"resume={run}", "trainer.iterations=3"]
+        train(_cfg(tree, tmp_path / "outputs", *overrides), stub, overrides=overrides)
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if isinstance(h, logging.FileHandler) and h.baseFilename.startswith(str(tmp_path)):
+                h.close()
+                logging.getLogger().removeHandler(h)
+    assert not stub.exists()
+    text = (run / "train.log").read_text()
+    assert "said before the run dir was known" in text and "resuming" in text
+
+
+# --- a failure at validation keeps the training done -----------------------------------------------------------------
+
+def test_bad_val_mask_found_at_validation_keeps_the_checkpoint_that_was_due(tmp_path):
+    tree = make_voc_tree(tmp_path / "VOC", n_train=4, n_val=3, size=(48, 64))
+    last_val = (tree / "ImageSets/Segmentation/val.txt").read_text().split()[-1]
+    mask = tree / "SegmentationClass" / f"{last_val}.png"
+    Image.fromarray(np.full((30, 30), 1, np.uint8)).save(mask)  # wrong size, past the preflight's one sample
+    run_dir = tmp_path / "outputs" / "run"
+    with pytest.raises(DataError) as exc_info:
+        train(_cfg(tree, tmp_path / "outputs", "trainer.preflight_samples=1", "trainer.val_every=2",
+                   "trainer.checkpoint_every=2", iterations=4), run_dir)
+    message = _one_sentence(exc_info, str(mask), "saved in", "last.pt", "resume=")
+    assert "validation at iteration 2" in message
+    assert load_checkpoint(run_dir / "last.pt")["iteration"] == 2
+
+
+# --- as a user runs it: one line, exit 1, no traceback ---------------------------------------------------------------
+
+def test_train_py_with_a_bad_value_prints_one_line_and_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", "trainer.batch_size=abc", f"output_root={tmp_path}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    out = done.stdout + done.stderr
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "trainer.batch_size='abc': must be an integer" in errors[0]
+    assert not any(p.name == "last.pt" for p in tmp_path.rglob("*"))
+
+
+def test_user_error_base_class_covers_the_commands_errors():
+    from deeplab.engine.checkpoint import CheckpointError
+    from deeplab.engine.trainer import TrainingDiverged
+
+    assert all(issubclass(e, UserError) for e in (DataError, CheckpointError, ConfigError, TrainingDiverged))
