@@ -22,19 +22,20 @@ def test_read_image_greyscale_rgba_16bit_all_arrive_as_rgb_uint8(tmp_path):
     assert read_image(tmp_path / "deep.png").max() == sixteen.max() >> 8
 
 
-def test_exif_rotated_image_is_upright_and_aligned_with_its_mask(tmp_path):
-    raw = np.zeros((20, 40, 3), np.uint8)
+@pytest.mark.parametrize("size", [(20, 40), (30, 30)], ids=["non-square", "square"])
+def test_exif_rotated_image_is_read_in_raw_pixel_order_like_its_mask(tmp_path, size):
+    raw = np.zeros((*size, 3), np.uint8)
     raw[:, :10] = 255  # white band on the left of the stored pixels
-    img = Image.fromarray(raw)
-    exif = img.getexif()
-    exif[0x0112] = 6  # "rotate 90 CW to display": the band ends up on top
-    img.save(tmp_path / "rot.jpg", exif=exif, quality=95)
-    mask = np.zeros((40, 20), np.uint8)
-    mask[:10] = 1  # annotated on the displayed (upright) image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": a viewer shows the band on top
+    Image.fromarray(raw).save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    assert Image.open(tmp_path / "rot.jpg").getexif()[0x0112] == 6
+    mask = np.zeros(size, np.uint8)
+    mask[:, :10] = 1  # annotated on the stored pixels, as annotation tools do (PIL reads masks unrotated)
     palette_png(tmp_path / "rot.png", mask)
     image, loaded = SegmentationDataset([(tmp_path / "rot.jpg", tmp_path / "rot.png")], num_classes=2).load(0)
-    assert image.shape == (40, 20, 3)
-    assert image[:8].mean() > 200 and image[12:].mean() < 50
+    assert image.shape == (*size, 3)
+    assert image[:, :8].mean() > 200 and image[:, 12:].mean() < 50, "the EXIF rotation must not be applied"
     assert (loaded == mask).all()
 
 

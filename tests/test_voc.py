@@ -4,6 +4,7 @@ import pytest
 from conftest import VOC_PALETTE
 from deeplab.data import DataError, build_dataset
 from deeplab.data.voc import voc_samples
+from deeplab.errors import ConfigError
 
 
 def test_voc_tree_loads_with_image_and_mask_aligned(voc_root):
@@ -51,9 +52,9 @@ def test_mask_folder_is_configurable(tmp_path):
 
 
 def test_build_dataset_rejects_unknown_options_and_formats(voc_root):
-    with pytest.raises(TypeError, match="mask_folder"):
+    with pytest.raises(ConfigError, match=r"dataset.mask_folder: not an option of the voc dataset format .*mask_dir"):
         build_dataset(split="train", format="voc", root=str(voc_root), num_classes=5, mask_folder="x")
-    with pytest.raises(ValueError, match="unknown dataset format 'vocc'"):
+    with pytest.raises(ConfigError, match="dataset.format='vocc': unknown dataset format"):
         build_dataset(split="train", format="vocc", root=str(voc_root), num_classes=5)
-    with pytest.raises(ValueError, match="2 class_names but num_classes=5"):
+    with pytest.raises(ConfigError, match="dataset.class_names lists 2 names but dataset.num_classes=5"):
         build_dataset(split="train", format="voc", root=str(voc_root), num_classes=5, class_names=["a", "b"])

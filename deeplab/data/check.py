@@ -1,8 +1,9 @@
 """Dataset checker: `python -m deeplab.data.check dataset=<name> [overrides]` reads every sample of each split.
 
 It reports missing files, unreadable images, image/mask size mismatches, label values outside the classes and the
-ignore index, RGB mask colours outside the palette, masks saved as 0/255, empty split files, and a per-class pixel
-histogram; it exits non-zero on any problem. `preflight` is the cheap part the trainer runs before it starts.
+ignore index, RGB mask colours outside the palette, masks saved as 0/255, empty splits and split files, and a
+per-class pixel histogram; it exits non-zero on any problem. Notes (images with an EXIF orientation) are not
+problems. `preflight` is the cheap part the trainer runs before it starts.
 """
 
 import sys
@@ -14,6 +15,7 @@ from functools import partial
 import numpy as np
 
 from deeplab.data import DataError, SegmentationDataset, build_dataset
+from deeplab.data.dataset import exif_orientation, no_samples_problem
 
 
 @dataclass
@@ -23,44 +25,64 @@ class SplitReport:
     split: str
     samples: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     pixels: np.ndarray = field(default_factory=lambda: np.zeros(256, np.int64))
 
 
-def _scan(dataset: SegmentationDataset, index: int) -> tuple[str | None, np.ndarray | None]:
+def _scan(dataset: SegmentationDataset, index: int) -> tuple[str | None, np.ndarray | None, int]:
+    """One sample: its problem or its mask's pixel counts, and its image's EXIF orientation."""
+    orientation = exif_orientation(dataset.samples[index][0])
     try:
         _, mask = dataset.load(index)
     except DataError as exc:
-        return str(exc), None
-    return None, np.bincount(mask.ravel(), minlength=256)
+        return str(exc), None, orientation
+    return None, np.bincount(mask.ravel(), minlength=256), orientation
 
 
 def zero_255_problem(pixels: np.ndarray, *, num_classes: int, ignore_index: int, where: str) -> str | None:
-    """Masks holding only 0 and the ignore index: almost always a binary mask saved as 0/255."""
+    """Masks holding only 0 and the ignore index, all together: binary masks saved as 0/255 (thin objects too)."""
     if ignore_index < 256 and pixels[ignore_index] > 0 and pixels[1:num_classes].sum() == 0:
         share = pixels[ignore_index] / pixels.sum()
         return (f"{where}: masks hold only 0 and {ignore_index} ({share:.0%} of pixels are {ignore_index}), and "
                 f"{ignore_index} means 'ignore', so no object class would ever be learned. This is the usual sign "
                 f"of a binary mask saved as 0/255: re-save it with 1 for the object (mask // 255), or set "
-                f"dataset.label_map='{{{ignore_index}: 1}}'.")
+                f"dataset.label_map='{{{ignore_index}: 1}}' (or dataset.allow_ignore_only_masks=true if "
+                f"{ignore_index} really marks regions to ignore).")
     return None
+
+
+def exif_note(rotated: Sequence[tuple[str, int]]) -> str:
+    """The note for images whose EXIF orientation is not 1: they are read as stored, as their masks are."""
+    shown = ", ".join(f"{path} (orientation {tag})" for path, tag in rotated[:3])
+    return (f"{len(rotated)} image(s) carry an EXIF orientation other than 1, e.g. {shown}: they are read in raw pixel "
+            "order, like their masks, not turned as an image viewer shows them; their masks must be drawn on the "
+            "stored pixels too (as annotation tools do)")
 
 
 def check_split(dataset: SegmentationDataset, split: str, *, workers: int = 0) -> SplitReport:
     """Read every sample of one split; collect every problem instead of stopping at the first."""
     report = SplitReport(split, samples=len(dataset))
+    if not len(dataset):
+        report.problems.append(no_samples_problem(dataset.where))
+        return report
     scan = partial(_scan, dataset)
     if workers > 0:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(scan, range(len(dataset)), chunksize=8))
     else:
         results = [scan(i) for i in range(len(dataset))]
-    for problem, pixels in results:
+    rotated = []
+    for (image_path, _), (problem, pixels, orientation) in zip(dataset.samples, results):
         if problem:
             report.problems.append(problem)
         else:
             report.pixels += pixels
-    zero_255 = zero_255_problem(report.pixels, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
-                                where=f"split {split!r}")
+        if orientation != 1:
+            rotated.append((str(image_path), orientation))
+    if rotated:
+        report.notes.append(exif_note(rotated))
+    zero_255 = None if dataset.allow_ignore_only_masks else zero_255_problem(
+        report.pixels, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index, where=f"split {split!r}")
     if zero_255:
         report.problems.append(zero_255)
     return report
@@ -73,7 +95,7 @@ def check_dataset(*, splits: Sequence[str] | None = None, workers: int = 0, **da
     for split in dict.fromkeys(splits):
         try:
             dataset = build_dataset(split=split, **dataset_cfg)
-        except DataError as exc:  # missing files, empty split file, missing root: nothing further to read
+        except DataError as exc:  # missing files, empty split, missing root: nothing further to read
             reports.append(SplitReport(split, problems=[str(exc)]))
             continue
         reports.append(check_split(dataset, split, workers=workers))
@@ -81,24 +103,28 @@ def check_dataset(*, splits: Sequence[str] | None = None, workers: int = 0, **da
 
 
 def preflight(dataset: SegmentationDataset, *, samples: int = 8) -> None:
-    """The cheap check the trainer runs first: the first images read, sizes match, labels fit, not 0/255."""
+    """The cheap check the trainer runs first: the split has samples, the first read, sizes match, labels fit."""
+    if len(dataset) == 0:
+        raise DataError(no_samples_problem(dataset.where))
     pixels = np.zeros(256, np.int64)
     for index in range(min(samples, len(dataset))):
         pixels += np.bincount(dataset.load(index)[1].ravel(), minlength=256)
-    if len(dataset) == 0:
-        raise DataError("the dataset split is empty")
+    if dataset.allow_ignore_only_masks:
+        return
     problem = zero_255_problem(pixels, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
-                               where=f"the first {min(samples, len(dataset))} masks ({dataset.samples[0][1].parent})")
+                               where=f"the first {min(samples, len(dataset))} masks of {dataset.where} "
+                                     f"({dataset.samples[0][1].parent})")
     if problem:
         raise DataError(problem)
 
 
 def format_report(reports: Sequence[SplitReport], class_names: Sequence[str], ignore_index: int = 255) -> str:
-    """A readable summary: problems first, then the per-class pixel histogram of each split."""
+    """A readable summary: problems first, then notes, then the per-class pixel histogram of each split."""
     lines = []
     for report in reports:
         lines.append(f"split {report.split}: {report.samples} samples, {len(report.problems)} problem(s)")
         lines += [f"  PROBLEM {p}" for p in report.problems]
+        lines += [f"  NOTE {n}" for n in report.notes]
         total = report.pixels.sum()
         if total:
             lines.append(f"  {'class':<20}{'pixels':>14}{'share':>9}")

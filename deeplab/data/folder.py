@@ -4,18 +4,22 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplab.data.dataset import DataError, find_by_stem, pair_ids
-from deeplab.data.voc import read_split_file
+from deeplab.data.dataset import (IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, find_by_stem, pair_ids,
+                                  unread_files_hint)
+from deeplab.data.voc import check_ids_are_stems, read_split_file
+from deeplab.errors import ConfigError
 
 
 def ratio_split(ids: list[str], *, split: str, val_ratio: float, seed: int) -> list[str]:
     """A seeded, stable train/val split of `ids`: the same ids land in val for the same seed and ratio."""
     if split not in ("train", "val"):
         raise DataError(f"split {split!r}: without split files only 'train' and 'val' exist (from val_ratio)")
-    if not 0 < val_ratio < 1:
-        raise ValueError(f"val_ratio must be between 0 and 1, got {val_ratio}")
+    if isinstance(val_ratio, bool) or not isinstance(val_ratio, (int, float)) or not 0 < val_ratio < 1:
+        raise ConfigError(f"dataset.val_ratio={val_ratio!r}: must be a number between 0 and 1 (the share of images "
+                          "held out for validation, e.g. 0.1)")
     order = np.random.default_rng(seed).permutation(len(ids))
-    n_val = max(1, round(len(ids) * val_ratio)) if len(ids) > 1 else 0
+    # at least one image on each side, so neither split is empty whatever the ratio
+    n_val = min(max(1, round(len(ids) * val_ratio)), len(ids) - 1)
     chosen = order[:n_val] if split == "val" else order[n_val:]
     return [ids[i] for i in sorted(chosen)]
 
@@ -29,19 +33,25 @@ def folder_samples(*, root: str | Path, split: str, image_dir: str = "images", m
         if not folder.is_dir():
             raise DataError(f"dataset not found: looked for {folder} under dataset.root={root}. A folder dataset is "
                             f"{image_dir}/ (images) and {mask_dir}/ (PNG masks of class indices, same file stems).")
-    images, masks = find_by_stem(images_path), find_by_stem(masks_path, (".png",))
+    images, masks = find_by_stem(images_path), find_by_stem(masks_path, MASK_EXTENSIONS)
     if splits_path.is_dir():
         split_file = splits_path / f"{split}.txt"
         if not split_file.is_file():
             raise DataError(f"{split_file}: no such split file; splits available: "
                             f"{sorted(p.stem for p in splits_path.glob('*.txt'))}")
         ids, where = read_split_file(split_file), str(split_file)
+        check_ids_are_stems(ids, images, where=split_file)
     else:
-        unmatched = sorted(set(images) ^ set(masks))
-        if unmatched:
-            raise DataError(f"{root}: {len(unmatched)} file stem(s) have an image but no mask or a mask but no image "
-                            f"(e.g. {unmatched[:3]}); add them, remove them, or list the ids in {split_dir}/<split>.txt")
-        if not images:
-            raise DataError(f"{images_path}: no images found")
+        no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
+        if no_mask or no_image:
+            raise DataError(f"{root}: {len(no_mask) + len(no_image)} file stem(s) have an image but no mask or a mask "
+                            f"but no image (e.g. {(no_mask + no_image)[:3]}); add them, remove them, or list the ids "
+                            f"in {split_dir}/<split>.txt"
+                            + unread_files_hint(masks_path, no_mask, MASK_EXTENSIONS, "mask")
+                            + unread_files_hint(images_path, no_image, IMAGE_EXTENSIONS, "image"))
+        if len(images) < 2:
+            raise DataError(f"{images_path}: {len(images)} image(s) found, but a dataset.val_ratio split needs at "
+                            f"least 2 (one for train, one for val), so split {split!r} cannot be made; add images, or "
+                            f"list the ids in {split_dir}/train.txt and {split_dir}/val.txt")
         ids, where = ratio_split(sorted(images), split=split, val_ratio=val_ratio, seed=seed), str(root)
     return pair_ids(ids, images, masks, where=where, image_dir=images_path, mask_dir=masks_path)

@@ -1,16 +1,65 @@
 """PASCAL VOC layout: JPEGImages/, SegmentationClass*/ and ImageSets/Segmentation/<split>.txt."""
 
-from pathlib import Path
+import codecs
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 
-from deeplab.data.dataset import DataError, find_by_stem, pair_ids
+from deeplab.data.dataset import IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, find_by_stem, pair_ids
+
+# Byte-order marks of encodings a split file must not be in; UTF-32's first, as UTF-32-LE's starts like UTF-16-LE's
+FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
+                (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
+def decode_split_file(path: Path, data: bytes) -> str:
+    """A split file's text: UTF-8 with or without a byte-order mark; any other encoding is an error naming it."""
+    for bom, name in FOREIGN_BOMS:
+        if data.startswith(bom):
+            raise DataError(f"{path}: split file is {name} text (it starts with a {name} byte-order mark); "
+                            "save it as UTF-8")
+    if b"\x00" in data:
+        raise DataError(f"{path}: split file holds NUL bytes, so it is UTF-16 or UTF-32 text (or not text at all); "
+                        "save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")  # Windows editors often start UTF-8 with a byte-order mark: not part of an id
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: split file is not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}; "
+                        "probably Latin-1 or Windows-1252 text); save it as UTF-8") from exc
 
 
 def read_split_file(path: Path) -> list[str]:
-    """Ids listed one per line (blank lines and surrounding spaces ignored); an empty file is an error."""
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """Ids listed one per line (blank lines, surrounding spaces and Windows line ends ignored), each once."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the split file ({exc.strerror or exc})") from exc
+    ids: dict[str, int] = {}
+    for number, line in enumerate(decode_split_file(path, data).splitlines(), start=1):
+        sample_id = line.strip()
+        if not sample_id:
+            continue
+        if sample_id in ids:
+            raise DataError(f"{path}: id {sample_id!r} is listed twice (lines {ids[sample_id]} and {number}); list "
+                            "each id once (a repeated id would be trained on or scored twice as often)")
+        ids[sample_id] = number
     if not ids:
-        raise DataError(f"{path}: split file is empty")
-    return ids
+        raise DataError(f"{path}: split file is empty, so split {path.stem!r} has no samples; list its ids (the "
+                        "image file stems, without folder or extension), one per line")
+    return list(ids)
+
+
+def check_ids_are_stems(ids: list[str], images: Mapping[str, Path], *, where: Path) -> None:
+    """Raise for a listed id that is not a file stem but a line of several fields, or a name with folder/extension."""
+    for sample_id in ids:
+        if sample_id in images:
+            continue
+        if len(sample_id.split()) > 1:
+            raise DataError(f"{where}: the line {sample_id!r} holds several fields; a split file lists one id (an "
+                            "image file stem) per line and nothing else")
+        name = PurePosixPath(sample_id.replace("\\", "/"))
+        if len(name.parts) > 1 or name.suffix.lower() in IMAGE_EXTENSIONS:
+            raise DataError(f"{where}: lists {sample_id!r}, but ids are file stems without folder or extension; "
+                            f"write {name.stem!r} instead")
 
 
 def voc_samples(*, root: str | Path, split: str, image_dir: str = "JPEGImages",
@@ -28,5 +77,7 @@ def voc_samples(*, root: str | Path, split: str, image_dir: str = "JPEGImages",
     if not split_file.is_file():
         available = sorted(p.stem for p in splits_path.glob("*.txt"))
         raise DataError(f"{split_file}: no such split file; splits available: {available}")
-    return pair_ids(read_split_file(split_file), find_by_stem(images_path), find_by_stem(masks_path, (".png",)),
-                    where=str(split_file), image_dir=images_path, mask_dir=masks_path)
+    ids, images = read_split_file(split_file), find_by_stem(images_path)
+    check_ids_are_stems(ids, images, where=split_file)
+    return pair_ids(ids, images, find_by_stem(masks_path, MASK_EXTENSIONS), where=str(split_file),
+                    image_dir=images_path, mask_dir=masks_path)

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from deeplab.errors import ConfigError
+
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """The augmentation seed of one draw: a pure function, so a resumed run augments exactly as before."""
@@ -24,10 +26,12 @@ class TrainBatches(Sampler):
     def __init__(self, size: int, *, batch_size: int, total_iters: int, start_iter: int = 0, seed: int = 0,
                  rank: int = 0, world_size: int = 1, accum: int = 1) -> None:
         if size < batch_size:
-            raise ValueError(f"the training split has {size} samples, fewer than the batch size {batch_size}")
+            raise ConfigError(f"the training split has {size} samples, fewer than trainer.batch_size={batch_size} "
+                              f"(one optimizer step's batch); lower trainer.batch_size to at most {size}, or add "
+                              "training samples")
         if batch_size % (world_size * accum):
-            raise ValueError(f"batch size {batch_size} is not divisible by processes x grad_accum "
-                             f"({world_size} x {accum})")
+            raise ConfigError(f"trainer.batch_size={batch_size} is not divisible by processes x trainer.grad_accum "
+                              f"({world_size} x {accum}); make it a multiple of {world_size * accum}")
         self.size, self.batch_size, self.total, self.start = size, batch_size, total_iters, start_iter
         self.seed, self.rank, self.world, self.accum = seed, rank, world_size, accum
 
