@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from deeplab.engine.checkpoint import atomic_write
-from deeplab.errors import UserError
+from deeplab.errors import ConfigError, UserError
 from deeplab.model.fast_convs import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
+from deeplab.torch_files import atomic_write, is_torch_file, tensor_bytes
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 FORMATS = ("onnx", "int8", "pt2")
@@ -30,12 +30,33 @@ class ExportError(UserError):
     """An export that cannot be done or did not verify: the message names the file and the problem."""
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool) -> Path:
-    """Write through a temp file and os.replace (see atomic_write); never replace an existing file unasked."""
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def check_output(path: str | Path, *, overwrite: bool, checkpoint: str | Path | None = None) -> Path:
+    """Where an export may go: never over a checkpoint (the one exported or any other, whatever `overwrite` says),
+    never over a folder, and over another existing file only with overwrite=true."""
     path = Path(path).expanduser()
+    if checkpoint is not None and path.resolve() == Path(checkpoint).expanduser().resolve():
+        raise ExportError(f"output={path} is the checkpoint being exported; an export never replaces it: choose "
+                          f"another output=FILE (e.g. {path.with_suffix('.onnx').name}), or leave output unset to "
+                          "write beside it")
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        raise ExportError(f"output={path}: {path.suffix} names a PyTorch checkpoint, and an export never writes one "
+                          "(nor replaces one); choose output=FILE.onnx (onnx, int8) or FILE.pt2 (pt2)")
+    if path.is_dir():
+        raise ExportError(f"output={path} is a folder; give a file name, e.g. output={path / 'model.onnx'}")
+    if path.is_file() and is_torch_file(path):
+        raise ExportError(f"output={path} is a PyTorch checkpoint, and an export never replaces one whatever "
+                          "overwrite says; choose another output=FILE")
     if path.exists() and not overwrite:
         raise ExportError(f"{path} exists; choose another output=FILE or set overwrite=true")
-    return atomic_write(path, write)
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool, size_hint: int = 0) -> Path:
+    """Write through a temp file and os.replace (see atomic_write) where `check_output` allows it."""
+    return atomic_write(check_output(path, overwrite=overwrite), write, size_hint=size_hint)
 
 
 def _plain_folded(model: nn.Module) -> nn.Module:
@@ -63,7 +84,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, overwrit
                               dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
                                             OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"}})
 
-    return _atomic_write(Path(path), write, overwrite=overwrite)
+    return _atomic_write(Path(path), write, overwrite=overwrite, size_hint=tensor_bytes(folded.state_dict()))
 
 
 def ort_session(path: str | Path, *, threads: int | None = None):
@@ -135,7 +156,7 @@ def quantize_onnx(float_path: str | Path, path: str | Path, calibration: Iterabl
         finally:
             root.setLevel(level)
 
-    return _atomic_write(Path(path), write, overwrite=overwrite)
+    return _atomic_write(Path(path), write, overwrite=overwrite, size_hint=Path(float_path).stat().st_size // 4)
 
 
 def cpu_has_vnni() -> bool:
@@ -155,12 +176,33 @@ def export_pt2(model: nn.Module, path: str | Path, *, overwrite: bool = False) -
     with torch.inference_mode(False), torch.no_grad():
         program = torch.export.export(folded, (torch.randn(2, 3, 97, 129),),
                                       dynamic_shapes={"x": {0: batch, 2: height, 3: width}})
-    return _atomic_write(Path(path), lambda tmp: torch.export.save(program, str(tmp)), overwrite=overwrite)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch warns about a path that does not end in .pt2
+            torch.export.save(program, f)
+
+    return _atomic_write(Path(path), write, overwrite=overwrite, size_hint=tensor_bytes(folded.state_dict()))
 
 
 def default_output(checkpoint: str | Path, fmt: str) -> Path:
     """Beside the checkpoint: best.pt -> best.onnx, best.int8.onnx or best.pt2."""
     return Path(checkpoint).with_suffix({"onnx": ".onnx", "int8": ".int8.onnx", "pt2": ".pt2"}[fmt])
+
+
+def check_settings(cfg) -> None:
+    """The export settings, checked before the checkpoint is loaded: one ConfigError naming the key."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format}: not an export format; choose one of {', '.join(FORMATS)}")
+    if not _whole(cfg.opset) or cfg.opset < 17:
+        raise ConfigError(f"opset={cfg.opset}: the exporter needs ONNX opset 17 or newer; set opset=17")
+    counts = [("calibration_images", cfg.format == "int8"), ("val_images", cfg.format == "int8" and cfg.verify)]
+    for key, used in counts:
+        if used and (not _whole(cfg[key]) or cfg[key] < 1):
+            raise ConfigError(f"{key}={cfg[key]}: must be a whole number of images, 1 or more (e.g. {key}=32)")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def run(cfg) -> Path:
@@ -171,10 +213,10 @@ def run(cfg) -> Path:
 
     if not cfg.checkpoint:
         raise CheckpointError("usage: python -m deeplab.export checkpoint=PATH [format=onnx|int8|pt2] [output=FILE]")
-    if cfg.format not in FORMATS:
-        raise ExportError(f"format={cfg.format}: choose one of {FORMATS}")
+    check_settings(cfg)
+    output = check_output(cfg.output or default_output(cfg.checkpoint, cfg.format), overwrite=cfg.overwrite,
+                          checkpoint=cfg.checkpoint)
     model, config = model_from_checkpoint(cfg.checkpoint, device="cpu")
-    output = Path(cfg.output) if cfg.output else default_output(cfg.checkpoint, cfg.format)
     data = config["dataset"]
     print(f"{cfg.checkpoint}: {model.num_classes} classes; input: float32 N x 3 x H x W normalised with mean "
           f"{data['mean']} and std {data['std']} (RGB, 0-1 scale); output: N x {model.num_classes} x H x W logits")

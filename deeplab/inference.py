@@ -11,9 +11,29 @@ from torch import nn
 
 from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from deeplab.engine.precision import autocast, resolve_device, resolve_precision
+from deeplab.errors import ConfigError, one_line
 from deeplab.model import build_model
 from deeplab.model.fuse import fold_batchnorm
 from deeplab.model.fast_convs import use_fast_convs
+
+
+def check_tta(*, scales: Sequence[float], window: Sequence[int] | None, stride: Sequence[int] | None,
+              flip: bool = False) -> None:
+    """Test-time settings that cannot work, as one ConfigError naming the key (before any model is loaded)."""
+    if not isinstance(flip, bool):
+        raise ConfigError(f"flip={flip!r}: must be true or false")
+    if isinstance(scales, str):
+        raise ConfigError(f"scales={scales!r}: give a list of image scales, e.g. scales=[1.0] or scales=[0.75,1.0]")
+    if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in scales):
+        raise ConfigError(f"scales={list(scales) if scales else scales}: give one or more positive image scales, "
+                          "e.g. scales=[1.0] or scales=[0.75,1.0,1.25]")
+    for key, value in (("window", window), ("stride", stride)):
+        if value is not None and (len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                                                         for v in value)):
+            raise ConfigError(f"{key}={list(value)}: give a height and a width in pixels, e.g. {key}=[512,512]")
+    if stride is not None and window is None:
+        raise ConfigError(f"stride={list(stride)} has no effect without window: set window=[H,W] as well, or "
+                          "stride=null")
 
 
 def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", fold_bn: bool = True,
@@ -42,11 +62,21 @@ class OnnxModel(nn.Module):
         super().__init__()
         from deeplab.export import ort_session
 
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise CheckpointError(f"{path}: no such ONNX model file; export one with python -m deeplab.export "
+                                  "checkpoint=PATH, or leave onnx=null to run the checkpoint's weights")
+        with open(self.path, "rb") as f:
+            head = f.read(4)
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            raise CheckpointError(f"{path}: a PyTorch file, not an ONNX model; pass it as checkpoint=, and give "
+                                  "onnx= a model exported with python -m deeplab.export (or onnx=null)")
         try:
             self.session = ort_session(self.path)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-            raise CheckpointError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+            reason = one_line(exc)[:200] or type(exc).__name__
+            raise CheckpointError(f"{path}: not a readable ONNX model ({reason}); export it again with "
+                                  "python -m deeplab.export") from exc
         self.num_classes = int(self(torch.zeros(1, 3, 32, 32)).shape[1])  # the graph may leave C symbolic
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +95,7 @@ def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu
     fewer-multiplication decoder convs on the CPU). onnx=FILE runs that exported model (ONNX Runtime, CPU) instead
     of the checkpoint's weights; the checkpoint still gives the classes, mean/std and palette.
     """
+    device = resolve_device(device)  # a device this machine lacks is refused before the checkpoint is read
     state = load_checkpoint(path)
     config = state["config"]
     if onnx:
@@ -154,12 +185,13 @@ class Predictor:
                  scales: Sequence[float] = (1.0,), flip: bool = False, window: Sequence[int] | None = None,
                  stride: Sequence[int] | None = None, precision: str = "auto") -> None:
         self.device = resolve_device(device)
+        check_tta(scales=scales, window=window, stride=stride, flip=flip)
+        precision = resolve_precision(precision, self.device.type)
         self.model = model.eval().to(self.device)
         self.mean = torch.tensor(mean, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1) * 255
         self.class_names, self.palette = list(class_names), palette
-        self.tta = dict(scales=tuple(scales), flip=flip, window=window, stride=stride,
-                        precision=resolve_precision(precision, self.device.type))
+        self.tta = dict(scales=tuple(scales), flip=flip, window=window, stride=stride, precision=precision)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,
@@ -172,8 +204,12 @@ class Predictor:
         the plain model. onnx=FILE: an exported model (float or int8, `python -m deeplab.export`) run by ONNX Runtime
         instead.
         """
-        model, config = model_from_checkpoint(path, device=resolve_device(device), output_stride=output_stride,
-                                              fast=fast, compile=compile, onnx=onnx)
+        device = resolve_device(device)  # the settings first: no model is loaded for a wrong one
+        resolve_precision(tta.get("precision", "auto"), device.type)
+        check_tta(scales=tta.get("scales", (1.0,)), window=tta.get("window"), stride=tta.get("stride"),
+                  flip=tta.get("flip", False))
+        model, config = model_from_checkpoint(path, device=device, output_stride=output_stride, fast=fast,
+                                              compile=compile, onnx=onnx)
         data = config["dataset"]
         return cls(model, mean=data["mean"], std=data["std"], class_names=data["class_names"],
                    palette=data.get("palette"), device=device, **tta)

@@ -113,7 +113,7 @@ def test_state_dict_of_another_width_names_the_tensor(tmp_path):
 def test_file_that_is_not_a_state_dict_is_a_clear_error(tmp_path):
     path = tmp_path / "garbage.pth"
     path.write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="garbage.pth is not a readable PyTorch state dict"):
+    with pytest.raises(ConfigError, match="model.backbone_weights: .*garbage.pth: a text file"):
         load_backbone_weights(MobileNetV2Backbone(), path)
     torch.save({"something": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="garbage.pth is not a torchvision MobileNetV2 state dict"):
@@ -123,7 +123,8 @@ def test_file_that_is_not_a_state_dict_is_a_clear_error(tmp_path):
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"features.0.0.weight": torch.zeros(1), "payload": _Payload()}, path)
-    with pytest.raises(ValueError, match="evil.pth is not a readable PyTorch state dict"):
+    with pytest.raises(ConfigError, match="model.backbone_weights: .*evil.pth: refused: it holds code or objects "
+                                          "other than tensors"):
         load_backbone_weights(MobileNetV2Backbone(), path)
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from deeplab.export import ExportError, export_onnx, export_pt2, ort_session, quantize_onnx, verify_onnx
+from deeplab.export import (ExportError, check_output, export_onnx, export_pt2, ort_session, quantize_onnx,
+                            verify_onnx)
 from deeplab.model import build_model
 
 pytest.importorskip("onnxruntime")
@@ -45,6 +46,8 @@ def test_export_never_overwrites_an_existing_file(model, tmp_path):
         export_onnx(model, target)
     assert target.read_bytes() == b"a user's file"
     assert not list(tmp_path.glob(".mine.onnx.*"))  # no temp file left behind
+    export_onnx(model, target, overwrite=True)  # asked: an earlier export (or any non-checkpoint file) is replaced
+    assert ort_session(target).get_inputs()[0].name == "images"
 
 
 def test_int8_model_runs_and_labels_like_the_float_model(model, onnx_file, tmp_path):
@@ -61,6 +64,7 @@ def test_int8_model_runs_and_labels_like_the_float_model(model, onnx_file, tmp_p
 
 def test_pt2_export_has_dynamic_batch_and_size(model, tmp_path):
     path = export_pt2(model, tmp_path / "model.pt2")
+    assert check_output(path, overwrite=True) == path, "a .pt2 is a zip too, but not a checkpoint: it may be replaced"
     program = torch.export.load(str(path)).module()
     for shape in [(1, 3, 64, 64), (3, 3, 97, 65)]:
         x = torch.randn(shape)

@@ -113,5 +113,6 @@ def test_bad_checkpoints_are_one_sentence(trained, tmp_path):
     assert done.returncode == 1 and "checkpoint is for 21 classes but the dataset (folder) has 2" in done.stdout + done.stderr
     (tmp_path / "bad.pt").write_bytes(b"nonsense")
     done = _cli("evaluate.py", f"checkpoint={tmp_path / 'bad.pt'}", f"hydra.run.dir={tmp_path / 'ev'}")
-    assert done.returncode == 1 and "bad.pt: not a readable deeplab checkpoint" in done.stdout + done.stderr
+    assert done.returncode == 1
+    assert "bad.pt: a text file (it starts 'nonsense'), not a checkpoint" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr

@@ -1,65 +1,52 @@
 """Self-describing checkpoints, written atomically and loaded without unpickling code."""
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from deeplab.errors import UserError
+from deeplab.torch_files import CheckpointError, atomic_write, read_torch_file, tensor_bytes
 
 FORMAT_VERSION = 1
 
 
-class CheckpointError(UserError):
-    """A checkpoint that cannot be used: the message is one sentence naming the file and the problem."""
-
-
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.
-
-    A crash or a kill mid-write leaves the previous file intact. The file gets the permissions a new file would
-    (0666 less the umask), not mkstemp's owner-only 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write `state` to `path` atomically: the last good checkpoint is never lost to a crash mid-write."""
-    atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp))
+    atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp),
+                 size_hint=tensor_bytes(state))
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with weights_only=True (a stranger's pickled code never runs) and check its shape."""
+    """Load a training checkpoint (`read_torch_file`: weights_only, one sentence for an unusable file) and check that
+    it is one: a dict with the model's weights and the run's config."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, not a torch file, or a pickle that weights_only refuses
-        raise CheckpointError(f"{path}: not a readable deeplab checkpoint (truncated, corrupt, or not a "
-                              f"PyTorch file): {str(exc).splitlines()[0][:200]}") from exc
+    state = read_torch_file(path, map_location=map_location)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise CheckpointError(f"{path}: not a deeplab checkpoint (a training checkpoint holds 'model' and "
-                              f"'config'; this holds {sorted(state)[:5] if isinstance(state, dict) else type(state)})")
+        raise CheckpointError(f"{path}: {_not_a_training_checkpoint(state)}")
+    if state.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: written by a newer deeplab (checkpoint format {state['format_version']}, "
+                              f"this one reads {FORMAT_VERSION}); update deeplab to use it")
     return state
+
+
+def _not_a_training_checkpoint(state: object) -> str:
+    """What a loadable file that is not a deeplab training checkpoint holds, and what it could be used for."""
+    fix = "pass a last.pt or best.pt written by train.py (it holds 'model' and 'config')"
+    if not isinstance(state, dict):
+        return f"holds a {type(state).__name__}, not a deeplab training checkpoint; {fix}"
+    keys = [str(k) for k in state]
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        plain = (f"a plain state dict of {len(keys)} tensor(s) (weights only, e.g. {keys[0]!r}), not a deeplab "
+                 "training checkpoint")
+        if all(k.startswith(("features.", "classifier.")) for k in keys):
+            return (f"{plain}: these look like torchvision MobileNetV2 weights, which can start a training run as "
+                    f"model.backbone_weights=FILE; {fix}")
+        if all(k.startswith(("backbone.", "aspp.", "decoder.")) for k in keys):
+            return (f"{plain}: these are a deeplab model's weights saved without the run's config, which is needed "
+                    f"to rebuild the model; {fix}")
+        return f"{plain}; {fix}"
+    shown = ", ".join(repr(k) for k in keys[:5]) + (", ..." if len(keys) > 5 else "")
+    return f"not a deeplab training checkpoint (it holds {shown or 'an empty dict'}, saved by another program?); {fix}"
 
 
 def load_model_weights(model: nn.Module, weights: dict, *, source: str, reinit_classifier: bool = False) -> list[str]:

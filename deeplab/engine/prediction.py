@@ -1,7 +1,16 @@
-"""`python predict.py`: label maps, colour masks and overlays for an image, a folder (recursive) or a glob."""
+"""`python predict.py`: label maps, colour masks and overlays for an image, a folder (recursive) or a glob.
+
+Every output path is planned before anything is written. An input's outputs are named by its stem, in its folder
+relative to the input: <stem>.png (class indices), <stem>_color.png, <stem>_overlay.jpg. Inputs whose outputs would
+land on the same file (x.jpg and x.png; img.v1.png and img.v1.jpg; x.jpg's x_color.png and x_color.jpg's
+x_color.png) keep their extension in their output names instead: x.jpg.png, x.jpg_color.png, x.png.png, ...
+If two outputs still coincide, or an output would replace an input image, nothing is written: the run stops
+with a DataError naming the files.
+"""
 
 import glob
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,26 +21,135 @@ from PIL import Image
 from tqdm import tqdm
 
 from deeplab.data.dataset import IMAGE_EXTENSIONS, DataError, read_image
+from deeplab.errors import ConfigError
 from deeplab.inference import Predictor
 from deeplab.visualization import colourize, palette_array
 
 log = logging.getLogger("deeplab.predict")
 
+SUFFIXES = {"index": ".png", "color": "_color.png", "overlay": "_overlay.jpg"}  # output kind -> name ending
+EXTENSIONS = " ".join(IMAGE_EXTENSIONS)
+
 
 def list_inputs(spec: str) -> tuple[Path, list[Path]]:
-    """(base folder, image paths) for an image file, a folder (searched recursively) or a glob pattern."""
+    """(base folder, image paths) for an image file, a folder (searched recursively) or a glob pattern.
+
+    A folder or a glob gives its files with an image extension (IMAGE_EXTENSIONS, any case); a file named
+    directly is read whatever its extension. No image at all is a DataError.
+    """
     path = Path(spec).expanduser()
     if path.is_file():
         return path.parent, [path]
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise DataError(f"input={spec}: the folder (searched recursively) holds no image file ({EXTENSIONS}); "
+                            "point input= at a folder, image or glob of images")
         return path, files
-    files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+    if not matches:
+        raise DataError(f"input={spec}: no such file or folder, and no file matches it as a glob; check the path "
+                        "(quote a glob so the shell does not expand it)")
+    files = [p for p in matches if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not files:
-        raise DataError(f"input={spec}: no such file or folder, and no file matches it as a glob")
-    base = Path(*Path(spec).parts[:next((i for i, part in enumerate(Path(spec).parts) if any(c in part for c in "*?[")),
-                                       len(Path(spec).parts))])
+        raise DataError(f"input={spec}: the glob matches {len(matches)} file(s) but no image ({EXTENSIONS}), e.g. "
+                        f"{matches[0]}; point input= at images")
+    if len(files) < len(matches):
+        log.warning("input=%s: skipping %d file(s) without an image extension (%s), e.g. %s", spec,
+                    len(matches) - len(files), EXTENSIONS, next(p for p in matches if p not in files))
+    parts = Path(spec).parts
+    base = Path(*parts[:next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))])
     return base, files
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The predict-only settings, checked before anything is loaded: one ConfigError naming the key."""
+    if not cfg.checkpoint or not cfg.input:
+        raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
+    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size}: must be a whole number of images, 1 or more (e.g. "
+                          "batch_size=4)")
+    if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or not 0 <= cfg.alpha <= 1:
+        raise ConfigError(f"alpha={cfg.alpha}: the overlay opacity must be a number from 0 (image only) to 1 "
+                          "(mask only), e.g. alpha=0.5")
+    if not (cfg.save_index or cfg.save_color or cfg.save_overlay):
+        raise ConfigError("save_index, save_color and save_overlay are all false: nothing would be written; set "
+                          "at least one to true")
+
+
+def output_folder(cfg: DictConfig, run_dir: str | Path, base: Path) -> Path:
+    """The folder the outputs go to: output= or the run dir; never an existing file, nor inside the input unasked."""
+    output = Path(cfg.output or run_dir).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise DataError(f"output={cfg.output or run_dir}: is a file, not a folder; choose a folder for the label "
+                        "maps (output=DIR)")
+    if not cfg.allow_inside_input and output.is_relative_to(base.resolve()):
+        raise DataError(f"output {output} is inside the input folder {base}; choose another output=DIR "
+                        "(or set allow_inside_input=true)")
+    return output
+
+
+def _names(path: Path, base: Path, output: Path, kinds: list[str], *, keep_extension: bool) -> dict[str, Path]:
+    """The output paths of one input, named by its stem, or by its whole name (x.jpg.png) where that clashes."""
+    name = path.name if keep_extension else path.stem
+    folder = output / path.relative_to(base).parent
+    return {kind: folder / f"{name}{SUFFIXES[kind]}" for kind in kinds}
+
+
+def _clashes(plan: dict[Path, dict[str, Path]], key=str) -> dict[str, list[Path]]:
+    """Output paths (compared by `key`) planned for more than one input: path -> those inputs."""
+    owners: dict[str, list[Path]] = {}
+    for source, outputs in plan.items():
+        for target in outputs.values():
+            owners.setdefault(key(target), []).append(source)
+    return {target: sources for target, sources in owners.items() if len(sources) > 1}
+
+
+def plan_outputs(paths: list[Path], base: Path, output: Path, *, kinds: list[str]) -> dict[Path, dict[str, Path]]:
+    """Every input's output paths (kind -> path), decided before anything is written (see the module docstring).
+
+    Outputs are compared case-insensitively to choose the names (x.JPG and x.png clash on macOS and Windows), and
+    exactly to refuse; an output that would replace an input file is refused too.
+    """
+    whole: set[Path] = set()  # inputs named with their extension
+    while True:
+        plan = {p: _names(p, base, output, kinds, keep_extension=p in whole) for p in paths}
+        clashing = {p for sources in _clashes(plan, key=lambda t: str(t).casefold()).values() for p in sources}
+        if clashing <= whole:
+            break
+        whole |= clashing
+    if whole:
+        example = min(whole)
+        log.warning("%d input(s) share output names with another input, so their outputs keep the extension, "
+                    "e.g. %s -> %s", len(whole), example, plan[example][kinds[0]])
+    clashes = _clashes(plan)
+    if clashes:
+        shown = "; ".join(f"{target} from {' and '.join(str(s) for s in sources)}"
+                          for target, sources in list(clashes.items())[:3])
+        raise DataError(f"{len(clashes)} output file(s) would each be written for several inputs ({shown}); "
+                        "rename those inputs or predict them into separate output folders")
+    _refuse_unsafe_targets(plan)
+    return plan
+
+
+def _refuse_unsafe_targets(plan: dict[Path, dict[str, Path]]) -> None:
+    """No output may replace an input image (the same resolved path, or the same file through a hard link), and
+    none may be a folder (an existing one, or one that other outputs go into)."""
+    inputs = {p.resolve(): p for p in plan}
+    identities = {(s.st_dev, s.st_ino): p for p, s in ((p, os.stat(p)) for p in plan)}
+    folders = {parent for outputs in plan.values() for target in outputs.values() for parent in target.parents}
+    for outputs in plan.values():
+        for target in outputs.values():
+            source = inputs.get(target.resolve())
+            if source is None and target.exists():
+                stat = target.stat()
+                source = identities.get((stat.st_dev, stat.st_ino))
+            if source is not None:
+                raise DataError(f"{source}: predicting it would overwrite this input image with the output "
+                                f"{target}; choose an output=DIR outside the input folder")
+            if target in folders or target.is_dir():
+                raise DataError(f"{target}: this output file's path is also a folder; rename the input file or "
+                                "folder of that name, or predict into another output=DIR")
 
 
 def _batches(paths: list[Path], batch_size: int, failed: list) -> Iterator[list[tuple[Path, np.ndarray]]]:
@@ -51,31 +169,30 @@ def _batches(paths: list[Path], batch_size: int, failed: list) -> Iterator[list[
         yield batch
 
 
-def save_outputs(image: np.ndarray, labels: np.ndarray, target: Path, table: np.ndarray, *, index: bool,
-                 colour: bool, overlay: bool, alpha: float) -> None:
-    """Write <stem>.png (palette PNG of class indices), <stem>_color.png and <stem>_overlay.jpg as asked."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if index:
+def save_outputs(image: np.ndarray, labels: np.ndarray, targets: dict[str, Path], table: np.ndarray, *,
+                 alpha: float) -> None:
+    """Write the planned outputs (`plan_outputs`): index (palette PNG of class indices), color, overlay."""
+    next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
+    if "index" in targets:
         img = Image.fromarray(labels.astype(np.uint8), mode="P")
         img.putpalette(table.ravel().tolist())
-        img.save(target.with_suffix(".png"))
+        img.save(targets["index"])
     coloured = colourize(labels, table)
-    if colour:
-        Image.fromarray(coloured).save(target.with_name(target.name + "_color.png"))
-    if overlay:
+    if "color" in targets:
+        Image.fromarray(coloured).save(targets["color"])
+    if "overlay" in targets:
         blend = cv2.addWeighted(image, 1 - alpha, coloured, alpha, 0)
-        Image.fromarray(blend).save(target.with_name(target.name + "_overlay.jpg"), quality=92)
+        Image.fromarray(blend).save(targets["overlay"], quality=92)
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> int:
     """Predict every input image; returns the number of images that could not be read (the exit code's cause)."""
-    if not cfg.checkpoint or not cfg.input:
-        raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
+    check_settings(cfg)
     base, paths = list_inputs(cfg.input)
-    output = Path(cfg.output or output_dir).expanduser().resolve()
-    if not cfg.allow_inside_input and output.is_relative_to(base.resolve()) and paths:
-        raise DataError(f"output {output} is inside the input folder {base}; choose another output=DIR "
-                        "(or set allow_inside_input=true)")
+    output = output_folder(cfg, output_dir, base)
+    kinds = [kind for kind, wanted in (("index", cfg.save_index), ("color", cfg.save_color),
+                                       ("overlay", cfg.save_overlay)) if wanted]
+    plan = plan_outputs(paths, base, output, kinds=kinds)
     predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
                                           scales=cfg.scales, flip=cfg.flip, window=cfg.window, stride=cfg.stride,
                                           precision=cfg.precision, fast=cfg.fast, compile=cfg.compile,
@@ -86,11 +203,11 @@ def run(cfg: DictConfig, output_dir: str | Path) -> int:
         for batch in _batches(paths, cfg.batch_size, failed):
             labels = predictor.predict_batch([image for _, image in batch]).argmax(1).cpu().numpy()
             for (path, image), label in zip(batch, labels):
-                target = output / path.relative_to(base).parent / path.stem
-                save_outputs(image, label, target, table, index=cfg.save_index, colour=cfg.save_color,
-                             overlay=cfg.save_overlay, alpha=cfg.alpha)
+                save_outputs(image, label, plan[path], table, alpha=cfg.alpha)
             progress.update(len(batch))
         progress.update(len(failed))
+    if len(failed) == len(paths):
+        raise DataError(f"input={cfg.input}: none of the {len(paths)} image(s) could be read, e.g. {failed[0]}")
     print(f"{len(paths) - len(failed)} image(s) written to {output}")
     if failed:
         print(f"{len(failed)} image(s) could not be read:\n" + "\n".join(f"  {msg}" for msg in failed))

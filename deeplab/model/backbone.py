@@ -9,6 +9,7 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from deeplab.errors import ConfigError
+from deeplab.torch_files import CheckpointError, read_torch_file
 
 LOW_LEVEL_INDEX = 3  # features[0:4] end at stride 4 with 24 channels (x width_mult)
 LAST_INDEX = 17  # features[17] is the 320-channel block; features[18] (the 1280-channel 1x1) is dropped
@@ -130,11 +131,9 @@ def _imagenet_state_dict(name: str) -> tuple[dict, str]:
 
 def _read_state_dict(path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file, or pickled code refused by weights_only
-        raise ConfigError(f"model.backbone_weights: {path} is not a readable PyTorch state dict "
-                          f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); pass a "
-                          f"torchvision MobileNetV2 state dict") from exc
+        state = read_torch_file(path)  # weights_only, and one sentence for a file that is not a usable torch file
+    except CheckpointError as exc:
+        raise ConfigError(f"model.backbone_weights: {exc}") from exc
     if not isinstance(state, dict):
         raise ConfigError(f"model.backbone_weights: {path} holds a {type(state).__name__}, not a state dict")
     return state

@@ -1,0 +1,218 @@
+"""Reading and writing PyTorch files safely: atomic writes that never lose the previous file and say when the disk
+is full, and weights-only reads that say in one sentence what an unusable file is."""
+
+import errno
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from deeplab.errors import UserError, exception_chain
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+FULL_DISK = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: the message is one sentence naming the file and the problem."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: int = 0) -> Path:
+    """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.
+
+    A crash or a kill mid-write leaves the previous file intact; the temp file a kill leaves behind
+    (`.<name>.XXXXXXXX.tmp`) is removed by the next write of `path`. The file gets the permissions a new file would
+    (0666 less the umask), not mkstemp's owner-only 0600. A write that fails for lack of space raises a
+    CheckpointError giving the free space and about what is needed (`size_hint` bytes, or the previous file's size).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        written = Path(tmp).stat().st_size if Path(tmp).is_file() else 0
+        Path(tmp).unlink(missing_ok=True)
+        needed = max(size_hint, written, _size(path))
+        full = isinstance(exc, Exception) and _disk_full_message(path, exc, needed=needed)
+        if full:
+            raise CheckpointError(full) from exc
+        raise
+    return path
+
+
+def remove_stale_temp_files(path: Path) -> list[Path]:
+    """Remove the temp files (mkstemp's `.<name>.XXXXXXXX.tmp`) that a killed write of `path` left beside it."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    stale = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _disk_full_message(path: Path, exc: BaseException, *, needed: int) -> str | None:
+    """One sentence if `exc` is a write that failed for lack of space, else None.
+
+    torch.save reports a failed write as a RuntimeError ("PytorchStreamWriter failed writing file ...") without
+    the errno, so besides ENOSPC/EDQUOT anywhere in the chain, a failed write with less space free than it needs
+    counts as a full disk.
+    """
+    code = next((e.errno for e in exception_chain(exc) if isinstance(e, OSError) and e.errno in FULL_DISK), None)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if code is None:
+        if not isinstance(exc, (OSError, RuntimeError)) or free is None or free >= needed + 2**20:
+            return None
+        code = errno.ENOSPC
+    kept = f"; the previous {path.name} is intact" if path.is_file() else ""
+    room = f"{_human(free)} free in {path.parent}" if free is not None else f"free space in {path.parent} unknown"
+    return (f"{path}: cannot write it, {FULL_DISK[code]} ({room}, about {_human(needed)} needed){kept}; free "
+            f"space or write to another folder, then run the command again")
+
+
+def _human(size: int) -> str:
+    """A byte count as the user reads it: 5.0 kB, 4.9 MB, 1.2 GB."""
+    for factor, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if size >= factor:
+            return f"{size / factor:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def tensor_bytes(state: object) -> int:
+    """Bytes of the tensors in a nested state (dicts, lists, tuples): about what torch.save will write."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(tensor_bytes(v) for v in state)
+    return 0
+
+
+def read_torch_file(path: str | Path, *, map_location: str | torch.device = "cpu") -> object:
+    """torch.load(weights_only=True) of `path`: a stranger's pickled code never runs, and a file that cannot be
+    loaded gets one sentence saying what it is (missing, a folder, empty, a git-LFS pointer, text, ONNX, truncated,
+    refused pickled objects)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file; pass the file itself, e.g. "
+                              f"{path / inside[0]}" if inside else f"{path}: is a folder, not a checkpoint file, "
+                              "and holds no .pt file; pass the last.pt or best.pt of a training run")
+    if not path.is_file():
+        near = sorted(p.name for p in path.parent.glob("*.pt")) if path.parent.is_dir() else []
+        hint = f" ({path.parent} holds {', '.join(near[:3])})" if near else ""
+        raise CheckpointError(f"{path}: no such checkpoint file{hint}; check the path (a training run writes "
+                              "last.pt and best.pt in its run folder)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror or exc}); check its permissions") from exc
+    kind = _file_kind(path, head)
+    if kind not in ("zip", "pickle"):
+        raise CheckpointError(f"{path}: {_not_torch(kind, head)}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on pickle protocols is no use to the user
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only" not in str(exc):  # a plain unpickling failure: the pickle stream is damaged
+            raise _damaged(path, kind) from exc
+        # weights_only met something other than tensors and plain containers: a class, a function, numpy arrays
+        wanted = re.search(r"GLOBAL ([\w.]+)", " ".join(str(e) for e in exception_chain(exc)))
+        what = f" (it asks for {wanted.group(1)})" if wanted else ""
+        raise CheckpointError(f"{path}: refused: it holds code or objects other than tensors{what}, and deeplab "
+                              f"loads with weights_only=True and never unpickles code; use a checkpoint written by "
+                              f"train.py, or re-save only its tensors with torch.save where you trust the file"
+                              ) from exc
+    except Exception as exc:  # a zip cut short (no central directory), a pickle cut short (EOFError), bad records
+        raise _damaged(path, kind) from exc
+
+
+def _damaged(path: Path, kind: str) -> CheckpointError:
+    name = "zip archive" if kind == "zip" else "pickle file"
+    return CheckpointError(f"{path}: truncated or corrupt PyTorch {name} ({path.stat().st_size} bytes): the write "
+                           f"or copy was cut short; copy it again or use another checkpoint (e.g. best.pt or last.pt "
+                           f"beside it)")
+
+
+def is_torch_file(path: str | Path) -> bool:
+    """Whether a file is one torch.save wrote (a zip holding data.pkl, or a pickle), or a damaged one of those."""
+    with open(path, "rb") as f:
+        return _file_kind(Path(path), f.read(512)) in ("zip", "pickle")
+
+
+def _file_kind(path: Path, head: bytes) -> str:
+    """What the first bytes of a file say it is: zip, pickle (both torch.save's), or empty, lfs, pt2, other-zip,
+    onnx, text, unknown."""
+    if not head:
+        return "empty"
+    if head.startswith(LFS_POINTER):
+        return "lfs"
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(path)
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head[:32]):
+        return "onnx"
+    text = head.decode(errors="replace").rstrip("\ufffd")  # the 512 bytes may end inside a character
+    return "text" if all(c.isprintable() or c.isspace() for c in text) else "unknown"
+
+
+def _zip_kind(path: Path) -> str:
+    """zip (torch.save's, or too damaged to tell), pt2 (a torch.export archive) or other-zip."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "zip"  # cut short: torch.load says so, and so will we
+    if any(name.endswith("/archive_format") for name in names):
+        return "pt2"
+    return "zip" if any(name.endswith("data.pkl") for name in names) else "other-zip"
+
+
+def _not_torch(kind: str, head: bytes) -> str:
+    """What a file that torch.load cannot read is, and the fix."""
+    if kind == "empty":
+        return ("empty file (0 bytes), not a checkpoint: its write or copy was cut short; copy it again or use "
+                "another checkpoint (e.g. best.pt or last.pt beside it)")
+    if kind == "lfs":
+        return ("a git-LFS pointer (a small text file that stands for the checkpoint), not the checkpoint itself; "
+                "run `git lfs pull` in its repository to fetch the real file")
+    if kind == "pt2":
+        return ("a torch.export program (python -m deeplab.export format=pt2), not a training checkpoint; load it "
+                "with torch.export.load, and pass the .pt it was exported from as checkpoint=")
+    if kind == "onnx":
+        return ("an ONNX model, not a training checkpoint; pass it as onnx=FILE together with checkpoint=<the .pt "
+                "it was exported from>")
+    if kind == "other-zip":
+        return ("a zip archive but not one torch.save wrote (it has no data.pkl); pass a last.pt or best.pt "
+                "written by train.py")
+    if kind == "text":
+        first = head.decode(errors="replace").strip().splitlines()[0][:60]
+        return (f"a text file (it starts {first!r}), not a checkpoint: a download that saved a web page or an "
+                "error message? Fetch the real .pt file again")
+    return (f"not a PyTorch file (neither torch.save's zip archive nor a pickle; it starts with bytes "
+            f"{head[:8].hex(' ')}); pass a last.pt or best.pt written by train.py")
