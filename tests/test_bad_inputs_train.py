@@ -68,6 +68,8 @@ BAD_VALUES = [
     ("trainer.device=cuda", "trainer.device=cuda"),
     ("trainer.device=gpu0", "trainer.device='gpu0'"),
     ("trainer.grad_accum=3", "trainer.grad_accum=3"),
+    ("trainer.batch_size=1", "trainer.batch_size=1"),
+    ("trainer.grad_accum=4", "trainer.grad_accum=4"),
     ("dataset.num_classes=4", "dataset.num_classes=4"),
     ("dataset.ignore_index=300", "dataset.ignore_index=300"),
     ("+trainer.epochs=5", "trainer.epochs"),
@@ -219,7 +221,25 @@ def test_bad_val_mask_found_at_validation_keeps_the_checkpoint_that_was_due(tmp_
         train(_cfg(tree, tmp_path / "outputs", "trainer.preflight_samples=1", "trainer.val_every=2",
                    "trainer.checkpoint_every=2", iterations=4), run_dir)
     message = _one_sentence(exc_info, str(mask), "saved in", "last.pt", "resume=")
-    assert "validation at iteration 2" in message
+    assert "stopped the run at iteration 2" in message
+    assert load_checkpoint(run_dir / "last.pt")["iteration"] == 2
+
+
+def test_bad_train_mask_met_mid_run_keeps_the_training_done(tmp_path):
+    """A bad mask past the preflight, read by a DataLoader worker: one sentence, and the steps before it are kept."""
+    tree = make_voc_tree(tmp_path / "VOC", n_train=8, n_val=1, size=(48, 64))
+    ids = (tree / "ImageSets/Segmentation/train.txt").read_text().split()
+    fifth = ids[np.random.default_rng([0, 0]).permutation(8)[4]]  # TrainBatches' order for seed 0, epoch 0
+    mask = tree / "SegmentationClass" / f"{fifth}.png"  # in the third batch of two
+    Image.fromarray(np.full((30, 30), 1, np.uint8)).save(mask)
+    run_dir = tmp_path / "outputs" / "run"
+    cfg = _cfg(tree, tmp_path / "outputs", "trainer.preflight_samples=0", "trainer.num_workers=1",
+               "trainer.batch_size=2", "trainer.checkpoint_every=100", "trainer.val_every=100", iterations=6)
+    with pytest.raises(DataError) as exc_info:
+        train(cfg, run_dir)
+    message = _one_sentence(exc_info, str(mask), f"saved in {run_dir / 'last.pt'}", "resume=")
+    assert "Original Traceback" not in message and "DataLoader worker" not in message
+    assert "stopped the run at iteration 2" in message
     assert load_checkpoint(run_dir / "last.pt")["iteration"] == 2
 
 

@@ -15,7 +15,8 @@ from deeplab.engine.checkpoint import CheckpointError
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
-from deeplab.inference import is_channels_last, model_from_checkpoint
+from deeplab.errors import ConfigError
+from deeplab.inference import check_tta, is_channels_last, model_from_checkpoint
 from deeplab.metrics import ConfusionMatrix
 
 log = logging.getLogger("deeplab.evaluate")
@@ -72,8 +73,13 @@ def confusion_image(matrix: ConfusionMatrix, cell: int = 24) -> np.ndarray:
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Evaluate `checkpoint` (or score `predictions`) on the validation split; write metrics.json and the matrix."""
     output_dir = Path(output_dir)
+    device = resolve_device(cfg.device)  # the settings first: nothing is loaded or written for a wrong one
+    resolve_precision(cfg.precision, device.type)
+    check_tta(scales=cfg.scales, window=cfg.window, stride=cfg.stride, flip=cfg.flip)
+    if isinstance(cfg.num_workers, bool) or not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
+        raise ConfigError(f"num_workers={cfg.num_workers!r}: must be a whole number >= 0 (0 reads images in this "
+                          f"process)")
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
     model = None
     if cfg.checkpoint:
         model, config = model_from_checkpoint(cfg.checkpoint, device=device, output_stride=cfg.output_stride,

@@ -198,6 +198,11 @@ def _check_consistency(config: Mapping) -> None:
     if trainer["batch_size"] % trainer["grad_accum"]:
         raise ConfigError(f"trainer.batch_size={trainer['batch_size']} is not divisible by trainer.grad_accum="
                           f"{trainer['grad_accum']}; each accumulation step takes an equal share of the batch")
+    if trainer["batch_size"] // trainer["grad_accum"] < 2:
+        raise ConfigError(f"trainer.batch_size={trainer['batch_size']} with trainer.grad_accum={trainer['grad_accum']} "
+                          f"gives {trainer['batch_size'] // trainer['grad_accum']} image per step; BatchNorm needs at "
+                          f"least 2 (the ASPP's image pooling has one value per channel and image), so use a batch "
+                          f"of 2 or more per accumulation step")
     fraction = config["loss"].get("ohem_fraction")
     if fraction is not None and not 0 < fraction <= 1:
         raise ConfigError(f"loss.ohem_fraction={fraction!r}: must be null or a number in (0, 1]")

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from deeplab.data import build_dataset
+from deeplab.data import DataError, build_dataset
 from deeplab.data.check import preflight
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
@@ -25,7 +25,7 @@ from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision
 from deeplab.engine.run_config import TrainerSettings, resume_config, validate_config
 from deeplab.engine.tracking import RunLogger
-from deeplab.errors import ConfigError, UserError
+from deeplab.errors import ConfigError, UserError, one_line
 from deeplab.losses import SegmentationLoss
 from deeplab.model import build_model
 from deeplab.model.fast_convs import use_fast_convs
@@ -122,17 +122,24 @@ def validate(run: Run, iteration: int) -> dict:
 
 
 def validate_keeping_progress(run: Run, iteration: int) -> None:
-    """Validate; if validation fails (bad val data, Ctrl-C), save last.pt first, so no training is lost."""
+    """Validate; a Ctrl-C during validation saves last.pt first (the weights are not changing then)."""
     try:
         validate(run, iteration)
-    except BaseException as exc:
+    except KeyboardInterrupt:
         if run.dist.is_main:
             ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
-        if isinstance(exc, UserError):
-            raise type(exc)(f"{exc} (validation at iteration {iteration} stopped the run; the training so far is "
-                            f"saved in {run.output_dir / 'last.pt'}: fix this, then continue with "
-                            f"resume={run.output_dir / 'last.pt'})") from exc
         raise
+
+
+def keep_progress(run: Run, iteration: int, start_iter: int, exc: DataError) -> DataError:
+    """A bad sample met in training or validation: save the training done so far, and say so in the message."""
+    last = run.output_dir / "last.pt"
+    if iteration > start_iter and run.dist.is_main:
+        ckpt.save_checkpoint(last, checkpoint_state(run, iteration))
+    kept = f"the training up to iteration {iteration} is saved in {last}" if iteration > start_iter else \
+        f"no training was lost (it stopped before iteration {start_iter + 1})"
+    return DataError(f"{one_line(exc)} (this stopped the run at iteration {iteration}; {kept}: fix the data, "
+                     f"then continue with resume={last})")
 
 
 def checkpoint_state(run: Run, iteration: int) -> dict:
@@ -176,6 +183,8 @@ def fit(run: Run, *, start_iter: int) -> float:
                 validate_keeping_progress(run, iteration)
             if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
                 ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
+    except DataError as exc:  # raised by the loader or validation, between steps: the weights are consistent
+        raise keep_progress(run, iteration, start_iter, exc) from None
     finally:
         progress.close()  # also when an error ends the run: the error line starts on a line of its own
     return run.best_miou
@@ -265,10 +274,12 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
     world = init_distributed(device.type)
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
-    if settings.batch_size % (world.world_size * settings.grad_accum):
+    if settings.batch_size % (world.world_size * settings.grad_accum) or \
+            settings.batch_size // (world.world_size * settings.grad_accum) < 2:
         raise ConfigError(f"trainer.batch_size={settings.batch_size} is not divisible by processes x "
-                          f"trainer.grad_accum ({world.world_size} x {settings.grad_accum}); each process and "
-                          f"accumulation step takes an equal share of the global batch")
+                          f"trainer.grad_accum ({world.world_size} x {settings.grad_accum}) into shares of 2 or more "
+                          f"images; each process and accumulation step takes an equal share of the global batch, "
+                          f"and BatchNorm needs at least 2 images")
     train_set, val_set = build_datasets(config["dataset"], config["augment"],
                                         preflight_samples=settings.preflight_samples)
     if len(train_set) < settings.batch_size:
