@@ -26,7 +26,7 @@ from PIL import Image
 
 from deeplab.data.dataset import read_image, read_mask
 from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
-from deeplab.engine.precision import cpu_has_fast_bf16, resolve_device
+from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe_cpu, resolve_device
 from deeplab.inference import model_from_checkpoint
 from deeplab.model import build_model
 from deeplab.model.summary import summarize
@@ -127,14 +127,14 @@ def bench_inference(model: torch.nn.Module, *, device: torch.device, size: tuple
                     samples: list[tuple[torch.Tensor, torch.Tensor | None]], calibration: list[np.ndarray]) -> dict:
     """Batch-1 latency of each mode (interleaved), its labels' agreement with eager fp32, mIoU and peak memory."""
     modes = ["eager_fp32"] + [m for m in modes if m != "eager_fp32"]
+    x = samples[0][0] if samples[0][0].shape[-2:] == size else _synthetic_inputs(size)[0]
     with scratch_dir() as work:
         forwards, precisions = {}, {}
         for prefix, net, names in (("", model, modes), ("separable_", separable_model, separable_modes)):
             for name in names if net is not None else []:
                 (work / f"{prefix}{name}").mkdir()
                 forwards[prefix + name], precisions[prefix + name] = inference_mode(
-                    name, net, device=device, workdir=work / f"{prefix}{name}", calibration=calibration)
-        x = samples[0][0] if samples[0][0].shape[-2:] == size else _synthetic_inputs(size)[0]
+                    name, net, device=device, workdir=work / f"{prefix}{name}", calibration=calibration, example=x)
         # peak memory of the first call: it includes what a mode allocates once (ONNX Runtime's arena, caches)
         memory = {n: peak_memory_mib(lambda f=f: f(x), device) for n, f in forwards.items()}
         for forward in forwards.values():
@@ -169,7 +169,7 @@ def bench_train(model: torch.nn.Module, *, device: torch.device, modes: list[str
             samples = [transform(read_image(a), read_mask(b, num_classes=model.num_classes)) for a, b in chosen]
             batches.append(tuple(torch.stack(t) for t in zip(*samples)))
     data_s = (time.perf_counter() - start) / len(batches)
-    stepper = {name: training_step(name, model, device=device, lr=lr) for name in modes}
+    stepper = {name: training_step(name, model, device=device, lr=lr, example=batches[0]) for name in modes}
     losses = {name: [] for name in modes}
     times = {name: [] for name in modes}
     for i, batch in enumerate(batches):
@@ -185,7 +185,7 @@ def bench_train(model: torch.nn.Module, *, device: torch.device, modes: list[str
     for name in modes:
         step_s = statistics.median(times[name])
         gap = np.abs(np.subtract(losses[name][half:], losses["eager_fp32"][half:])).mean()
-        results[name] = {"precision": stepper[name].precision, "median_step_s": step_s,
+        results[name] = {"precision": stepper[name].precision, "plan": stepper[name].plan, "median_step_s": step_s,
                          "images_per_s": batch_size / step_s, "speedup": base / step_s, "losses": losses[name],
                          "loss_gap_vs_fp32": float(gap / np.mean(losses["eager_fp32"][half:])),
                          "peak_memory_mib": peak_memory_mib(lambda n=name: stepper[n](*batches[-1]), device)}
@@ -212,13 +212,15 @@ def format_inference(result: dict) -> str:
 def format_train(result: dict) -> str:
     lines = [f"training at batch {result['batch_size']}, crop {result['crop']} ({result['steps']} interleaved steps "
              f"after {result['warmup']} warm-up, same batches and initial weights):",
-             f"  {'mode':<14}{'prec':>6}{'s/step':>9}{'img/s':>8}{'vs eager':>9}{'loss gap':>10}{'peak MiB':>10}"
+             f"  {'mode':<16}{'prec':>6}{'s/step':>9}{'img/s':>8}{'vs eager':>9}{'loss gap':>10}{'peak MiB':>10}"
              f"   loss curve"]
     for name, r in result["modes"].items():
         memory = f"{r['peak_memory_mib']:.0f}" if r["peak_memory_mib"] is not None else "-"
         curve = " ".join(f"{v:.3f}" for v in r["losses"])
-        lines.append(f"  {name:<14}{r['precision']:>6}{r['median_step_s']:>9.3f}{r['images_per_s']:>8.2f}"
+        lines.append(f"  {name:<16}{r['precision']:>6}{r['median_step_s']:>9.3f}{r['images_per_s']:>8.2f}"
                      f"{r['speedup']:>8.2f}x{r['loss_gap_vs_fp32'] * 100:>9.1f}%{memory:>10}   {curve}")
+    if "fast" in result["modes"]:
+        lines.append(f"  fast = what train.py runs by default here: {result['modes']['fast']['plan']}")
     lines.append(f"  data: {result['data_s_per_batch_one_worker']:.3f} s per batch for one worker; "
                  f"{result['workers_to_keep_fed']} worker(s) keep the fastest step fed")
     return "\n".join(lines)
@@ -253,7 +255,12 @@ def run(cfg) -> dict:
     device = resolve_device(cfg.get("device", "auto"))
     results = {"device": {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda"
                          else cpu_name(), "threads": torch.get_num_threads(),
-                         "native_bf16": cpu_has_fast_bf16() if device.type == "cpu" else None}}
+                         "capabilities": cpu_capabilities() if device.type == "cpu" else None,
+                         "auto_precisions": list(auto_precisions(device.type))}}
+    print(f"device: {results['device']['name']}, {results['device']['threads']} threads"
+          + (f"; CPU flags: {describe_cpu()}" if device.type == "cpu" else "")
+          + f"; precision=auto chooses among {'/'.join(auto_precisions(device.type))}"
+          + (" by measuring (see the 'fast' rows)" if len(auto_precisions(device.type)) > 1 else ""))
     sections = list(cfg.sections)
     if {"model", "inference", "train"} & set(sections):
         model, separable, config = bench_models(cfg, device)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deeplab.engine.precision import cpu_capabilities
 from deeplab.errors import ConfigError, UserError
 from deeplab.model.fast_convs import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
@@ -160,12 +161,8 @@ def quantize_onnx(float_path: str | Path, path: str | Path, calibration: Iterabl
 
 
 def cpu_has_vnni() -> bool:
-    """True where the CPU has AVX-512 VNNI or AVX-VNNI (int8 dot products without saturation)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    """True where the CPU has AVX-512 VNNI or AVX-VNNI (int8 dot products without saturation), as torch reads it."""
+    return cpu_capabilities()["vnni"]
 
 
 def export_pt2(model: nn.Module, path: str | Path, *, overwrite: bool = False) -> Path:

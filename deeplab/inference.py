@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
-from deeplab.engine.precision import autocast, resolve_device, resolve_precision
+from deeplab.engine.precision import autocast, inference_precision, resolve_device, resolve_precision
 from deeplab.errors import ConfigError, one_line
 from deeplab.model import build_model
 from deeplab.model.fuse import fold_batchnorm
@@ -155,6 +155,7 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, scales: Sequence[fl
     height, width = images.shape[-2:]
     if is_channels_last(model):
         images = images.contiguous(memory_format=torch.channels_last)
+    precision = "fp32" if isinstance(model, OnnxModel) else inference_precision(model, images, precision)
     total, count = None, 0
     for scale in scales:
         scaled = images if scale == 1.0 else F.interpolate(
@@ -200,7 +201,8 @@ class Predictor:
         """Rebuild the model from the checkpoint's own config; nothing else is needed.
 
         fast (default): `prepare_for_inference` (folded BN, channels_last, fast decoder convs on the CPU), and
-        precision="auto" (bf16 on CPUs with native bf16, fp16 on CUDA, else fp32); fast=False, precision="fp32" is
+        precision="auto" (fp16 on CUDA; on a CPU fp32, or native bf16 where it is measured faster on the first input
+        and labels as fp32 does; see `inference_precision`); fast=False, precision="fp32" is
         the plain model. onnx=FILE: an exported model (float or int8, `python -m deeplab.export`) run by ONNX Runtime
         instead.
         """

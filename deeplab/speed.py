@@ -16,8 +16,8 @@ from torch import nn
 
 from deeplab.data import build_dataset
 from deeplab.data.transforms import eval_transform
-from deeplab.engine.precision import autocast, grad_scaler, resolve_precision
-from deeplab.engine.trainer import TrainerSettings
+from deeplab.engine.precision import TrainingPlan, autocast, grad_scaler, inference_precision, training_plan
+from deeplab.engine.run_config import TrainerSettings
 from deeplab.inference import OnnxModel, prepare_for_inference
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
@@ -25,7 +25,7 @@ from deeplab.model.fast_convs import use_fast_convs
 
 INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast_convs_fp32", "fast", "bf16", "compile", "onnxruntime",
                    "onnxruntime_int8")
-TRAINING_MODES = ("eager_fp32", "fast", "bf16")
+TRAINING_MODES = ("eager_fp32", "fast_convs_fp32", "bf16", "fast")
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -41,25 +41,26 @@ def _torch_forward(model: nn.Module, *, device: torch.device, precision: str, ch
 
 
 def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir: Path,
-                   calibration: Iterable[np.ndarray] = ()) -> tuple[Forward, str]:
+                   calibration: Iterable[np.ndarray] = (), example: torch.Tensor | None = None) -> tuple[Forward, str]:
     """The forward function of one inference mode, and what precision it runs in.
 
     eager_fp32: the plain model as the peer repositories run it (NCHW, BN unfolded, fp32) - the baseline.
     folded_fp32: BN folded + channels_last, fp32. fast_convs_fp32: that with the decoder's dense 3x3 convs done
     with fewer multiplications (CPU; `prepare_for_inference`). fast: what evaluate.py and predict.py run (folded +
-    channels_last + fast convs on the CPU, in the default precision: bf16 on CPUs with native bf16 - where the fast
-    convs step aside - fp16 on CUDA, else fp32). bf16: folded + channels_last + bf16 autocast. compile: folded +
-    channels_last + torch.compile in the default precision. onnxruntime / onnxruntime_int8: the exported ONNX model,
-    float or statically quantized (calibrated on `calibration`), in ONNX Runtime's CPU provider.
+    channels_last + fast convs on the CPU, in precision=auto: fp16 on CUDA; on a CPU fp32, or native bf16 where
+    `inference_precision` measures it faster on `example` with the same labels). bf16: folded + channels_last +
+    bf16 autocast. compile: folded + channels_last + torch.compile in precision=auto. onnxruntime /
+    onnxruntime_int8: the exported ONNX model, float or statically quantized (calibrated on `calibration`), in ONNX
+    Runtime's CPU provider.
     """
     model = model.eval()
     if name == "eager_fp32":
         return _torch_forward(model.to(device), device=device, precision="fp32", channels_last=False), "fp32"
     if name in ("folded_fp32", "fast_convs_fp32", "fast", "bf16", "compile"):
-        precision = {"folded_fp32": "fp32", "fast_convs_fp32": "fp32", "bf16": "bf16"}.get(
-            name, resolve_precision("auto", device.type))
         fast = prepare_for_inference(model, device=device, compile=name == "compile",
                                      fast_convs=name in ("fast_convs_fp32", "fast"))
+        precision = {"folded_fp32": "fp32", "fast_convs_fp32": "fp32", "bf16": "bf16"}.get(name) or \
+            inference_precision(fast, example.to(device).contiguous(memory_format=torch.channels_last))
         return _torch_forward(fast, device=device, precision=precision, channels_last=True), precision
     if name in ("onnxruntime", "onnxruntime_int8"):
         from deeplab.export import export_onnx, quantize_onnx
@@ -72,22 +73,29 @@ def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir
     raise ValueError(f"unknown inference mode {name!r}; known: {INFERENCE_MODES}")
 
 
-def training_step(name: str, model: nn.Module, *, device: torch.device, lr: float = 0.01
+def training_step(name: str, model: nn.Module, *, device: torch.device, lr: float = 0.01,
+                  example: tuple[torch.Tensor, torch.Tensor] | None = None
                   ) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """One SGD step (the VOC recipe's optimizer) of a training mode on its own copy of `model`; returns the loss.
 
-    eager_fp32: NCHW, fp32 (the baseline). fast: the trainer's defaults (channels_last, precision=auto, the
-    decoder's fast convs). bf16: channels_last + bf16 autocast.
+    eager_fp32: NCHW, fp32 (the baseline). fast_convs_fp32: channels_last + the decoder's fast convs, fp32. bf16:
+    channels_last + bf16 autocast. fast: what train.py does with its defaults (precision=auto: the plan
+    `training_plan` measures on `example`, a training batch).
     """
     if name not in TRAINING_MODES:
         raise ValueError(f"unknown training mode {name!r}; known: {TRAINING_MODES}")
     model = copy.deepcopy(model).to(device).train()
-    defaults = TrainerSettings()  # "fast" is what train.py does unless told otherwise
-    channels_last = name != "eager_fp32" and defaults.channels_last
-    precision = {"eager_fp32": "fp32", "bf16": "bf16"}.get(name, resolve_precision(defaults.precision, device.type))
+    if name == "fast":
+        defaults = TrainerSettings()  # what train.py does unless told otherwise
+        plan = training_plan(model, *(t.to(device) for t in example), precision=defaults.precision,
+                             channels_last=defaults.channels_last, fast_convs=defaults.fast_convs)
+    else:
+        plan = {"eager_fp32": TrainingPlan("fp32", False, False), "fast_convs_fp32": TrainingPlan("fp32", True, True),
+                "bf16": TrainingPlan("bf16", True, False)}[name]
+    channels_last, precision = plan.channels_last, plan.precision
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    use_fast_convs(model, name == "fast" and defaults.fast_convs)
+    use_fast_convs(model, plan.fast_convs)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     scaler = grad_scaler(device.type, precision)
     criterion = SegmentationLoss().to(device)
@@ -105,6 +113,7 @@ def training_step(name: str, model: nn.Module, *, device: torch.device, lr: floa
         scaler.update()
         return loss.item()
     step.precision = precision
+    step.plan = str(plan)
     return step
 
 

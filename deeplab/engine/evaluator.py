@@ -5,7 +5,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from deeplab.engine.precision import autocast
+from deeplab.engine.precision import autocast, inference_precision
 from deeplab.inference import predict_probs
 from deeplab.metrics import ConfusionMatrix
 
@@ -27,6 +27,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        if precision == "auto":  # measured on the first image, once per process (see inference_precision)
+            precision = inference_precision(model, images)
         if tta:
             pred = predict_probs(model, images, precision=precision, **tta).argmax(1)
         else:

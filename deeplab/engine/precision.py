@@ -1,10 +1,21 @@
-"""Device and precision: one code path for mixed and full precision (autocast and GradScaler, enabled or not)."""
+"""Device and precision: what the CPU does natively, what precision=auto runs (measured where flags cannot tell),
+and one code path for mixed and full precision (autocast and GradScaler, enabled or not)."""
 
 import contextlib
+import copy
+import logging
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from deeplab.errors import ConfigError
+from deeplab.model.fast_convs import use_fast_convs
+
+log = logging.getLogger("deeplab.precision")
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -28,22 +39,154 @@ def resolve_device(device: str | torch.device, *, key: str = "device") -> torch.
     return resolved
 
 
-def cpu_has_fast_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AVX-512 BF16 / AMX); elsewhere bf16 is emulated and several x slower."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+def cpu_capabilities() -> dict[str, bool]:
+    """What this CPU does natively, from torch's own query (torch.cpu.get_capabilities: CPUID read by cpuinfo).
+
+    Not oneDNN's `_is_mkldnn_bf16_supported`, which is true on any AVX-512 CPU because oneDNN *emulates* bf16 there
+    (several times slower than fp32).
+    """
+    caps = torch.cpu.get_capabilities()
+    return {"avx2": caps.get("avx2", False), "avx512": caps.get("avx512_f", False),
+            "vnni": caps.get("avx512_vnni", False) or caps.get("avx_vnni", False),
+            "avx512_bf16": caps.get("avx512_bf16", False), "amx": caps.get("amx_bf16", False)}
+
+
+def describe_cpu(capabilities: dict[str, bool] | None = None) -> str:
+    """The capability flags in one line, e.g. 'avx2 avx512 vnni avx512_bf16 (no amx)'."""
+    caps = cpu_capabilities() if capabilities is None else capabilities
+    have, lack = [k for k, v in caps.items() if v], [k for k, v in caps.items() if not v]
+    return " ".join(have) + (f" (no {', '.join(lack)})" if lack else "")
+
+
+def auto_precisions(device_type: str, capabilities: dict[str, bool] | None = None) -> tuple[str, ...]:
+    """What precision=auto may run: fp16 on CUDA; fp32, and bf16 too where the CPU runs it natively (AVX-512 BF16
+    or AMX), else fp32 alone. With two, the faster for the model at hand is measured (`choose_fastest`)."""
+    if device_type == "cuda":
+        return ("fp16",)
+    caps = cpu_capabilities() if capabilities is None else capabilities
+    return ("fp32", "bf16") if device_type == "cpu" and (caps["avx512_bf16"] or caps["amx"]) else ("fp32",)
 
 
 def resolve_precision(precision: str, device_type: str, *, key: str = "precision") -> str:
-    """'auto' -> fp16 on CUDA, bf16 on a CPU with native bf16, else fp32."""
+    """A valid precision for the device; 'auto' stays 'auto' where a measurement decides, else its one choice."""
     if precision not in PRECISIONS:
         raise ConfigError(f"{key}={precision!r}: must be one of {list(PRECISIONS)}")
+    if precision == "fp16" and device_type == "cpu":
+        raise ConfigError(f"{key}=fp16: fp16 autocast is for CUDA GPUs; use {key}=bf16 (or fp32) on the CPU")
     if precision != "auto":
-        if precision == "fp16" and device_type == "cpu":
-            raise ConfigError(f"{key}=fp16: fp16 autocast is for CUDA GPUs; use {key}=bf16 (or fp32) on the CPU")
         return precision
-    if device_type == "cuda":
-        return "fp16"
-    return "bf16" if device_type == "cpu" and cpu_has_fast_bf16() else "fp32"
+    options = auto_precisions(device_type)
+    return options[0] if len(options) == 1 else "auto"
+
+
+_CHOSEN: dict = {}  # key -> name: each choice is measured once per process, and never stored on disk
+
+
+def choose_fastest(candidates: dict[str, Callable[[], object]], *, key: Hashable, what: str,
+                   admissible: Callable[[str, object, object], bool] | None = None, rounds: int = 3) -> str:
+    """The fastest of `candidates` (name -> a call to time), measured once per process for `key`.
+
+    Each runs once untimed (oneDNN builds its kernels on the first call), then `rounds` interleaved timed calls;
+    the best time counts. `admissible(name, output, first_output)` can rule a candidate out by its output (e.g.
+    labels that differ from fp32's); the first candidate is the reference and always admissible. One log line
+    says what was chosen, the times, and the CPU's flags.
+    """
+    if key in _CHOSEN:
+        return _CHOSEN[key]
+    outputs = {name: call() for name, call in candidates.items()}
+    first = next(iter(candidates))
+    times = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, call in candidates.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    allowed = [n for n in candidates if n == first or admissible is None or admissible(n, outputs[n], outputs[first])]
+    best = min(allowed, key=lambda n: min(times[n]))
+    shown = ", ".join(f"{n} {min(t) * 1000:.0f} ms{'' if n in allowed else ' (refused: labels differ)'}"
+                      for n, t in times.items())
+    log.info("auto for %s: %s (%s; CPU %s)", what, best, shown, describe_cpu())
+    _CHOSEN[key] = best
+    return best
+
+
+def architecture(model: nn.Module) -> tuple:
+    """A hashable description of a model's layers (names and shapes), for caching a measured choice."""
+    return type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
+
+
+def agreement(logits: torch.Tensor, reference: torch.Tensor) -> float:
+    """The share of pixels whose label (argmax over channels) is the reference's."""
+    return float((logits.argmax(1) == reference.argmax(1)).float().mean())
+
+
+MIN_AGREEMENT = 0.995  # an automatic precision must label at least this share of pixels as fp32 does
+
+
+def inference_precision(model: nn.Module, images: torch.Tensor, precision: str = "auto") -> str:
+    """precision=auto made concrete for inference of this model: the faster of fp32 and native bf16, timed on
+    `images` (the first real input) once per process, bf16 only where its labels agree with fp32's on it."""
+    precision = resolve_precision(precision, images.device.type)
+    if precision != "auto":
+        return precision
+
+    def run(chosen: str) -> Callable[[], torch.Tensor]:
+        def call() -> torch.Tensor:
+            with torch.inference_mode(), autocast(images.device.type, chosen):
+                return model(images).float()
+        return call
+
+    options = auto_precisions(images.device.type)
+    return choose_fastest({p: run(p) for p in options}, key=("inference", architecture(model), images.device.type),
+                          what="inference precision",
+                          admissible=lambda n, out, ref: agreement(out, ref) >= MIN_AGREEMENT)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """How the trainer runs its steps: precision, memory format, and the fast decoder convs (fp32 on CPU)."""
+
+    precision: str
+    channels_last: bool
+    fast_convs: bool
+
+    def __str__(self) -> str:
+        fast = " + fast convs" if self.fast_convs and self.precision == "fp32" else ""
+        return f"{self.precision} {'channels_last' if self.channels_last else 'NCHW'}{fast}"
+
+
+def training_plan(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *, precision: str,
+                  channels_last: bool, fast_convs: bool) -> TrainingPlan:
+    """The trainer's plan: as set, or on a CPU with precision=auto the fastest of the plain model (fp32, NCHW),
+    fp32 channels_last with the fast decoder convs, and native bf16 channels_last, each timed as one
+    forward+backward of its own copy of `model` (with `use_fast_convs` applied as each plan says) on `images`
+    (a few training crops), once per process."""
+    device_type = images.device.type
+    resolved = resolve_precision(precision, device_type, key="trainer.precision")
+    if precision != "auto" or device_type != "cpu":
+        return TrainingPlan(resolved, channels_last, fast_convs)
+    plans = [TrainingPlan("fp32", False, False)]
+    plans += [TrainingPlan(p, True, fast_convs) for p in auto_precisions(device_type) if channels_last]
+
+    def step(plan: TrainingPlan) -> Callable[[], None]:
+        memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
+        probe = copy.deepcopy(model).train().to(memory_format=memory_format)
+        use_fast_convs(probe, plan.fast_convs)
+        x = images.contiguous(memory_format=memory_format)
+
+        def call() -> None:
+            with autocast(device_type, plan.precision):
+                logits = probe(x)
+            F.cross_entropy(logits.float(), masks, ignore_index=255).backward()
+            probe.zero_grad(set_to_none=True)
+        return call
+
+    named = {str(plan): plan for plan in plans}
+    with torch.random.fork_rng(devices=[]):  # the probes' dropout draws leave the run's random stream as it was
+        best = choose_fastest({name: step(plan) for name, plan in named.items()},
+                              key=("training", architecture(model), tuple(images.shape), tuple(plans)),
+                              what="training precision and memory format")
+    return named[best]
 
 
 def autocast(device_type: str, precision: str) -> contextlib.AbstractContextManager:

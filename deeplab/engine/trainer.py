@@ -1,6 +1,7 @@
 """Training as plain functions read top to bottom; `train(cfg, output_dir)` is the one place that reads the config."""
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import time
@@ -18,11 +19,13 @@ from deeplab.data import DataError, build_dataset
 from deeplab.data.check import preflight
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
-from deeplab.engine.distributed import DistInfo, all_reduce_mean, cleanup, convert_to_global_bn, init_distributed
+from deeplab.engine.distributed import (DistInfo, all_reduce_mean, broadcast_object, cleanup, convert_to_global_bn,
+                                       init_distributed)
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
-from deeplab.engine.precision import autocast, grad_scaler, resolve_device, resolve_precision
+from deeplab.engine.precision import (TrainingPlan, autocast, grad_scaler, resolve_device, resolve_precision,
+                                     training_plan)
 from deeplab.engine.run_config import TrainerSettings, resume_config, validate_config
 from deeplab.engine.tracking import RunLogger
 from deeplab.errors import ConfigError, UserError, one_line
@@ -241,8 +244,10 @@ def build_datasets(data: dict, augment: dict, *, preflight_samples: int):
 
 
 def build_network(config: dict, state: dict | None, settings: TrainerSettings, device: torch.device,
-                  world: DistInfo) -> nn.Module:
-    """The model with its starting weights: a resumed checkpoint, init_from, or the configured backbone weights."""
+                  world: DistInfo, probe: tuple[torch.Tensor, torch.Tensor]) -> tuple[nn.Module, TrainingPlan]:
+    """The model with its starting weights (a resumed checkpoint, init_from, or the configured backbone weights),
+    and how it trains: the plan that precision=auto measures on `probe` (a few training crops), the same on every
+    process."""
     model_cfg = dict(config["model"])
     if state is not None or config.get("init_from"):
         model_cfg["backbone_weights"] = None  # the checkpoint's weights replace them anyway
@@ -255,14 +260,30 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
         if fresh:
             log.warning("init_from %s: it has another number of classes; the classifier starts fresh (%s)",
                         config["init_from"], ", ".join(fresh))
+    model.to(device)
+    if settings.deterministic:  # a timed choice could differ between two runs; fp32 as set is reproducible
+        plan = TrainingPlan("fp32" if settings.precision == "auto" and device.type == "cpu" else
+                            resolve_precision(settings.precision, device.type, key="trainer.precision"),
+                            settings.channels_last, settings.fast_convs)
+    else:
+        plan = training_plan(model, *(t.to(device) for t in probe), precision=settings.precision,
+                             channels_last=settings.channels_last, fast_convs=settings.fast_convs)
+    plan = broadcast_object(plan)
     if settings.sync_bn if settings.sync_bn is not None else world.world_size > 1:
         # torch's SyncBatchNorm (fast CUDA kernels) on GPUs; our all-reduce version elsewhere (gloo on CPU)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else convert_to_global_bn(model)
-    use_fast_convs(model, settings.fast_convs)
-    model.to(device)
-    if settings.channels_last:
+    use_fast_convs(model, plan.fast_convs)
+    if plan.channels_last:
         model.to(memory_format=torch.channels_last)
-    return model
+    return model, plan
+
+
+def probe_batch(dataset: torch.utils.data.Dataset, share: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A process's share of a batch (up to 8 crops of up to 256x256) to time the training plans on: about a
+    second of measuring, however large the real crops are."""
+    samples = [dataset[(i, i)] for i in range(min(share, 8, len(dataset)))]
+    images, masks = torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
+    return images[..., :256, :256], masks[..., :256, :256]
 
 
 def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: dict | None) -> Run:
@@ -286,10 +307,13 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
         raise ConfigError(f"trainer.batch_size={settings.batch_size} is larger than the training split "
                           f"'{config['dataset']['train_split']}' ({len(train_set)} samples under "
                           f"{config['dataset']['root']}); lower trainer.batch_size or add data")
-    model = build_network(config, state, settings, device, world)
+    model, plan = build_network(config, state, settings, device, world,
+                                probe_batch(train_set, settings.batch_size // (world.world_size * settings.grad_accum)))
+    settings = dataclasses.replace(settings, precision=plan.precision, channels_last=plan.channels_last,
+                                   fast_convs=plan.fast_convs)
     optimizer = build_optimizer(model, **config["optim"])
     scheduler = build_scheduler(optimizer, total_iters=settings.iterations, **config["schedule"])
-    precision = resolve_precision(settings.precision, device.type, key="trainer.precision")
+    precision = plan.precision
     start = state["iteration"] if state else 0
     batches = TrainBatches(len(train_set), batch_size=settings.batch_size, total_iters=settings.iterations,
                            start_iter=start, seed=config["seed"], rank=world.rank, world_size=world.world_size,
@@ -353,8 +377,9 @@ def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()
         run.logger = RunLogger(run_dir, class_names=data["class_names"], palette=palette_array(
             data.get("palette"), ignore_index=data["ignore_index"]), mean=data["mean"], std=data["std"],
             start_iter=start)
-        log.info("training on %s (%s precision, %d process(es)) for %d iterations from %d; run dir %s",
-                 run.device, run.precision, run.dist.world_size, settings.iterations, start, run_dir)
+        log.info("training on %s (%s, %d process(es)) for %d iterations from %d; run dir %s", run.device,
+                 TrainingPlan(run.precision, run.settings.channels_last, run.settings.fast_convs),
+                 run.dist.world_size, settings.iterations, start, run_dir)
     try:
         best = fit(run, start_iter=start)
     finally:
