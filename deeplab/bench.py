@@ -13,8 +13,9 @@ import platform
 import random
 import statistics
 import tempfile
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import cv2
@@ -30,8 +31,11 @@ from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe
 from deeplab.inference import model_from_checkpoint
 from deeplab.model import build_model
 from deeplab.model.summary import summarize
-from deeplab.speed import (inference_mode, label_quality, peak_memory_mib, scratch_dir, split_samples, synchronize,
-                           training_step)
+from deeplab.errors import ConfigError
+from deeplab.speed import (INFERENCE_MODES, TRAINING_MODES, check_modes, inference_mode, label_quality,
+                           peak_memory_mib, scratch_dir, split_samples, synchronize, training_step)
+
+SECTIONS = ("model", "inference", "train", "loader")
 
 
 def make_images(folder: Path, *, count: int, size: tuple[int, int] = (375, 500), seed: int = 0,
@@ -134,7 +138,8 @@ def bench_inference(model: torch.nn.Module, *, device: torch.device, size: tuple
             for name in names if net is not None else []:
                 (work / f"{prefix}{name}").mkdir()
                 forwards[prefix + name], precisions[prefix + name] = inference_mode(
-                    name, net, device=device, workdir=work / f"{prefix}{name}", calibration=calibration, example=x)
+                    name, net, device=device, workdir=work / f"{prefix}{name}", calibration=calibration, example=x,
+                    key=f"inference.{prefix}modes")
         # peak memory of the first call: it includes what a mode allocates once (ONNX Runtime's arena, caches)
         memory = {n: peak_memory_mib(lambda f=f: f(x), device) for n, f in forwards.items()}
         for forward in forwards.values():
@@ -250,8 +255,55 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def check_sections(sections: object) -> list[str]:
+    """The `sections` to run, as a list (a bare name is one section); an unknown or missing one is a ConfigError."""
+    if isinstance(sections, str):
+        sections = [sections]
+    if not isinstance(sections, Sequence) or not sections:
+        raise ConfigError(f"sections={sections!r}: nothing to benchmark; give one or more of {', '.join(SECTIONS)}, "
+                          f"e.g. sections=[{','.join(SECTIONS[:2])}]")
+    unknown = [str(s) for s in sections if s not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"sections: unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    return list(dict.fromkeys(sections))
+
+
+def prepare_json(value: object) -> Path | None:
+    """Where the JSON goes, its folder made now: a path that cannot be written is refused before anything runs,
+    not after the whole benchmark."""
+    if not value:
+        return None
+    path = Path(str(value)).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"json={value}: is a folder; give a file name, e.g. json={path / 'bench.json'}")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ConfigError(f"json={value}: {blocking} is a file, not a folder, so the JSON cannot go inside it; "
+                          "choose a json= path in a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"json={value}: its folder {path.parent} cannot be made ({exc.strerror or exc}); choose "
+                          "a json= path in a folder you can write") from exc
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"json={value}: {path if path.exists() else path.parent} is not writable; choose a json= "
+                          "path in a folder you can write")
+    return path
+
+
 def run(cfg) -> dict:
-    """Run the configured sections, print their tables, and write the JSON if asked."""
+    """Run the configured sections, print their tables, and write the JSON if asked.
+
+    The sections, the modes and the JSON path are checked first: a mistake there stops the run before any work."""
+    sections = check_sections(cfg.get("sections"))
+    modes = {}
+    if "inference" in sections:
+        modes["inference"] = check_modes("inference.modes", cfg.inference.modes, INFERENCE_MODES)
+        modes["separable"] = check_modes("inference.separable_modes", cfg.inference.separable_modes or [],
+                                         INFERENCE_MODES)
+    if "train" in sections:
+        modes["train"] = check_modes("train.modes", cfg.train.modes, TRAINING_MODES)
+    json_path = prepare_json(cfg.get("json"))
     device = resolve_device(cfg.get("device", "auto"))
     results = {"device": {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda"
                          else cpu_name(), "threads": torch.get_num_threads(),
@@ -261,7 +313,6 @@ def run(cfg) -> dict:
           + (f"; CPU flags: {describe_cpu()}" if device.type == "cpu" else "")
           + f"; precision=auto chooses among {'/'.join(auto_precisions(device.type))}"
           + (" by measuring (see the 'fast' rows)" if len(auto_precisions(device.type)) > 1 else ""))
-    sections = list(cfg.sections)
     if {"model", "inference", "train"} & set(sections):
         model, separable, config = bench_models(cfg, device)
         size = tuple(cfg.inference.size)
@@ -279,18 +330,19 @@ def run(cfg) -> dict:
             images = _synthetic_inputs(size, 1 + c.calibration_images)  # calibration: images other than the timed one
             samples, calibration = [(images[0], None)], [x.numpy() for x in images[1:]]
         results["inference"] = bench_inference(
-            model, device=device, size=size, modes=list(c.modes), separable_modes=list(c.separable_modes),
+            model, device=device, size=size, modes=modes["inference"], separable_modes=modes["separable"],
             separable_model=separable, rounds=c.rounds, warmup=c.warmup, samples=samples, calibration=calibration)
         print(format_inference(results["inference"]))
     if "train" in sections:
-        results["train"] = bench_train(model, device=device, **OmegaConf.to_container(cfg.train, resolve=True))
+        settings = {**OmegaConf.to_container(cfg.train, resolve=True), "modes": modes["train"]}
+        results["train"] = bench_train(model, device=device, **settings)
         print(format_train(results["train"]))
     if "loader" in sections:
         results["loader"] = bench_loader(**cfg.loader)
         print(format_loader(results["loader"]))
-    if cfg.json:
-        Path(cfg.json).write_text(json.dumps(results, indent=2))
-        print(f"JSON written to {cfg.json}")
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
+        print(f"JSON written to {json_path}")
     return results
 
 

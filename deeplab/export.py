@@ -39,9 +39,13 @@ def check_output(path: str | Path, *, overwrite: bool, checkpoint: str | Path | 
     never over a folder, and over another existing file only with overwrite=true."""
     path = Path(path).expanduser()
     if checkpoint is not None and path.resolve() == Path(checkpoint).expanduser().resolve():
+        other = path.with_suffix(".onnx")
+        if other.name == path.name:
+            other = path.with_name(f"{path.stem}.export{path.suffix}")
         raise ExportError(f"output={path} is the checkpoint being exported; an export never replaces it: choose "
-                          f"another output=FILE (e.g. {path.with_suffix('.onnx').name}), or leave output unset to "
-                          "write beside it")
+                          f"another output=FILE (e.g. {other.name})"
+                          + (", or leave output unset to write beside it" if path.suffix.lower() in
+                             CHECKPOINT_SUFFIXES else ""))
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise ExportError(f"output={path}: {path.suffix} names a PyTorch checkpoint, and an export never writes one "
                           "(nor replaces one); choose output=FILE.onnx (onnx, int8) or FILE.pt2 (pt2)")
@@ -211,9 +215,11 @@ def run(cfg) -> Path:
     if not cfg.checkpoint:
         raise CheckpointError("usage: python -m deeplab.export checkpoint=PATH [format=onnx|int8|pt2] [output=FILE]")
     check_settings(cfg)
+    # the checkpoint first: a file that is not a training checkpoint (an .onnx, a .pt2, a state dict) is named as
+    # what it is, rather than as an output that would replace it
+    model, config = model_from_checkpoint(cfg.checkpoint, device="cpu")
     output = check_output(cfg.output or default_output(cfg.checkpoint, cfg.format), overwrite=cfg.overwrite,
                           checkpoint=cfg.checkpoint)
-    model, config = model_from_checkpoint(cfg.checkpoint, device="cpu")
     data = config["dataset"]
     print(f"{cfg.checkpoint}: {model.num_classes} classes; input: float32 N x 3 x H x W normalised with mean "
           f"{data['mean']} and std {data['std']} (RGB, 0-1 scale); output: N x {model.num_classes} x H x W logits")

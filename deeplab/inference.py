@@ -22,18 +22,28 @@ def check_tta(*, scales: Sequence[float], window: Sequence[int] | None, stride: 
     """Test-time settings that cannot work, as one ConfigError naming the key (before any model is loaded)."""
     if not isinstance(flip, bool):
         raise ConfigError(f"flip={flip!r}: must be true or false")
-    if isinstance(scales, str):
-        raise ConfigError(f"scales={scales!r}: give a list of image scales, e.g. scales=[1.0] or scales=[0.75,1.0]")
+    if isinstance(scales, str) or not isinstance(scales, Sequence):
+        raise ConfigError(f"scales={scales!r}: give a list of image scales, e.g. scales=[1.0] or scales=[0.75,1.0] "
+                          f"(brackets even for one scale)")
     if not scales or any(isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0 for s in scales):
         raise ConfigError(f"scales={list(scales) if scales else scales}: give one or more positive image scales, "
                           "e.g. scales=[1.0] or scales=[0.75,1.0,1.25]")
     for key, value in (("window", window), ("stride", stride)):
-        if value is not None and (len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
-                                                         for v in value)):
+        if value is None:
+            continue
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}={value!r}: give a height and a width in pixels as a list, e.g. "
+                              f"{key}=[512,512]")
+        if len(value) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
             raise ConfigError(f"{key}={list(value)}: give a height and a width in pixels, e.g. {key}=[512,512]")
     if stride is not None and window is None:
         raise ConfigError(f"stride={list(stride)} has no effect without window: set window=[H,W] as well, or "
                           "stride=null")
+    if stride is not None and any(s > w for s, w in zip(stride, window)):
+        example = ",".join(str(max(1, w * 3 // 4)) for w in window)
+        raise ConfigError(f"stride={list(stride)} is larger than window={list(window)}: windows that far apart leave "
+                          f"strips of the image that no window covers; each stride side must be at most the window "
+                          f"side (e.g. stride=[{example}]), or stride=null for the window size")
 
 
 def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", fold_bn: bool = True,

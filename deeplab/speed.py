@@ -7,7 +7,7 @@ compared on the same inputs. Training modes run one optimizer step and return th
 import contextlib
 import copy
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from deeplab.data import build_dataset
 from deeplab.data.transforms import eval_transform
 from deeplab.engine.precision import TrainingPlan, autocast, grad_scaler, inference_precision, training_plan
 from deeplab.engine.run_config import TrainerSettings
+from deeplab.errors import ConfigError
 from deeplab.inference import OnnxModel, prepare_for_inference
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
@@ -28,6 +29,20 @@ INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast_convs_fp32", "fast", "bf16
 TRAINING_MODES = ("eager_fp32", "fast_convs_fp32", "bf16", "fast")
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def check_modes(key: str, modes: object, known: Sequence[str]) -> list[str]:
+    """The benchmark modes a config key names, as a list (a bare name is one mode); an unknown one is a
+    ConfigError naming `key` and the known modes."""
+    if isinstance(modes, str):
+        modes = [modes]
+    if modes is None or not isinstance(modes, Sequence):
+        raise ConfigError(f"{key}={modes!r}: give a list of modes, e.g. {key}=[{','.join(known[:2])}]; known: "
+                          f"{', '.join(known)}")
+    unknown = [m for m in modes if m not in known]
+    if unknown:
+        raise ConfigError(f"{key}: unknown mode(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
+    return list(modes)
 
 
 def _torch_forward(model: nn.Module, *, device: torch.device, precision: str, channels_last: bool) -> Forward:
@@ -41,7 +56,8 @@ def _torch_forward(model: nn.Module, *, device: torch.device, precision: str, ch
 
 
 def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir: Path,
-                   calibration: Iterable[np.ndarray] = (), example: torch.Tensor | None = None) -> tuple[Forward, str]:
+                   calibration: Iterable[np.ndarray] = (), example: torch.Tensor | None = None,
+                   key: str = "inference.modes") -> tuple[Forward, str]:
     """The forward function of one inference mode, and what precision it runs in.
 
     eager_fp32: the plain model as the peer repositories run it (NCHW, BN unfolded, fp32) - the baseline.
@@ -51,8 +67,9 @@ def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir
     `inference_precision` measures it faster on `example` with the same labels). bf16: folded + channels_last +
     bf16 autocast. compile: folded + channels_last + torch.compile in precision=auto. onnxruntime /
     onnxruntime_int8: the exported ONNX model, float or statically quantized (calibrated on `calibration`), in ONNX
-    Runtime's CPU provider.
+    Runtime's CPU provider. An unknown name is a ConfigError naming the config `key` it came from.
     """
+    check_modes(key, [name], INFERENCE_MODES)
     model = model.eval()
     if name == "eager_fp32":
         return _torch_forward(model.to(device), device=device, precision="fp32", channels_last=False), "fp32"
@@ -70,20 +87,19 @@ def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir
         if name == "onnxruntime_int8":
             path = quantize_onnx(path, workdir / "model.int8.onnx", calibration, overwrite=True)
         return OnnxModel(path), "int8" if name.endswith("int8") else "fp32"
-    raise ValueError(f"unknown inference mode {name!r}; known: {INFERENCE_MODES}")
+    raise AssertionError(f"inference mode {name!r} is listed in INFERENCE_MODES but not implemented")
 
 
 def training_step(name: str, model: nn.Module, *, device: torch.device, lr: float = 0.01,
-                  example: tuple[torch.Tensor, torch.Tensor] | None = None
+                  example: tuple[torch.Tensor, torch.Tensor] | None = None, key: str = "train.modes"
                   ) -> Callable[[torch.Tensor, torch.Tensor], float]:
     """One SGD step (the VOC recipe's optimizer) of a training mode on its own copy of `model`; returns the loss.
 
     eager_fp32: NCHW, fp32 (the baseline). fast_convs_fp32: channels_last + the decoder's fast convs, fp32. bf16:
     channels_last + bf16 autocast. fast: what train.py does with its defaults (precision=auto: the plan
-    `training_plan` measures on `example`, a training batch).
+    `training_plan` measures on `example`, a training batch). An unknown name is a ConfigError naming `key`.
     """
-    if name not in TRAINING_MODES:
-        raise ValueError(f"unknown training mode {name!r}; known: {TRAINING_MODES}")
+    check_modes(key, [name], TRAINING_MODES)
     model = copy.deepcopy(model).to(device).train()
     if name == "fast":
         defaults = TrainerSettings()  # what train.py does unless told otherwise

@@ -28,14 +28,15 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.
 
     A crash or a kill mid-write leaves the previous file intact; the temp file a kill leaves behind
-    (`.<name>.XXXXXXXX.tmp`) is removed by the next write of `path`. The file gets the permissions a new file would
+    (`.<name>.<pid>.XXXXXXXX.tmp`) is removed by the next write of `path` once its process has ended (another
+    process's write in progress is left alone). The file gets the permissions a new file would
     (0666 less the umask), not mkstemp's owner-only 0600. A write that fails for lack of space raises a
     CheckpointError giving the free space and about what is needed (`size_hint` bytes, or the previous file's size).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -57,12 +58,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
 
 
 def remove_stale_temp_files(path: Path) -> list[Path]:
-    """Remove the temp files (mkstemp's `.<name>.XXXXXXXX.tmp`) that a killed write of `path` left beside it."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
-    stale = [p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file()]
+    """Remove the temp files (`.<name>.<pid>.XXXXXXXX.tmp`) that a killed write of `path` left beside it: those of
+    processes that no longer run, and this process's own (it writes one file at a time)."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
+    stale = [p for p in path.parent.iterdir() if (match := pattern.fullmatch(p.name)) and p.is_file()
+             and (int(match.group(1)) == os.getpid() or not process_running(int(match.group(1))))]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _size(path: Path) -> int:

@@ -116,9 +116,9 @@ def test_legitimate_255_regions_are_not_taken_for_0_255_masks(tmp_path, case):
 
 def test_small_or_mostly_ignored_0_255_masks_are_still_caught(tmp_path):
     image = tmp_path / "a.png"
-    Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(image)
-    mask = np.zeros((6, 6), np.uint8)
-    mask[:, 2:] = 255  # no 5x5 block survives an erosion here, but two thirds of the mask is "ignore"
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(image)
+    mask = np.full((9, 9), 255, np.uint8)
+    mask[:, ::3] = 0  # 2-px stripes: no 5x5 block survives an erosion, but two thirds of the mask is "ignore"
     Image.fromarray(mask).save(tmp_path / "m.png")
     with pytest.raises(DataError) as exc:
         SegmentationDataset([(image, tmp_path / "m.png")], num_classes=2).load(0)

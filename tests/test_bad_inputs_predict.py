@@ -3,6 +3,7 @@ anything is written; no input, checkpoint or earlier result is lost or overwritt
 another."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -370,3 +371,141 @@ def test_predict_command_exits_1_with_one_sentence(checkpoint, tmp_path, case):
     assert expected in text, text[-3000:]
     assert {p: h for p, h in _digest(tmp_path).items() if p.relative_to(tmp_path).parts[0] != "run"} == before
     assert not (tmp_path / "out").exists()
+
+
+# --- combinations and shapes of settings that used to pass silently or end in a traceback ---------------------------
+
+def test_evaluate_refuses_a_checkpoint_and_predictions_together(checkpoint, tmp_path):
+    from deeplab.engine import evaluation
+
+    (tmp_path / "preds").mkdir()
+    cfg = compose("evaluate", [f"checkpoint={checkpoint}", f"predictions={tmp_path / 'preds'}", "device=cpu"])
+    with pytest.raises(ConfigError) as info:
+        evaluation.run(cfg, tmp_path / "run")
+    _one_sentence(info, f"checkpoint={checkpoint}", f"predictions={tmp_path / 'preds'}", "not both")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides, names", [
+    (["window=[32,32]", "stride=[64,64]"], ["stride=[64, 64]", "window=[32, 32]", "at most the window side"]),
+    (["window=[32,32]", "stride=[16,33]"], ["stride=[16, 33]", "window=[32, 32]"]),
+    (["scales=1.5"], ["scales=1.5", "scales=[1.0]"]),
+    (["window=512"], ["window=512", "window=[512,512]"]),
+], ids=["stride-beyond-window", "one-side-beyond", "bare-scale", "bare-window"])
+def test_test_time_settings_that_cannot_work_are_refused_by_predict_and_evaluate(checkpoint, tmp_path, overrides,
+                                                                                 names):
+    from deeplab.engine import evaluation
+
+    _image(tmp_path / "photos" / "a.jpg")
+    _refused(ConfigError, checkpoint, tmp_path / "photos", "device=cpu", *overrides, output=tmp_path / "out",
+             names=names)
+    cfg = compose("evaluate", [f"checkpoint={checkpoint}", "device=cpu", *overrides])
+    with pytest.raises(ConfigError) as info:
+        evaluation.run(cfg, tmp_path / "run")
+    _one_sentence(info, *names)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_stride_up_to_the_window_covers_every_pixel():
+    from deeplab.inference import check_tta, sliding_logits
+
+    for stride in ([32, 32], [16, 32], None):
+        check_tta(scales=[1.0], window=[32, 32], stride=stride)
+    logits = sliding_logits(lambda x: x[:, :2], torch.ones(1, 3, 70, 90), window=[32, 32], stride=[32, 32])
+    assert not logits.isnan().any()
+
+
+@pytest.mark.parametrize("below", ["sub", "sub/deeper"])
+def test_an_output_inside_an_existing_file_is_refused_naming_the_file(checkpoint, tmp_path, below):
+    _image(tmp_path / "photos" / "a.jpg")
+    (tmp_path / "notes.txt").write_text("a user's file")
+    _refused(DataError, checkpoint, tmp_path / "photos", output=tmp_path / "notes.txt" / below,
+             names=[f"output={tmp_path / 'notes.txt' / below}", f"{tmp_path / 'notes.txt'} is a file, not a folder"])
+
+
+# --- bench: sections, modes and the JSON path are checked before any work -------------------------------------------
+
+def _bench(*overrides):
+    from deeplab import bench
+
+    return bench.run(compose("bench", ["device=cpu", "loader.crop=64", "loader.images=2", "loader.rounds=1",
+                                       *overrides]))
+
+
+@pytest.mark.parametrize("overrides, names", [
+    (["sections=[foo]"], ["sections", "foo", "model, inference, train, loader"]),
+    (["sections=[loader,Train]"], ["sections", "Train", "known: model, inference, train, loader"]),
+    (["sections=[]"], ["sections=[]", "model, inference, train, loader"]),
+    (["sections=[inference]", "inference.modes=[eager_fp32,turbo]"], ["inference.modes", "turbo", "onnxruntime_int8"]),
+    (["sections=[inference]", "inference.separable_modes=[fastest]"], ["inference.separable_modes", "fastest"]),
+    (["sections=[train,loader]", "train.modes=[bf32]"], ["train.modes", "bf32", "eager_fp32, fast_convs_fp32"]),
+], ids=["unknown-section", "misspelt-section", "no-section", "inference-mode", "separable-mode", "train-mode"])
+def test_bench_refuses_unknown_sections_and_modes_before_any_work(tmp_path, capsys, overrides, names):
+    with pytest.raises(ConfigError) as info:
+        _bench(f"json={tmp_path / 'out' / 'bench.json'}", *overrides)
+    _one_sentence(info, *names)
+    assert capsys.readouterr().out == "", "refused before the device line, the model or any timing"
+    assert not (tmp_path / "out").exists()
+
+
+def test_speed_modes_name_their_config_key():
+    from deeplab.speed import inference_mode, training_step
+
+    with pytest.raises(ConfigError) as info:
+        inference_mode("turbo", None, device=torch.device("cpu"), workdir=None)
+    _one_sentence(info, "inference.modes", "turbo", "eager_fp32", "onnxruntime_int8")
+    with pytest.raises(ConfigError) as info:
+        training_step("turbo", None, device=torch.device("cpu"))
+    _one_sentence(info, "train.modes", "turbo", "eager_fp32", "fast")
+
+
+def test_bench_a_bare_section_runs_it_and_the_json_folder_is_made_first(tmp_path, capsys):
+    target = tmp_path / "results" / "today" / "bench.json"
+    result = _bench("sections=loader", f"json={target}")
+    assert set(result) == {"device", "loader"}, "sections=loader is the loader section, not l, o, a, d, e, r"
+    assert json.loads(target.read_text())["loader"]["samples_per_s_per_worker"]
+    assert "ours / PIL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-folder"])
+def test_bench_refuses_a_json_path_it_cannot_write_before_running(tmp_path, capsys, where):
+    (tmp_path / "notes.txt").write_text("a user's file")
+    target = tmp_path / "notes.txt" / "bench.json" if where == "under-a-file" else tmp_path
+    with pytest.raises(ConfigError) as info:
+        _bench("sections=[loader]", f"json={target}")
+    _one_sentence(info, f"json={target}", *([f"{tmp_path / 'notes.txt'} is a file"] if where == "under-a-file"
+                                             else ["is a folder", "bench.json"]))
+    assert capsys.readouterr().out == ""
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
+
+
+# --- export: what the checkpoint is comes first; data check: a bare split name ---------------------------------------
+
+def test_export_of_an_onnx_file_says_it_is_not_a_checkpoint(tmp_path):
+    onnx = tmp_path / "best.onnx"
+    onnx.write_bytes(b"\x08\x07\x12\x07pytorch\x1a\x052.5.1" + bytes(64))
+    before = _digest(tmp_path)
+    with pytest.raises(CheckpointError) as info:
+        export.run(compose("export", [f"checkpoint={onnx}"]))
+    message = _one_sentence(info, onnx, "an ONNX model, not a training checkpoint")
+    assert "is the checkpoint being exported" not in message
+    assert _digest(tmp_path) == before
+
+
+def test_export_of_a_checkpoint_named_like_its_output_suggests_another_name(checkpoint, tmp_path):
+    disguised = tmp_path / "model.onnx"  # a real training checkpoint under an .onnx name
+    shutil.copy(checkpoint, disguised)
+    message = _export_refused(ExportError, disguised, names=[f"output={disguised}", "is the checkpoint being exported"])
+    assert "e.g. model.onnx)" not in message and "e.g. model.export.onnx" in message
+
+
+def test_check_takes_a_bare_split_name_as_one_split(voc_root, capsys):
+    from deeplab.data import check
+
+    code = check.run(compose("check", ["dataset=voc", f"dataset.root={voc_root}", "splits=val", "workers=0"]))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "split val: 3 samples, 0 problem(s)" in out
+    assert "split v:" not in out and "split train" not in out
+    assert [r.split for r in check.check_dataset(splits="train", root=str(voc_root), format="voc", num_classes=5)] \
+        == ["train"]

@@ -83,6 +83,12 @@ BAD_VALUES = [
     ("augment.crop_size=[0,64]", "augment.crop_size"),
     ("augment.hflip=2", "augment.hflip=2"),
     ("model.separable=maybe", "model.separable='maybe'"),
+    ("dataset.mean=[0.5]", "dataset.mean=[0.5]"),
+    ("dataset.std=[0,0,0]", "dataset.std=[0, 0, 0]"),
+    ("dataset.class_names=[a,a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q,r,s,t]", "dataset.class_names names 'a'"),
+    ("optim=adamw optim.betas=[2,3]", "optim (adamw)"),
+    ("seed=abc", "seed='abc'"),
+    ("schedule.warmup_iters=5", "schedule.warmup_iters=5"),
 ]
 
 
@@ -93,7 +99,7 @@ def test_bad_config_value_is_one_sentence_before_anything_is_touched(override, n
     before = _digest(voc_root)
     run_dir = tmp_path / "outputs" / "run"
     with pytest.raises(ConfigError) as exc_info:
-        train(_cfg(voc_root, tmp_path / "outputs", override), run_dir)
+        train(_cfg(voc_root, tmp_path / "outputs", *override.split()), run_dir)
     _one_sentence(exc_info, named)
     assert not run_dir.exists()  # checked before the run dir is made
     assert _digest(voc_root) == before
@@ -207,6 +213,87 @@ def test_resume_leaves_no_stub_run_dir_and_logs_into_the_resumed_run(run_copy, t
     assert not stub.exists()
     text = (run / "train.log").read_text()
     assert "said before the run dir was known" in text and "resuming" in text
+
+
+def test_resume_from_an_older_checkpoint_of_a_run_would_overwrite_its_last_pt_so_is_refused(run_copy, tmp_path):
+    tree, run = run_copy
+    shutil.copy(run / "last.pt", run / "iter2.pt")  # e.g. a best.pt from before the run went on
+    overrides = [f"resume={run}", "trainer.iterations=3"]
+    train(_cfg(tree, tmp_path / "outputs", *overrides), tmp_path / "stub", overrides=overrides)  # last.pt: 3
+    before = _digest(run)
+    overrides = [f"resume={run / 'iter2.pt'}", "trainer.iterations=4"]
+    with pytest.raises(ConfigError) as exc_info:
+        train(_cfg(tree, tmp_path / "outputs", *overrides), tmp_path / "stub", overrides=overrides)
+    _one_sentence(exc_info, f"resume={run / 'iter2.pt'}", "at iteration 2", "last.pt is at 3", "init_from=")
+    assert _digest(run) == before
+
+
+def test_resume_auto_with_no_run_is_refused_naming_where_it_looked(voc_root, tmp_path):
+    with pytest.raises(ConfigError) as exc_info:
+        train(_cfg(voc_root, tmp_path / "nothing_here", "resume=auto"), tmp_path / "run")
+    _one_sentence(exc_info, f"output_root={tmp_path / 'nothing_here'}")
+
+
+def test_a_second_process_writing_the_same_run_dir_is_refused(run_copy, tmp_path):
+    tree, run = run_copy
+    (run / ".train.lock").write_text("1")  # pid 1 runs: another training process holds the run
+    before = _digest(run)
+    overrides = [f"resume={run}", "trainer.iterations=3"]
+    with pytest.raises(ConfigError) as exc_info:
+        train(_cfg(tree, tmp_path / "outputs", *overrides), tmp_path / "stub", overrides=overrides)
+    _one_sentence(exc_info, str(run), "pid 1", "hydra.run.dir=")
+    assert _digest(run) == before
+    (run / ".train.lock").write_text("999999999")  # left by a process that has ended: taken over
+    train(_cfg(tree, tmp_path / "outputs", *overrides), tmp_path / "stub", overrides=overrides)
+    assert load_checkpoint(run / "last.pt")["iteration"] == 3 and not (run / ".train.lock").exists()
+
+
+def test_init_from_another_architecture_names_the_key(run_copy, tmp_path):
+    tree, run = run_copy
+    with pytest.raises(UserError) as exc_info:
+        train(_cfg(tree, tmp_path / "outputs", f"init_from={run / 'last.pt'}", "model.separable=false"),
+              tmp_path / "new")
+    _one_sentence(exc_info, "model.separable=True", "model.separable=False")
+
+
+def test_ctrl_c_saves_between_steps_and_keeps_the_last_checkpoint_during_one(tree_and_out, monkeypatch):
+    from deeplab.engine import trainer as trainer_module
+    from deeplab.engine.trainer import TrainingInterrupted
+
+    tree, out = tree_and_out
+    real_step, calls = trainer_module.train_step, {"n": 0}
+
+    def interrupt_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", interrupt_third)
+    with pytest.raises(TrainingInterrupted) as exc_info:  # during a step: last.pt of iteration 2 is what is kept
+        train(_cfg(tree, out, iterations=4), out / "a")
+    _one_sentence(exc_info, "interrupted at iteration 2: last.pt of iteration 2 kept", f"resume={out / 'a'}")
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
+    monkeypatch.setattr(trainer_module, "validate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(TrainingInterrupted) as exc_info:  # between steps (validating): saved where it was
+        train(_cfg(tree, out, "trainer.checkpoint_every=100", iterations=4), out / "b")
+    _one_sentence(exc_info, "last.pt saved at iteration 2")
+    assert load_checkpoint(out / "b" / "last.pt")["iteration"] == 2
+
+
+@pytest.fixture
+def tree_and_out(tmp_path):
+    return make_voc_tree(tmp_path / "VOC", n_train=4, n_val=1, size=(48, 64)), tmp_path / "outputs"
+
+
+def test_a_tiny_image_is_named_before_training(tmp_path):
+    tree = make_voc_tree(tmp_path / "VOC", n_train=4, n_val=1, size=(48, 64))
+    first = (tree / "ImageSets/Segmentation/train.txt").read_text().split()[0]
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tree / "JPEGImages" / f"{first}.jpg")
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(tree / "SegmentationClass" / f"{first}.png")
+    with pytest.raises(DataError) as exc_info:
+        train(_cfg(tree, tmp_path / "outputs"), tmp_path / "run")
+    _one_sentence(exc_info, f"{first}.jpg", "1x1", "4 px")
 
 
 # --- a failure at validation keeps the training done -----------------------------------------------------------------

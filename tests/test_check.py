@@ -77,13 +77,13 @@ def test_command_line_exit_codes(tmp_path):
     root = tmp_path / "own"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
-    for i in range(4):
-        Image.fromarray(np.full((6, 7, 3), 9, np.uint8)).save(root / "images" / f"s{i}.png")
-        Image.fromarray(np.eye(6, 7, dtype=np.uint8)).save(root / "masks" / f"s{i}.png")
+    for i in range(4):  # 10x12: above the smallest side a sample may have (dataset.MIN_SIDE)
+        Image.fromarray(np.full((10, 12, 3), 9, np.uint8)).save(root / "images" / f"s{i}.png")
+        Image.fromarray(np.eye(10, 12, dtype=np.uint8)).save(root / "masks" / f"s{i}.png")
     good = _cli(f"dataset.root={root}", "dataset.val_ratio=0.5", cwd=tmp_path)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "no problems found" in good.stdout and "foreground" in good.stdout
-    Image.fromarray(np.full((6, 7), 4, np.uint8)).save(root / "masks" / "s0.png")
+    Image.fromarray(np.full((10, 12), 4, np.uint8)).save(root / "masks" / "s0.png")
     bad = _cli(f"dataset.root={root}", "dataset.val_ratio=0.5", "workers=0", cwd=tmp_path)
     assert bad.returncode == 1
     assert "s0.png: label values [4] are outside the 2 classes" in bad.stdout

@@ -165,9 +165,14 @@ def test_a_failure_with_room_to_spare_is_not_called_a_full_disk(tmp_path, monkey
 
 
 def test_temp_files_of_a_killed_write_are_removed_by_the_next(tmp_path):
+    import subprocess
+
     path = tmp_path / "last.pt"
-    stale = [tmp_path / ".last.pt.k1ll3d_x.tmp", tmp_path / ".last.pt.abcdefgh.tmp"]
-    others = [tmp_path / ".last.pt.bak.abcdefgh.tmp", tmp_path / "notes.tmp", tmp_path / ".best.pt.abcdefgh.tmp"]
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a process that has ended: its temp file is a killed write's
+    stale = [tmp_path / f".last.pt.{ended.pid}.k1ll3d_x.tmp", tmp_path / f".last.pt.{os.getpid()}.abcdefgh.tmp"]
+    others = [tmp_path / ".last.pt.bak.1.abcdefgh.tmp", tmp_path / "notes.tmp", tmp_path / ".best.pt.1.abcdefgh.tmp",
+              tmp_path / ".last.pt.1.abcdefgh.tmp"]  # pid 1 runs: another process's write in progress is left alone
     for p in stale + others:
         p.write_bytes(b"half a checkpoint")
     save_checkpoint(path, {"model": {}, "config": {}})

@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import compose, make_voc_tree, tiny_train_overrides
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
-from deeplab.engine.trainer import TrainingDiverged, train
+from deeplab.engine.trainer import TrainingDiverged, TrainingInterrupted, train
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_interrupted_and_resumed_run_reaches_the_same_weights(tree, tmp_path, mo
 
     monkeypatch.setattr(trainer_module, "train_step", dies_at_iteration_4)
     broken = tmp_path / "outputs" / "broken"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(TrainingInterrupted, match="interrupted at iteration 3: last.pt of iteration 2 kept"):
         train(_cfg(tree, tmp_path, "trainer.deterministic=true", iterations=5), broken)
     assert load_checkpoint(broken / "last.pt")["iteration"] == 2
     monkeypatch.setattr(trainer_module, "train_step", real_step)

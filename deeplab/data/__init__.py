@@ -31,7 +31,8 @@ def _is_colour(value) -> bool:
 def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, class_names: Sequence[str] | None,
                          palette: Sequence[Sequence[int]] | None, ignore_colour: Sequence[int] | None,
                          label_map: Mapping[int, int] | None, allow_ignore_only_masks: bool | None,
-                         options: Mapping) -> None:
+                         options: Mapping, mean: Sequence[float] | None = None,
+                         std: Sequence[float] | None = None) -> None:
     """Raise a ConfigError naming the `dataset.*` key whose value cannot work, before any file is read."""
     if format not in FORMATS:
         raise ConfigError(f"dataset.format={format!r}: unknown dataset format; known: {sorted(FORMATS)}")
@@ -50,6 +51,17 @@ def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, cl
     if class_names is not None and len(class_names) != num_classes:
         raise ConfigError(f"dataset.class_names lists {len(class_names)} names but dataset.num_classes="
                           f"{num_classes}; give one name per class")
+    if class_names is not None and len(set(map(str, class_names))) != len(class_names):
+        twice = next(n for n in class_names if list(map(str, class_names)).count(str(n)) > 1)
+        raise ConfigError(f"dataset.class_names names {twice!r} more than once; per-class metrics and logs are "
+                          "keyed by name, so give each class its own name")
+    for key, values, low in (("mean", mean, 0.0), ("std", std, None)):
+        if values is not None and (isinstance(values, (str, bytes)) or len(values) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 if low is None else v >= low)
+                for v in values)):
+            rule = "three numbers > 0" if low is None else "three numbers >= 0"
+            raise ConfigError(f"dataset.{key}={values!r}: must be {rule}, one per RGB channel on the 0-1 scale "
+                              f"(ImageNet's: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225])")
     if palette is not None:
         if len(palette) < num_classes:
             raise ConfigError(f"dataset.palette has {len(palette)} colours for dataset.num_classes={num_classes}; "
@@ -81,7 +93,7 @@ def build_dataset(*, split: str, format: str, root: str, num_classes: int, trans
     """
     check_dataset_config(format=format, num_classes=num_classes, ignore_index=ignore_index, class_names=class_names,
                          palette=palette, ignore_colour=ignore_colour, label_map=label_map,
-                         allow_ignore_only_masks=allow_ignore_only_masks, options=options)
+                         allow_ignore_only_masks=allow_ignore_only_masks, options=options, mean=mean, std=std)
     samples = FORMATS[format](root=root, split=split, **options)
     where = f"split {split!r} of dataset.root={root}"
     if not samples:  # the formats name the usual causes; this is the last guard, so no split trains on nothing

@@ -16,6 +16,7 @@ import numpy as np
 
 from deeplab.data import DataError, SegmentationDataset, build_dataset
 from deeplab.data.dataset import exif_orientation, no_samples_problem
+from deeplab.errors import ConfigError
 
 
 @dataclass
@@ -89,7 +90,14 @@ def check_split(dataset: SegmentationDataset, split: str, *, workers: int = 0) -
 
 
 def check_dataset(*, splits: Sequence[str] | None = None, workers: int = 0, **dataset_cfg) -> list[SplitReport]:
-    """Scan the given splits (default: the dataset's train and val splits)."""
+    """Scan the given splits (default: the dataset's train and val splits); a bare name is one split."""
+    if isinstance(splits, bool) or not isinstance(splits, (str, int, Sequence, type(None))):
+        raise ConfigError(f"splits={splits!r}: give split names, e.g. splits=[train,val] or splits=val (null: the "
+                          "dataset's train and val splits)")
+    if isinstance(splits, (str, int)):
+        splits = [str(splits)]  # splits=val, or a numeric name such as splits=2012
+    elif splits:
+        splits = [str(split) for split in splits]
     splits = splits or [dataset_cfg.get("train_split", "train"), dataset_cfg.get("val_split", "val")]
     reports = []
     for split in dict.fromkeys(splits):

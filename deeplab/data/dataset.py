@@ -14,6 +14,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTENSIONS = (".png",)  # lossless and holds palette/greyscale indices; JPEG compression changes label values
 
 
+MIN_SIDE = 4  # pixels: random rescaling (down to 0.5x, or less) would shrink a smaller image to nothing
+
+
 class DataError(UserError):
     """A problem with the user's data: the message names the file and what is wrong."""
 
@@ -222,6 +225,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """The untransformed RGB image and label mask of one sample, with their sizes and labels checked."""
         image_path, mask_path = self.samples[index]
         image = read_image(image_path)
+        if min(image.shape[:2]) < MIN_SIDE:  # random rescaling would shrink it to nothing; too small to label anyway
+            raise DataError(f"{image_path}: image is {image.shape[1]}x{image.shape[0]} (WxH), smaller than "
+                            f"{MIN_SIDE} px a side; remove it from the split or replace it with the real image")
         mask = read_mask(mask_path, num_classes=self.num_classes, ignore_index=self.ignore_index,
                          palette=self.palette, ignore_colour=self.ignore_colour, lut=self.lut)
         if image.shape[:2] != mask.shape:

@@ -73,6 +73,9 @@ def confusion_image(matrix: ConfusionMatrix, cell: int = 24) -> np.ndarray:
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     """Evaluate `checkpoint` (or score `predictions`) on the validation split; write metrics.json and the matrix."""
     output_dir = Path(output_dir)
+    if cfg.checkpoint and cfg.predictions:
+        raise ConfigError(f"checkpoint={cfg.checkpoint} and predictions={cfg.predictions}: give checkpoint= (a model "
+                          "to evaluate) or predictions= (a folder of index PNGs to score), not both")
     device = resolve_device(cfg.device)  # the settings first: nothing is loaded or written for a wrong one
     resolve_precision(cfg.precision, device.type)
     check_tta(scales=cfg.scales, window=cfg.window, stride=cfg.stride, flip=cfg.flip)

@@ -83,6 +83,10 @@ def output_folder(cfg: DictConfig, run_dir: str | Path, base: Path) -> Path:
     if output.exists() and not output.is_dir():
         raise DataError(f"output={cfg.output or run_dir}: is a file, not a folder; choose a folder for the label "
                         "maps (output=DIR)")
+    blocking = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise DataError(f"output={cfg.output or run_dir}: {blocking} is a file, not a folder, so no output folder "
+                        "can be made inside it; choose an output=DIR whose parents are folders (or do not exist yet)")
     if not cfg.allow_inside_input and output.is_relative_to(base.resolve()):
         raise DataError(f"output {output} is inside the input folder {base}; choose another output=DIR "
                         "(or set allow_inside_input=true)")

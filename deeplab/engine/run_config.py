@@ -9,13 +9,15 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from deeplab.data import check_dataset_config
 from deeplab.data.transforms import train_transform
 from deeplab.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
 from deeplab.engine.precision import PRECISIONS, resolve_device, resolve_precision
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, one_line
 from deeplab.losses import SegmentationLoss
 from deeplab.model import build_model
 from deeplab.model.backbone import OUTPUT_STRIDES
@@ -180,8 +182,19 @@ def validate_config(config: Mapping) -> None:
 
 
 def _check_consistency(config: Mapping) -> None:
-    """Keys that must agree with each other."""
+    """Keys that must agree with each other, and what the dataset and optimizer builders would refuse."""
     data, trainer = config["dataset"], config["trainer"]
+    check_dataset_config(**{k: data.get(k) for k in ("format", "num_classes", "ignore_index", "class_names",
+                                                     "palette", "ignore_colour", "label_map",
+                                                     "allow_ignore_only_masks", "mean", "std")},
+                         options={k: v for k, v in data.items() if k not in DATASET_KEYS})
+    if isinstance(config.get("seed"), bool) or not isinstance(config.get("seed"), int):
+        raise ConfigError(f"seed={config.get('seed')!r}: must be an integer")
+    if config["schedule"].get("warmup_iters", 0) >= trainer["iterations"]:
+        raise ConfigError(f"schedule.warmup_iters={config['schedule']['warmup_iters']} is not below "
+                          f"trainer.iterations={trainer['iterations']}: the learning rate would never leave its "
+                          f"warmup; lower schedule.warmup_iters")
+    _check_optimizer(config["optim"])
     device = resolve_device(trainer["device"], key="trainer.device")
     resolve_precision(trainer["precision"], device.type, key="trainer.precision")
     names = data.get("class_names")
@@ -212,6 +225,20 @@ def _check_consistency(config: Mapping) -> None:
     scale = config["augment"].get("scale_range")
     if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
         raise ConfigError(f"augment.scale_range={scale!r}: must be [low, high] with 0 < low <= high")
+
+
+# dataset keys build_dataset takes itself; the others are options of the dataset's format
+DATASET_KEYS = ("format", "root", "num_classes", "ignore_index", "class_names", "palette", "ignore_colour",
+                "label_map", "allow_ignore_only_masks", "mean", "std", "train_split", "val_split")
+
+
+def _check_optimizer(optim: Mapping) -> None:
+    """Build the optimizer on one stand-in parameter: torch's own range checks (betas, eps...) as a ConfigError."""
+    options = {k: v for k, v in optim.items() if v is not None and k not in ("name", "lr", "backbone_lr_mult")}
+    try:
+        OPTIMIZERS[optim["name"]]([torch.zeros(1, requires_grad=True)], lr=optim["lr"], **options)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"optim ({optim['name']}): {one_line(exc)}; fix the optim.* key it names") from exc
 
 
 # What a resumed run may change: paths, cadence, length, workers and the speed settings that leave its result

@@ -3,14 +3,13 @@
 import contextlib
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -26,7 +25,8 @@ from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import (TrainingPlan, autocast, grad_scaler, resolve_device, resolve_precision,
                                      training_plan)
-from deeplab.engine.run_config import TrainerSettings, resume_config, validate_config
+from deeplab.engine.run_config import TrainerSettings, validate_config
+from deeplab.engine.run_dir import adopt_run_dir, resume_or_new, run_dir_lock
 from deeplab.engine.tracking import RunLogger
 from deeplab.errors import ConfigError, UserError, one_line
 from deeplab.losses import SegmentationLoss
@@ -124,16 +124,6 @@ def validate(run: Run, iteration: int) -> dict:
     return metrics
 
 
-def validate_keeping_progress(run: Run, iteration: int) -> None:
-    """Validate; a Ctrl-C during validation saves last.pt first (the weights are not changing then)."""
-    try:
-        validate(run, iteration)
-    except KeyboardInterrupt:
-        if run.dist.is_main:
-            ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
-        raise
-
-
 def keep_progress(run: Run, iteration: int, start_iter: int, exc: DataError) -> DataError:
     """A bad sample met in training or validation: save the training done so far, and say so in the message."""
     last = run.output_dir / "last.pt"
@@ -143,6 +133,23 @@ def keep_progress(run: Run, iteration: int, start_iter: int, exc: DataError) -> 
         f"no training was lost (it stopped before iteration {start_iter + 1})"
     return DataError(f"{one_line(exc)} (this stopped the run at iteration {iteration}; {kept}: fix the data, "
                      f"then continue with resume={last})")
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C: what was saved, and how to continue."""
+
+
+def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool) -> TrainingInterrupted:
+    """Ctrl-C between steps saves last.pt of the iteration reached; during a step the last checkpoint is kept."""
+    last = run.output_dir / "last.pt"
+    if saved and iteration > start_iter and run.dist.is_main:
+        ckpt.save_checkpoint(last, checkpoint_state(run, iteration))
+        kept = f"last.pt saved at iteration {iteration}"
+    elif last.is_file():
+        kept = f"last.pt of iteration {ckpt.load_checkpoint(last)['iteration']} kept"
+    else:
+        return TrainingInterrupted(f"interrupted at iteration {iteration}, before any checkpoint was written")
+    return TrainingInterrupted(f"interrupted at iteration {iteration}: {kept}; continue with resume={last}")
 
 
 def checkpoint_state(run: Run, iteration: int) -> dict:
@@ -156,7 +163,7 @@ def checkpoint_state(run: Run, iteration: int) -> dict:
 def fit(run: Run, *, start_iter: int) -> float:
     """The loop: step, log, validate every `val_every`, checkpoint every `checkpoint_every`; returns best mIoU."""
     s = run.settings
-    iteration, micro = start_iter, []
+    iteration, micro, stepping = start_iter, [], False
     progress = tqdm(total=s.iterations, initial=start_iter, disable=not run.dist.is_main, mininterval=2,
                     dynamic_ncols=True, desc="train")
     window_start, window_iters = time.perf_counter(), 0
@@ -165,15 +172,20 @@ def fit(run: Run, *, start_iter: int) -> float:
             micro.append(batch)
             if len(micro) < s.grad_accum:
                 continue
+            stepping = True  # a Ctrl-C from here until the schedule steps leaves the weights half updated
             try:
                 loss = train_step(run, micro, freeze_backbone=iteration < s.freeze_backbone_iters)
             except TrainingDiverged as exc:
+                last = run.output_dir / "last.pt"
+                kept = f"the last good checkpoint is untouched ({last})" if last.is_file() else \
+                    "no checkpoint was written"
                 raise TrainingDiverged(
-                    f"{exc} at iteration {iteration + 1}: training stopped. The last good checkpoint is untouched "
-                    f"({run.output_dir / 'last.pt'}). Lower optim.lr, set trainer.grad_clip, or check the data "
-                    f"with python -m deeplab.data.check.") from None
+                    f"{exc} at iteration {iteration + 1}: training stopped, and {kept}. Lower optim.lr, set "
+                    f"trainer.grad_clip, or check the data (python -m deeplab.data.check; dataset.mean/std)."
+                ) from None
             micro, iteration, window_iters = [], iteration + 1, window_iters + 1
             run.scheduler.step()
+            stepping = False
             progress.update(1)
             if iteration % s.log_every == 0 or iteration == s.iterations:
                 elapsed = time.perf_counter() - window_start
@@ -183,53 +195,16 @@ def fit(run: Run, *, start_iter: int) -> float:
                     run.logger.train(iteration, loss.item(), lr, window_iters * s.batch_size / elapsed)
                 window_start, window_iters = time.perf_counter(), 0
             if iteration % s.val_every == 0 or iteration == s.iterations:
-                validate_keeping_progress(run, iteration)
+                validate(run, iteration)
             if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
                 ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
     except DataError as exc:  # raised by the loader or validation, between steps: the weights are consistent
         raise keep_progress(run, iteration, start_iter, exc) from None
+    except KeyboardInterrupt:
+        raise interrupted(run, iteration, start_iter, saved=not stepping) from None
     finally:
         progress.close()  # also when an error ends the run: the error line starts on a line of its own
     return run.best_miou
-
-
-def resume_or_new(cfg: DictConfig, output_dir: Path,
-                  overrides: Sequence[str]) -> tuple[dict, Path, dict | None]:
-    """resume=auto|PATH continues a checkpoint in its own run dir, with its saved config and the safe overrides."""
-    if not cfg.get("resume"):
-        return OmegaConf.to_container(cfg, resolve=True), output_dir, None
-    if cfg.resume == "auto":
-        path = ckpt.find_latest(cfg.output_root)
-        if path is None:
-            log.warning("resume=auto: no last.pt under %s; starting a new run", cfg.output_root)
-            return OmegaConf.to_container(cfg, resolve=True), output_dir, None
-    else:
-        path = Path(cfg.resume).expanduser()
-        path = path / "last.pt" if path.is_dir() else path
-    state = ckpt.load_checkpoint(path)
-    config, changes = resume_config(state["config"], cfg, overrides)
-    log.info("resuming %s at iteration %d with its saved config%s", path, state["iteration"],
-             "; changed: " + ", ".join(changes) if changes else "")
-    return config, path.parent, state
-
-
-def adopt_run_dir(stub: Path, run_dir: Path) -> None:
-    """A resumed run logs to its own train.log; the run dir Hydra made for this command is removed if unused."""
-    if stub.resolve() == run_dir.resolve() or not stub.is_dir():
-        return
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == stub.resolve():
-            handler.close()
-            root.removeHandler(handler)
-            moved = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a")
-            moved.setFormatter(handler.formatter)
-            moved.setLevel(handler.level)
-            root.addHandler(moved)
-            with open(handler.baseFilename) as old, open(moved.baseFilename, "a") as new:
-                new.write(old.read())  # what this command logged before it knew the run dir
-    if {p.name for p in stub.iterdir()} <= {".hydra", "train.log"}:
-        shutil.rmtree(stub, ignore_errors=True)  # every process of a torchrun job may get here
 
 
 def build_datasets(data: dict, augment: dict, *, preflight_samples: int):
@@ -256,6 +231,7 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
         ckpt.load_model_weights(model, state["model"], source="resume checkpoint")
     elif config.get("init_from"):
         source = ckpt.load_checkpoint(config["init_from"])
+        _same_architecture(config["init_from"], source["config"]["model"], config["model"])
         fresh = ckpt.load_model_weights(model, source["model"], source=config["init_from"], reinit_classifier=True)
         if fresh:
             log.warning("init_from %s: it has another number of classes; the classifier starts fresh (%s)",
@@ -276,6 +252,19 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
     return model, plan
+
+
+ARCHITECTURE_KEYS = ("separable", "width_mult", "expand_ratio", "aspp_channels", "low_level_channels",
+                     "decoder_channels")  # the model keys that shape its weights (output_stride and rates do not)
+
+
+def _same_architecture(path: str, theirs: dict, ours: dict) -> None:
+    """init_from keeps its checkpoint's architecture: name the first model key this run sets otherwise."""
+    for key in ARCHITECTURE_KEYS:
+        if key in theirs and theirs[key] != ours.get(key):
+            raise ckpt.CheckpointError(f"init_from={path}: the checkpoint has model.{key}={theirs[key]} but this run "
+                                       f"has model.{key}={ours.get(key)}; set model.{key}={theirs[key]} (fine-tuning "
+                                       f"starts from the checkpoint's architecture)")
 
 
 def probe_batch(dataset: torch.utils.data.Dataset, share: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,6 +351,12 @@ def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()
     if state is not None:
         adopt_run_dir(Path(output_dir), run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_dir_lock(run_dir):
+        return train_in(run_dir, config, state)
+
+
+def train_in(run_dir: Path, config: dict, state: dict | None) -> float:
+    """Train a checked config in its run dir, from scratch or from a checkpoint's state."""
     settings = TrainerSettings(**config["trainer"])
     if state is not None and state["iteration"] >= settings.iterations:
         if state["iteration"] > settings.iterations:

@@ -144,10 +144,12 @@ def _load_features(backbone: MobileNetV2Backbone, state: dict, source: str) -> N
     own = backbone.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
+        ours = {"model", "config"} <= set(state) or any(str(k).startswith("backbone.features.") for k in state)
         raise ConfigError(
             f"model.backbone_weights: {source} is not a torchvision MobileNetV2 state dict: {len(missing)} of "
             f"{len(own)} backbone tensors are missing (first: {missing[0]!r}); expected keys like "
-            f"'features.0.0.weight'")
+            f"'features.0.0.weight'" + ("; it holds a deeplab model's weights: start from it with init_from=FILE "
+                                        "instead" if ours else ""))
     for key, tensor in own.items():
         if state[key].shape != tensor.shape:
             raise ConfigError(

@@ -1,0 +1,108 @@
+"""A training run's folder: what resume=... continues, the stub folder Hydra made for a resumed run, and a lock so
+that two processes never write one run."""
+
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from deeplab.engine import checkpoint as ckpt
+from deeplab.engine.run_config import resume_config
+from deeplab.errors import ConfigError
+from deeplab.torch_files import process_running
+
+log = logging.getLogger("deeplab.train")
+LOCK = ".train.lock"
+
+
+def resume_or_new(cfg: DictConfig, output_dir: Path,
+                  overrides: Sequence[str]) -> tuple[dict, Path, dict | None]:
+    """resume=auto|PATH continues a checkpoint in its own run dir, with its saved config and the safe overrides."""
+    if not cfg.get("resume"):
+        return OmegaConf.to_container(cfg, resolve=True), output_dir, None
+    if cfg.resume == "auto":
+        path = ckpt.find_latest(cfg.output_root)
+        if path is None:
+            raise ConfigError(f"resume=auto: no last.pt under output_root={cfg.output_root}; point output_root at "
+                              f"the folder that holds your runs (or resume=<run dir or its last.pt>), or drop "
+                              f"resume=auto to start a new run")
+    else:
+        path = Path(cfg.resume).expanduser()
+        path = path / "last.pt" if path.is_dir() else path
+    state = ckpt.load_checkpoint(path)
+    _refuse_going_back(path, state)
+    config, changes = resume_config(state["config"], cfg, overrides)
+    log.info("resuming %s at iteration %d with its saved config%s", path, state["iteration"],
+             "; changed: " + ", ".join(changes) if changes else "")
+    return config, path.parent, state
+
+
+def adopt_run_dir(stub: Path, run_dir: Path) -> None:
+    """A resumed run logs to its own train.log; the run dir Hydra made for this command is removed if unused."""
+    if stub.resolve() == run_dir.resolve() or not stub.is_dir():
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == stub.resolve():
+            handler.close()
+            root.removeHandler(handler)
+            moved = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a")
+            moved.setFormatter(handler.formatter)
+            moved.setLevel(handler.level)
+            root.addHandler(moved)
+            with open(handler.baseFilename) as old, open(moved.baseFilename, "a") as new:
+                new.write(old.read())  # what this command logged before it knew the run dir
+    if {p.name for p in stub.iterdir()} <= {".hydra", "train.log"}:
+        shutil.rmtree(stub, ignore_errors=True)  # every process of a torchrun job may get here
+
+
+def _refuse_going_back(path: Path, state: dict) -> None:
+    """Resuming from an older checkpoint of a run (best.pt) would overwrite its newer last.pt: refuse."""
+    last = path.parent / "last.pt"
+    if path.name == "last.pt" or not last.is_file():
+        return
+    reached = ckpt.load_checkpoint(last)["iteration"]
+    if reached > state["iteration"]:
+        raise ConfigError(f"resume={path}: this checkpoint is at iteration {state['iteration']} but its run's last.pt "
+                          f"is at {reached}, and resuming from it would overwrite that last.pt; resume from "
+                          f"{last}, or start a new run from these weights with init_from={path}")
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold <run_dir>/.train.lock while training: a second process writing the same run (two runs started in one
+    second share Hydra's dated folder; two resumes of one run) is refused instead of mixing the two."""
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes the run dir
+        yield
+        return
+    lock = run_dir / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None and holder != os.getpid() and process_running(holder):
+                raise ConfigError(f"{run_dir}: another training process (pid {holder}) is writing this run; wait for "
+                                  f"it to end, or give this run its own folder (hydra.run.dir=...: run folders are "
+                                  f"named to the second)") from None
+            lock.unlink(missing_ok=True)  # left by a process that has ended
+    else:
+        raise ConfigError(f"{lock}: cannot take the run's lock; remove it if no training process uses {run_dir}")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip() or "0") or None
+    except (OSError, ValueError):
+        return None
