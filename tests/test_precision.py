@@ -66,7 +66,7 @@ def test_choose_fastest_measures_once_and_respects_admissibility(caplog):
     with caplog.at_level(logging.INFO, logger="deeplab.precision"):
         assert choose_fastest({"slow": slow, "fast": fast}, key="k", what="a test") == "fast"
     assert "auto for a test: fast (slow 2" in caplog.text and "CPU " in caplog.text
-    assert calls == {"slow": 4, "fast": 4}  # one untimed call each, then three timed rounds
+    assert calls == {"slow": 4, "fast": 4}  # one untimed call each, then three timed rounds (the default)
     assert choose_fastest({"slow": slow, "fast": fast}, key="k", what="a test") == "fast"
     assert calls == {"slow": 4, "fast": 4}  # once per process
     refused = choose_fastest({"slow": slow, "fast": fast}, key="other", what="a test",

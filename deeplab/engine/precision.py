@@ -185,7 +185,7 @@ def training_plan(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *
     with torch.random.fork_rng(devices=[]):  # the probes' dropout draws leave the run's random stream as it was
         best = choose_fastest({name: step(plan) for name, plan in named.items()},
                               key=("training", architecture(model), tuple(images.shape), tuple(plans)),
-                              what="training precision and memory format")
+                              what="training precision and memory format", rounds=2)
     return named[best]
 
 
