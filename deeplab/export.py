@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from deeplab.engine.precision import cpu_capabilities
-from deeplab.errors import ConfigError, UserError
+from deeplab.errors import ConfigError, UserError, check_flags
 from deeplab.model.fast_convs import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
 from deeplab.torch_files import atomic_write, is_torch_file, tensor_bytes
@@ -192,6 +192,7 @@ def default_output(checkpoint: str | Path, fmt: str) -> Path:
 
 def check_settings(cfg) -> None:
     """The export settings, checked before the checkpoint is loaded: one ConfigError naming the key."""
+    check_flags(cfg, ("overwrite", "verify"))
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format}: not an export format; choose one of {', '.join(FORMATS)}")
     if not _whole(cfg.opset) or cfg.opset < 17:

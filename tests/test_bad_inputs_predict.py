@@ -509,3 +509,20 @@ def test_check_takes_a_bare_split_name_as_one_split(voc_root, capsys):
     assert "split v:" not in out and "split train" not in out
     assert [r.split for r in check.check_dataset(splits="train", root=str(voc_root), format="voc", num_classes=5)] \
         == ["train"]
+
+
+@pytest.mark.parametrize("command,key", [("predict", "save_color"), ("predict", "fast"), ("predict", "allow_inside_input"),
+                                         ("evaluate", "compile"), ("export", "overwrite")])
+def test_a_switch_given_a_word_is_refused_not_taken_as_true(command, key, trained, tmp_path):
+    from deeplab.engine import evaluation, prediction
+    import deeplab.export as export
+
+    tree, checkpoint = trained
+    extra = {"predict": [f"input={tree / 'JPEGImages'}", f"output={tmp_path / 'out'}"], "evaluate": [],
+             "export": [f"output={tmp_path / 'm.onnx'}"]}[command]
+    cfg = compose(command, [f"checkpoint={checkpoint}", *extra, f"{key}=maybe"])
+    run = {"predict": lambda: prediction.run(cfg, tmp_path / "run"), "evaluate": lambda: evaluation.run(cfg, tmp_path),
+           "export": lambda: export.run(cfg)}[command]
+    with pytest.raises(ConfigError, match=rf"^{key}='maybe': must be true or false$"):
+        run()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.onnx").exists()

@@ -15,7 +15,7 @@ from deeplab.engine.checkpoint import CheckpointError
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, check_flags
 from deeplab.inference import check_tta, is_channels_last, model_from_checkpoint
 from deeplab.metrics import ConfusionMatrix
 
@@ -79,6 +79,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     device = resolve_device(cfg.device)  # the settings first: nothing is loaded or written for a wrong one
     resolve_precision(cfg.precision, device.type)
     check_tta(scales=cfg.scales, window=cfg.window, stride=cfg.stride, flip=cfg.flip)
+    check_flags(cfg, ("fast", "compile"))
     if isinstance(cfg.num_workers, bool) or not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers!r}: must be a whole number >= 0 (0 reads images in this "
                           f"process)")

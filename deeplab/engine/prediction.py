@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from deeplab.data.dataset import IMAGE_EXTENSIONS, DataError, read_image
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, check_flags
 from deeplab.inference import Predictor
 from deeplab.visualization import colourize, palette_array
 
@@ -66,6 +66,7 @@ def check_settings(cfg: DictConfig) -> None:
     """The predict-only settings, checked before anything is loaded: one ConfigError naming the key."""
     if not cfg.checkpoint or not cfg.input:
         raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
+    check_flags(cfg, ("save_index", "save_color", "save_overlay", "allow_inside_input", "fast", "compile", "flip"))
     if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size}: must be a whole number of images, 1 or more (e.g. "
                           "batch_size=4)")
