@@ -7,7 +7,6 @@ untouched and the exit status is 1, unless --force.
 """
 
 import argparse
-import os
 import shutil
 import sys
 import tarfile
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from deeplab.torch_files import atomic_write
 
 VOC_DIR = Path("VOCdevkit", "VOC2012")  # torchvision's VOCSegmentation extracts here under the root
 SBD_DIR = Path("SBD")
@@ -88,9 +89,7 @@ def save_index_png(mask: np.ndarray, path: Path) -> None:
     """Save class indices as a palette PNG with the VOC colours, atomically so a crash leaves no half file."""
     img = Image.fromarray(mask, mode="P")
     img.putpalette(voc_colour_map())
-    tmp = path.with_name(path.name + ".tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), durable=False)
 
 
 def put_mask(mask: np.ndarray, path: Path, *, force: bool, tally: Tally) -> None:
@@ -156,9 +155,7 @@ def write_train_aug(voc_root: Path, ids: list[str], *, force: bool = False) -> T
     elif path.exists() and not force:
         tally.conflicts.append(path)
     else:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
         tally.written += 1
     return tally
 

@@ -21,9 +21,9 @@ from deeplab.engine.precision import cpu_capabilities
 from deeplab.errors import ConfigError, UserError, check_flags
 from deeplab.model.fast_convs import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
+from deeplab.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModel, ort_session
 from deeplab.torch_files import atomic_write, is_torch_file, tensor_bytes
 
-INPUT_NAME, OUTPUT_NAME = "images", "logits"
 FORMATS = ("onnx", "int8", "pt2")
 
 
@@ -92,22 +92,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17, overwrit
     return _atomic_write(Path(path), write, overwrite=overwrite, size_hint=tensor_bytes(folded.state_dict()))
 
 
-def ort_session(path: str | Path, *, threads: int | None = None):
-    """An ONNX Runtime CPU session with full graph optimisation."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def verify_onnx(path: str | Path, model: nn.Module, *, sizes: Sequence[Sequence[int]] = ((1, 65, 97), (2, 128, 96)),
                 atol: float = 1e-3, seed: int = 0) -> float:
     """Largest |ONNX Runtime - PyTorch| logit difference over the given (batch, H, W); raises above `atol`."""
-    from deeplab.inference import OnnxModel
-
     exported = OnnxModel(path)
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -210,7 +197,7 @@ def _whole(value) -> bool:
 def run(cfg) -> Path:
     """Export `checkpoint` in `format`, verify it, and (int8) compare its mIoU with the float model's."""
     from deeplab.engine.checkpoint import CheckpointError
-    from deeplab.inference import OnnxModel, model_from_checkpoint
+    from deeplab.inference import model_from_checkpoint
     from deeplab.speed import inference_mode, label_quality, split_samples
 
     if not cfg.checkpoint:

@@ -11,10 +11,11 @@ from torch import nn
 
 from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from deeplab.engine.precision import autocast, inference_precision, resolve_device, resolve_precision
-from deeplab.errors import ConfigError, one_line
+from deeplab.errors import ConfigError
 from deeplab.model import build_model
 from deeplab.model.fuse import fold_batchnorm
 from deeplab.model.fast_convs import use_fast_convs
+from deeplab.onnx_model import OnnxModel
 
 
 def check_tta(*, scales: Sequence[float], window: Sequence[int] | None, stride: Sequence[int] | None,
@@ -62,38 +63,6 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
         model = model.to(memory_format=torch.channels_last)
     use_fast_convs(model, fast_convs and not compile)  # a compiled graph runs the plain convs anyway
     return torch.compile(model, dynamic=True) if compile else model
-
-
-class OnnxModel(nn.Module):
-    """An exported model (`python -m deeplab.export`, float or int8) run by ONNX Runtime behind the model's interface:
-    normalised float (N, 3, H, W) in, (N, C, H, W) logits out, on the input's device."""
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__()
-        from deeplab.export import ort_session
-
-        self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise CheckpointError(f"{path}: no such ONNX model file; export one with python -m deeplab.export "
-                                  "checkpoint=PATH, or leave onnx=null to run the checkpoint's weights")
-        with open(self.path, "rb") as f:
-            head = f.read(4)
-        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-            raise CheckpointError(f"{path}: a PyTorch file, not an ONNX model; pass it as checkpoint=, and give "
-                                  "onnx= a model exported with python -m deeplab.export (or onnx=null)")
-        try:
-            self.session = ort_session(self.path)
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-            reason = one_line(exc)[:200] or type(exc).__name__
-            raise CheckpointError(f"{path}: not a readable ONNX model ({reason}); export it again with "
-                                  "python -m deeplab.export") from exc
-        self.num_classes = int(self(torch.zeros(1, 3, 32, 32)).shape[1])  # the graph may leave C symbolic
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from deeplab.export import INPUT_NAME, OUTPUT_NAME
-
-        logits = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().cpu().contiguous().numpy()})[0]
-        return torch.from_numpy(logits).to(x.device)
 
 
 def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,

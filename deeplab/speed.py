@@ -19,10 +19,12 @@ from deeplab.data.transforms import eval_transform
 from deeplab.engine.precision import TrainingPlan, autocast, grad_scaler, inference_precision, training_plan
 from deeplab.engine.run_config import TrainerSettings
 from deeplab.errors import ConfigError
-from deeplab.inference import OnnxModel, prepare_for_inference
+from deeplab.export import export_onnx, quantize_onnx
+from deeplab.inference import prepare_for_inference
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
 from deeplab.model.fast_convs import use_fast_convs
+from deeplab.onnx_model import OnnxModel
 
 INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast_convs_fp32", "fast", "bf16", "compile", "onnxruntime",
                    "onnxruntime_int8")
@@ -80,8 +82,6 @@ def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir
             inference_precision(fast, example.to(device).contiguous(memory_format=torch.channels_last))
         return _torch_forward(fast, device=device, precision=precision, channels_last=True), precision
     if name in ("onnxruntime", "onnxruntime_int8"):
-        from deeplab.export import export_onnx, quantize_onnx
-
         path = export_onnx(model.cpu(), workdir / "model.onnx", overwrite=True)
         model.to(device)
         if name == "onnxruntime_int8":

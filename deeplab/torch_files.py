@@ -24,7 +24,7 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used: the message is one sentence naming the file and the problem."""
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: int = 0) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: int = 0, durable: bool = True) -> Path:
     """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.
 
     A crash or a kill mid-write leaves the previous file intact; the temp file a kill leaves behind
@@ -32,6 +32,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     process's write in progress is left alone). The file gets the permissions a new file would
     (0666 less the umask), not mkstemp's owner-only 0600. A write that fails for lack of space raises a
     CheckpointError giving the free space and about what is needed (`size_hint` bytes, or the previous file's size).
+    durable=False skips the fsync, for files that can be made again (cached masks): readers still never see half.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,8 +41,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

@@ -2,12 +2,9 @@
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -15,6 +12,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from deeplab.data.dataset import DataError, pair_ids
+from deeplab.torch_files import atomic_write
 
 # VOC class names whose COCO category is spelt differently, so a VOC-20 selection can be written in VOC's names.
 VOC_TO_COCO = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch", "tvmonitor": "tv",
@@ -85,18 +83,6 @@ def rasterise(annotations: Sequence[Mapping], *, height: int, width: int,
     return semantic
 
 
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write through a temp file in the same folder, then os.replace: readers (and other ranks) never see half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def mask_name(image_id: int | str) -> str:
     """The cached mask's file name; COCO's 12-digit form makes it share the image's stem (000000000139)."""
     return f"{image_id:012d}.png" if isinstance(image_id, int) else f"{image_id}.png"
@@ -157,11 +143,11 @@ def build_cache(*, ann_path: Path, folder: Path, categories: Sequence[str | int]
             continue
         semantic = rasterise(by_image.get(image["id"], []), height=image["height"], width=image["width"],
                              class_of=class_of)
-        write_atomic(path, lambda f: Image.fromarray(semantic).save(f, format="PNG"))
+        atomic_write(path, lambda tmp: Image.fromarray(semantic).save(tmp, format="PNG"), durable=False)
     manifest = {"annotations": str(ann_path), "class_names": ["background"] + [c["name"] for c in chosen],
                 "category_ids": [c["id"] for c in chosen],
                 "samples": [[image["file_name"], mask_name(image["id"])] for image in images]}
-    write_atomic(folder / "manifest.json", lambda f: f.write(json.dumps(manifest).encode()))
+    atomic_write(folder / "manifest.json", lambda tmp: tmp.write_text(json.dumps(manifest)), durable=False)
     return manifest
 
 
