@@ -19,7 +19,7 @@ from torch import nn
 
 from deeplab.engine.precision import cpu_capabilities
 from deeplab.errors import ConfigError, UserError, check_flags
-from deeplab.model.fast_convs import use_fast_convs
+from deeplab.model.decoder import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
 from deeplab.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModel, ort_session
 from deeplab.torch_files import atomic_write, is_torch_file, tensor_bytes

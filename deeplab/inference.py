@@ -13,8 +13,8 @@ from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_mod
 from deeplab.engine.precision import autocast, inference_precision, resolve_device, resolve_precision
 from deeplab.errors import ConfigError
 from deeplab.model import build_model
+from deeplab.model.decoder import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
-from deeplab.model.fast_convs import use_fast_convs
 from deeplab.onnx_model import OnnxModel
 
 

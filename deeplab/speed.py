@@ -23,7 +23,7 @@ from deeplab.export import export_onnx, quantize_onnx
 from deeplab.inference import prepare_for_inference
 from deeplab.losses import SegmentationLoss
 from deeplab.metrics import ConfusionMatrix
-from deeplab.model.fast_convs import use_fast_convs
+from deeplab.model.decoder import use_fast_convs
 from deeplab.onnx_model import OnnxModel
 
 INFERENCE_MODES = ("eager_fp32", "folded_fp32", "fast_convs_fp32", "fast", "bf16", "compile", "onnxruntime",

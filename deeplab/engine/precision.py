@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.errors import ConfigError
-from deeplab.model.fast_convs import use_fast_convs
+from deeplab.model.decoder import use_fast_convs
 
 log = logging.getLogger("deeplab.precision")
 

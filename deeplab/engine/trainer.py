@@ -31,7 +31,7 @@ from deeplab.engine.tracking import RunLogger
 from deeplab.errors import ConfigError, UserError, one_line
 from deeplab.losses import SegmentationLoss
 from deeplab.model import build_model
-from deeplab.model.fast_convs import use_fast_convs
+from deeplab.model.decoder import use_fast_convs
 from deeplab.visualization import palette_array
 
 log = logging.getLogger("deeplab.train")

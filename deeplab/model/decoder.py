@@ -12,7 +12,7 @@ class Decoder(nn.Module):
     """Low-level 1x1 -> `low_level_channels`, concat with the upsampled ASPP output, two 3x3 convs, 1x1 classifier.
 
     Two 3x3 256-channel convs is the best decoder in the DeepLabV3+ paper's ablation. With `fast_convs` set
-    (`fast_convs.use_fast_convs`), a dense decoder does those convs with fewer multiplications where they are
+    (`use_fast_convs`), a dense decoder does those convs with fewer multiplications where they are
     exact and faster (fp32 on the CPU), in training and inference alike.
     """
 
@@ -45,3 +45,16 @@ class Decoder(nn.Module):
             return self.classifier(y)
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.fuse(torch.cat([x, low], dim=1)))
+
+
+def use_fast_convs(model: nn.Module, enabled: bool = True) -> int:
+    """Have every dense DeepLabV3+ decoder in `model` run its two 3x3 convs with fewer multiplications where
+    `applicable` (or stop, enabled=False). Returns how many convs that covers (0 for a separable head). The weights
+    and their names do not change, so checkpoints and BN folding are unaffected; training and inference both use it.
+    """
+    changed = 0
+    for decoder in model.modules():
+        if isinstance(decoder, Decoder) and decoder.dense:
+            decoder.fast_convs = enabled
+            changed += 2 if enabled else 0
+    return changed

@@ -231,18 +231,3 @@ def upsample_concat_conv3x3(x: torch.Tensor, low: torch.Tensor, weight: torch.Te
                         _resize_taps(h, height).expand(batch, -1, -1),
                         along_width.reshape(batch, 3 * h, width * out_channels))
     return out.view(batch, height, width, out_channels).permute(0, 3, 1, 2)    # channels_last
-
-
-def use_fast_convs(model: nn.Module, enabled: bool = True) -> int:
-    """Have every dense DeepLabV3+ decoder in `model` run its two 3x3 convs with fewer multiplications where
-    `applicable` (or stop, enabled=False). Returns how many convs that covers (0 for a separable head). The weights
-    and their names do not change, so checkpoints and BN folding are unaffected; training and inference both use it.
-    """
-    from deeplab.model.decoder import Decoder
-
-    changed = 0
-    for decoder in model.modules():
-        if isinstance(decoder, Decoder) and decoder.dense:
-            decoder.fast_convs = enabled
-            changed += 2 if enabled else 0
-    return changed
