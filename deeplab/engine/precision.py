@@ -167,6 +167,8 @@ def training_plan(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *
         return TrainingPlan(resolved, channels_last, fast_convs)
     plans = [TrainingPlan("fp32", False, False)]
     plans += [TrainingPlan(p, True, fast_convs) for p in auto_precisions(device_type) if channels_last]
+    if len(plans) == 1:  # trainer.channels_last=false on a CPU without native bf16: nothing to choose
+        return plans[0]
 
     def step(plan: TrainingPlan) -> Callable[[], None]:
         memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
