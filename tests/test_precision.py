@@ -75,15 +75,20 @@ def test_choose_fastest_measures_once_and_respects_admissibility(caplog):
 
 
 @pytest.mark.parametrize("name", CPU_CLASSES)
-def test_inference_precision_for_each_cpu_class(name, monkeypatch):
+def test_inference_precision_for_each_cpu_class(name, monkeypatch, caplog):
     _fake_cpu(monkeypatch, name)
     model = build_model(num_classes=3, separable=True, width_mult=0.5).eval()
     x = torch.randn(1, 3, 64, 64)
-    chosen = inference_precision(model, x)
+    with caplog.at_level(logging.INFO, logger="deeplab.precision"):
+        chosen = inference_precision(model, x)
+    measured = [v for v in precision._CHOSEN.values() if v is not None]
     if name in NATIVE_BF16:
-        assert chosen in ("fp32", "bf16") and len(precision._CHOSEN) == 1
-    else:
-        assert chosen == "fp32" and not precision._CHOSEN  # nothing to measure: the flags decide
+        assert chosen in ("fp32", "bf16") and len(measured) == 1
+    else:  # nothing to measure: the flags decide, and one line says so
+        assert chosen == "fp32" and not measured
+        assert "auto for inference precision: fp32 (nothing to measure on cpu: this CPU has no native bf16" \
+            in caplog.text
+    assert caplog.text.count("auto for inference precision") == 1
     assert inference_precision(model, x, "fp32") == "fp32"
 
 

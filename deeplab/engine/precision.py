@@ -110,6 +110,18 @@ def choose_fastest(candidates: dict[str, Callable[[], object]], *, key: Hashable
     return best
 
 
+def _say_once(key: Hashable, message: str) -> None:
+    """Log why auto needed no measurement, once per process."""
+    if key not in _CHOSEN:
+        _CHOSEN[key] = None
+        log.info("%s", message)
+
+
+def _no_choice(device_type: str) -> str:
+    return "fp16 autocast on CUDA" if device_type == "cuda" else \
+        f"this CPU has no native bf16, so fp32; CPU {describe_cpu()}"
+
+
 def architecture(model: nn.Module) -> tuple:
     """A hashable description of a model's layers (names and shapes), for caching a measured choice."""
     return type(model).__name__, tuple((n, tuple(p.shape)) for n, p in model.named_parameters())
@@ -126,8 +138,11 @@ MIN_AGREEMENT = 0.995  # an automatic precision must label at least this share o
 def inference_precision(model: nn.Module, images: torch.Tensor, precision: str = "auto") -> str:
     """precision=auto made concrete for inference of this model: the faster of fp32 and native bf16, timed on
     `images` (the first real input) once per process, bf16 only where its labels agree with fp32's on it."""
-    precision = resolve_precision(precision, images.device.type)
+    asked, precision = precision, resolve_precision(precision, images.device.type)
     if precision != "auto":
+        if asked == "auto":
+            _say_once(("inference", images.device.type), f"auto for inference precision: {precision} (nothing to "
+                      f"measure on {images.device.type}: {_no_choice(images.device.type)})")
         return precision
 
     def run(chosen: str) -> Callable[[], torch.Tensor]:
@@ -164,6 +179,9 @@ def training_plan(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *
     device_type = images.device.type
     resolved = resolve_precision(precision, device_type, key="trainer.precision")
     if precision != "auto" or device_type != "cpu":
+        if precision == "auto":
+            _say_once(("training", device_type), f"auto for training precision: {resolved} "
+                      f"({_no_choice(device_type)})")
         return TrainingPlan(resolved, channels_last, fast_convs)
     plans = [TrainingPlan("fp32", False, False)]
     plans += [TrainingPlan(p, True, fast_convs) for p in auto_precisions(device_type) if channels_last]
