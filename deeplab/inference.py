@@ -11,7 +11,7 @@ from torch import nn
 
 from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
 from deeplab.engine.precision import autocast, inference_precision, resolve_device, resolve_precision
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, check_flags
 from deeplab.model import build_model
 from deeplab.model.decoder import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
@@ -21,8 +21,7 @@ from deeplab.onnx_model import OnnxModel
 def check_tta(*, scales: Sequence[float], window: Sequence[int] | None, stride: Sequence[int] | None,
               flip: bool = False) -> None:
     """Test-time settings that cannot work, as one ConfigError naming the key (before any model is loaded)."""
-    if not isinstance(flip, bool):
-        raise ConfigError(f"flip={flip!r}: must be true or false")
+    check_flags({"flip": flip}, ("flip",))
     if isinstance(scales, str) or not isinstance(scales, Sequence):
         raise ConfigError(f"scales={scales!r}: give a list of image scales, e.g. scales=[1.0] or scales=[0.75,1.0] "
                           f"(brackets even for one scale)")

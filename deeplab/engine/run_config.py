@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from deeplab.data import check_dataset_config
 from deeplab.data.transforms import train_transform
 from deeplab.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
-from deeplab.engine.precision import PRECISIONS, resolve_device, resolve_precision
+from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.errors import ConfigError, one_line
 from deeplab.losses import SegmentationLoss
 from deeplab.model import build_model
@@ -61,7 +61,6 @@ RANGES: list[tuple[str, Callable[[typing.Any], bool], str]] = [
     *[(f"trainer.{k}", lambda v: v >= 0, "an integer >= 0") for k in
       ("num_workers", "freeze_backbone_iters", "grid_images", "preflight_samples")],
     ("trainer.grad_clip", lambda v: v is None or v > 0, "null or a number > 0"),
-    ("trainer.precision", lambda v: v in PRECISIONS, f"one of {list(PRECISIONS)}"),
     ("model.output_stride", lambda v: v in OUTPUT_STRIDES, f"one of {list(OUTPUT_STRIDES)}"),
     ("model.width_mult", lambda v: v > 0, "a number > 0 (0.5, 0.75, 1.0, 1.4)"),
     *[(f"model.{k}", lambda v: v >= 1, "an integer >= 1") for k in

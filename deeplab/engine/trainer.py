@@ -23,8 +23,7 @@ from deeplab.engine.distributed import (DistInfo, all_reduce_mean, broadcast_obj
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
-from deeplab.engine.precision import (TrainingPlan, autocast, grad_scaler, resolve_device, resolve_precision,
-                                     training_plan)
+from deeplab.engine.precision import TrainingPlan, autocast, grad_scaler, resolve_device, training_plan
 from deeplab.engine.run_config import TrainerSettings, validate_config
 from deeplab.engine.run_dir import adopt_run_dir, resume_or_new, run_dir_lock
 from deeplab.engine.tracking import RunLogger
@@ -237,14 +236,11 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
             log.warning("init_from %s: it has another number of classes; the classifier starts fresh (%s)",
                         config["init_from"], ", ".join(fresh))
     model.to(device)
-    if settings.deterministic:  # a timed choice could differ between two runs; fp32 as set is reproducible
-        plan = TrainingPlan("fp32" if settings.precision == "auto" and device.type == "cpu" else
-                            resolve_precision(settings.precision, device.type, key="trainer.precision"),
-                            settings.channels_last, settings.fast_convs)
-    else:
-        plan = training_plan(model, *(t.to(device) for t in probe), precision=settings.precision,
-                             channels_last=settings.channels_last, fast_convs=settings.fast_convs)
-    plan = broadcast_object(plan)
+    # a timed choice could differ between two runs: a deterministic run on the CPU takes fp32, unmeasured
+    precision = "fp32" if settings.deterministic and settings.precision == "auto" and device.type == "cpu" \
+        else settings.precision
+    plan = broadcast_object(training_plan(model, *(t.to(device) for t in probe), precision=precision,
+                                          channels_last=settings.channels_last, fast_convs=settings.fast_convs))
     if settings.sync_bn if settings.sync_bn is not None else world.world_size > 1:
         # torch's SyncBatchNorm (fast CUDA kernels) on GPUs; our all-reduce version elsewhere (gloo on CPU)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model) if device.type == "cuda" else convert_to_global_bn(model)
