@@ -1,4 +1,5 @@
-"""Training losses: cross-entropy with ignore, optional class weights, online hard example mining, dice."""
+"""Training losses, chosen by name from `LOSSES`: cross-entropy (class weights, online hard example mining, dice)
+and focal loss; both skip pixels labelled with the ignore index."""
 
 from collections.abc import Sequence
 
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class SegmentationLoss(nn.Module):
+class CrossEntropyLoss(nn.Module):
     """Cross-entropy (ignoring `ignore_index`), optionally averaged over only the hardest pixels, plus dice."""
 
     def __init__(self, *, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
@@ -54,3 +55,45 @@ class SegmentationLoss(nn.Module):
         present = onehot.sum((0, 2, 3)) > 0
         dice = (2 * inter + 1.0) / (denom + 1.0)
         return 1 - dice[present].mean() if present.any() else logits.sum() * 0.0
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): -alpha_t (1 - p_t)^gamma log p_t per pixel, averaged over the valid pixels.
+
+    It down-weights pixels the model already gets right; at gamma 0 without alpha it is cross-entropy.
+    """
+
+    def __init__(self, *, ignore_index: int = 255, gamma: float = 2.0, alpha: Sequence[float] | None = None) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.ignore_index = ignore_index
+        self.gamma = gamma
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32) if alpha else None, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # the loss in fp32 even under autocast, as cross-entropy
+        if self.alpha is not None and len(self.alpha) != logits.shape[1]:
+            raise ValueError(f"{len(self.alpha)} alpha values for {logits.shape[1]} classes")
+        valid = target != self.ignore_index
+        nll = F.cross_entropy(logits, target, ignore_index=self.ignore_index, reduction="none")  # -log p_t; 0: ignored
+        # 1 - p_t from expm1 keeps its precision for confident pixels; the clamp keeps the gradient of
+        # (1 - p_t)^gamma finite (not NaN) for gamma < 1 where p_t rounds to exactly 1
+        miss = (-torch.expm1(-nll)).clamp(min=torch.finfo(nll.dtype).tiny)
+        pixel = miss.pow(self.gamma) * nll
+        if self.alpha is not None:
+            pixel = pixel * self.alpha[target.masked_fill(~valid, 0)]
+        return pixel.sum() / valid.sum().clamp(min=1)  # all ignored: 0, still part of the graph
+
+
+LOSSES: dict[str, type[nn.Module]] = {"cross_entropy": CrossEntropyLoss, "focal": FocalLoss}
+
+
+def build_loss(*, name: str = "cross_entropy", ignore_index: int, **options) -> nn.Module:
+    """The loss `name` from LOSSES with its own `options`; a misspelt option fails with a TypeError naming it.
+
+    `name` defaults to cross_entropy, so a config saved before losses had names still means what it meant.
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {sorted(LOSSES)}")
+    return LOSSES[name](ignore_index=ignore_index, **options)

@@ -48,3 +48,15 @@ class ConfusionMatrix:
             "per_class_iou": [float(v) if present[i] else None for i, v in enumerate(iou)],
             "pixels": int(total),
         }
+
+
+def format_metrics(metrics: dict, class_names: list[str]) -> str:
+    """A per-class IoU table and the summary metrics; classes absent from truth and prediction are marked."""
+    lines = [f"{'class':<20}{'IoU':>8}"]
+    for name, iou in zip(class_names, metrics["per_class_iou"]):
+        lines.append(f"{name:<20}{'absent' if iou is None else f'{iou:.4f}':>8}")
+    lines.append(f"{'mIoU':<20}{metrics['mIoU']:>8.4f}   (over {sum(v is not None for v in metrics['per_class_iou'])}"
+                 f" classes present in truth or prediction)")
+    lines.append(f"pixel acc {metrics['pixel_acc']:.4f}   mean class acc {metrics['mean_class_acc']:.4f}   "
+                 f"fwIoU {metrics['fwIoU']:.4f}   ({metrics['pixels']:,} labelled pixels)")
+    return "\n".join(lines)

@@ -1,5 +1,9 @@
 """Tiny synthetic datasets built in temp dirs: nothing is downloaded."""
 
+import hashlib
+import logging
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +66,89 @@ def voc_root(tmp_path: Path) -> Path:
 REPO = Path(__file__).resolve().parents[1]
 
 
+# --- shared by the catalogues of mistakes (test_bad_inputs_*) -------------------------------------------------------
+
+VOC = dict(format="voc", num_classes=5, class_names=["bg", "a", "b", "c", "d"],
+           palette=[[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]])
+FOLDER = dict(format="folder", num_classes=2, class_names=["background", "object"])
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes: a check must leave the user's data exactly as it was."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def one_sentence(exc, *names) -> str:
+    """The message of `exc` (an exception, or what pytest.raises caught), asserted to be one line, with no traceback,
+    that names each of `names`."""
+    text = str(exc.value if isinstance(exc, pytest.ExceptionInfo) else exc)
+    assert "\n" not in text and "Traceback" not in text, text
+    for name in names:
+        assert str(name) in text, f"{name!r} not in: {text}"
+    return text
+
+
+def object_mask(size=(24, 32), value=1) -> np.ndarray:
+    """A binary mask: a filled rectangle of `value` on 0."""
+    mask = np.zeros(size, np.uint8)
+    mask[4:16, 6:20] = value
+    return mask
+
+
+def make_folder(root: Path, masks: dict[str, np.ndarray], *, image_ext=".png", splits=None) -> Path:
+    """A folder dataset: images/<stem><image_ext> (lossless), masks/<stem>.png greyscale, optional splits/*.txt."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for stem, mask in masks.items():
+        Image.fromarray(np.dstack([mask * 3] * 3)).save(root / "images" / f"{stem}{image_ext}")
+        Image.fromarray(mask).save(root / "masks" / f"{stem}.png")
+    if splits is not None:
+        (root / "splits").mkdir()
+        for split, ids in splits.items():
+            (root / "splits" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
+    return root
+
+
+def digest(root: Path) -> dict[Path, str]:
+    """Path -> sha256 of every file under root: what must be byte-identical after a refused command."""
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_image(path: Path, size=(24, 32), value=0) -> Path:
+    """A random RGB image (seeded by `value`) saved at path, its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(value).integers(0, 256, (*size, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(path, quality=95)
+    return path
+
+
+@pytest.fixture
+def checkpoint(trained, tmp_path):
+    """A private copy of the session's trained checkpoint, so a test may hash it and try to break it."""
+    shutil.copy(trained[1], tmp_path / "best.pt")
+    return tmp_path / "best.pt"
+
+
+def run_predict(checkpoint, inputs, *extra, output):
+    """Run predict.py's body in-process; returns the number of unreadable images."""
+    from deeplab.cli import predict as predict_cli
+
+    cfg = compose("predict", [f"checkpoint={checkpoint}", f"input={inputs}", f"output={output}", "precision=fp32",
+                              *extra])
+    return predict_cli.run(cfg, output.parent / "run")
+
+
+def predict_refused(error, checkpoint, inputs, *extra, output, names=()):
+    """predict refuses with one sentence naming `names`; every file that existed is byte-identical and none is new."""
+    root = checkpoint.parent
+    before = digest(root)
+    with pytest.raises(error) as info:
+        run_predict(checkpoint, inputs, *extra, output=output)
+    after = digest(root)
+    assert after == before, f"files changed or were written: {set(after) ^ set(before)}"
+    return one_sentence(info, *names)
+
+
 def compose(config_name: str, overrides: list[str]):
     """The real Hydra config, composed as the command line would, with test overrides."""
     from hydra import compose as hydra_compose
@@ -88,3 +175,43 @@ def trained(tmp_path_factory):
     tree = make_voc_tree(tmp / "VOC", n_train=4, n_val=3, size=(48, 64))
     train(compose("train", ["dataset=voc", *tiny_train_overrides(tree, tmp / "outputs", iterations=2)]), tmp / "run")
     return tree, tmp / "run" / "last.pt"
+
+
+@pytest.fixture
+def entry_point(monkeypatch):
+    """run(main, *args): a command's Hydra main run in this process as `python <script> *args` runs it (the same
+    argument parsing, config composition, logging setup and user_errors exit), without the 4-5 s of a new
+    interpreter importing torch. Returns the exit code. The logging Hydra set up is undone afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def run(main, *args) -> int:
+        monkeypatch.setattr(sys, "argv", [main.__module__, *map(str, args)])
+        try:
+            main()
+        except SystemExit as exc:
+            return 0 if exc.code is None else exc.code
+        return 0
+
+    yield run
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _thread_counts_restored():
+    """Some code under test sets process-wide thread counts (the bench's loader section measures one worker with
+    torch.set_num_threads(1)); every test gets back the counts it started with, so no later test runs on one thread."""
+    import cv2
+    import torch
+
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    yield
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv2_threads)

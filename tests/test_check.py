@@ -73,6 +73,7 @@ def _cli(*overrides, cwd):
                           capture_output=True, text=True, cwd=cwd)
 
 
+@pytest.mark.slow  # python -m deeplab.data.check twice, as processes
 def test_command_line_exit_codes(tmp_path):
     root = tmp_path / "own"
     (root / "images").mkdir(parents=True)

@@ -22,7 +22,7 @@ def _state(model, iteration=1):
 
 
 def test_round_trip_and_atomic_replace(tmp_path, monkeypatch):
-    model = build_model(num_classes=3, separable=True, width_mult=0.5)
+    model = build_model(num_classes=3, separable=True, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, _state(model, 1))
 
@@ -94,7 +94,7 @@ def _legacy(good):
 
 @pytest.mark.parametrize("make, what", [(m, w) for _, m, w in BAD_FILES], ids=[n for n, _, _ in BAD_FILES])
 def test_an_unusable_file_is_one_sentence_saying_what_it_is(tmp_path, make, what):
-    model = build_model(num_classes=3, separable=True, width_mult=0.5)
+    model = build_model(num_classes=3, separable=True, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
     good = tmp_path / "good.pt"
     save_checkpoint(good, _state(model))
     bad = tmp_path / "bad.pt"
@@ -138,7 +138,7 @@ def _write_then_fail(error):
     OSError(errno.ENOSPC, "No space left on device"),
 ], ids=["torch-stream-writer", "enospc"])
 def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_much_space_is_needed(tmp_path, monkeypatch, error):
-    model = build_model(num_classes=3, separable=True, width_mult=0.5)
+    model = build_model(num_classes=3, separable=True, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
     path = tmp_path / "run" / "last.pt"
     save_checkpoint(path, _state(model, 1))
     before = path.read_bytes()
@@ -180,11 +180,11 @@ def test_temp_files_of_a_killed_write_are_removed_by_the_next(tmp_path):
 
 
 def test_wrong_model_mismatch_messages(tmp_path):
-    three = build_model(num_classes=3, separable=True, width_mult=0.5)
-    five = build_model(num_classes=5, separable=True, width_mult=0.5)
+    three = build_model(num_classes=3, separable=True, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
+    five = build_model(num_classes=5, separable=True, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
     with pytest.raises(CheckpointError, match="x.pt: checkpoint is for 3 classes but the model has 5"):
         load_model_weights(five, three.state_dict(), source="x.pt")
-    dense = build_model(num_classes=3, width_mult=0.5)
+    dense = build_model(num_classes=3, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
     with pytest.raises(CheckpointError, match="y.pt: checkpoint does not fit this model .*separable"):
         load_model_weights(dense, three.state_dict(), source="y.pt")
     assert load_model_weights(five, three.state_dict(), source="z", reinit_classifier=True) == [

@@ -1,30 +1,45 @@
-"""The entry points as a user runs them."""
+"""The entry points as a user runs them: train.py's Hydra main, given a command line, in this process (the
+`python train.py` process itself is run by test_bad_inputs_train and test_distributed, in the slow tier)."""
 
-import subprocess
-import sys
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, make_voc_tree, tiny_train_overrides
-
-
-def _run(*args, cwd=REPO):
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def test_missing_data_is_one_clear_line_not_a_traceback(tmp_path):
-    done = _run("train.py", "dataset=voc", f"dataset.root={tmp_path / 'nowhere'}", f"output_root={tmp_path}")
-    assert done.returncode == 1
-    assert "dataset not found: looked for" in done.stdout + done.stderr
-    assert "prepare_voc.py --download" in done.stdout + done.stderr
-    assert "Traceback" not in done.stdout + done.stderr
+from conftest import make_voc_tree, tiny_train_overrides
+from deeplab.cli.train import main as train_main
+from deeplab.engine.checkpoint import load_checkpoint
 
 
-def test_sweep_runs_each_job_in_its_own_dir(tmp_path):
+def test_missing_data_is_one_clear_line_not_a_traceback(tmp_path, entry_point, capsys):
+    code = entry_point(train_main, "dataset=voc", f"dataset.root={tmp_path / 'nowhere'}", f"output_root={tmp_path}")
+    out = "".join(capsys.readouterr())
+    assert code == 1
+    assert "dataset not found: looked for" in out
+    assert "prepare_voc.py --download" in out
+    assert "Traceback" not in out
+
+
+@pytest.mark.slow  # a Hydra sweep: two training runs
+def test_sweep_runs_each_job_in_its_own_dir(tmp_path, entry_point, capsys):
     tree = make_voc_tree(tmp_path / "VOC", n_train=4, n_val=2, size=(48, 64))
     sweep = tmp_path / "sweep"
-    done = _run("train.py", "-m", "optim.lr=0.005,0.01", "dataset=voc", f"hydra.sweep.dir={sweep}",
-                *[o for o in tiny_train_overrides(tree, tmp_path / "outputs", iterations=2)
-                  if not o.startswith("optim.lr")])
-    assert done.returncode == 0, done.stderr[-3000:]
+    code = entry_point(train_main, "-m", "optim.lr=0.005,0.01", "dataset=voc", f"hydra.sweep.dir={sweep}",
+                       *[o for o in tiny_train_overrides(tree, tmp_path / "outputs", iterations=2)
+                         if not o.startswith("optim.lr")])
+    assert code == 0, "".join(capsys.readouterr())[-3000:]
     for job, lr in (("0", 0.005), ("1", 0.01)):
         assert (sweep / job / "last.pt").is_file() and (sweep / job / "tb").is_dir()
         assert f"lr: {lr}" in (sweep / job / ".hydra" / "config.yaml").read_text()
+
+
+def test_focal_loss_and_cosine_schedule_train_from_the_command_line(tmp_path, entry_point, capsys):
+    tree = make_voc_tree(tmp_path / "VOC", n_train=4, n_val=2, size=(48, 64))
+    run = tmp_path / "run"
+    code = entry_point(train_main, "dataset=voc", "loss=focal", "loss.gamma=1.5", "schedule=cosine",
+                       "schedule.warmup_iters=1", f"hydra.run.dir={run}", *tiny_train_overrides(tree, tmp_path / "out"))
+    assert code == 0, "".join(capsys.readouterr())[-3000:]
+    config = load_checkpoint(run / "last.pt")["config"]
+    assert config["loss"] == {"name": "focal", "gamma": 1.5, "alpha": None}
+    assert config["schedule"] == {"name": "cosine", "warmup_iters": 1, "warmup_ratio": 0.1, "min_lr_ratio": 0.0}
+    lrs = [e.value for e in EventAccumulator(str(run / "tb")).Reload().Scalars("train/lr")]
+    # lr 0.002 over 3 iterations: the warmup ends at iteration 1, then half a cosine down to 0 at iteration 3
+    assert lrs == pytest.approx([0.002, 0.001, 0.0], abs=1e-9)

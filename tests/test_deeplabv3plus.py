@@ -1,8 +1,9 @@
 import pytest
 import torch
+import torchvision
 
 from deeplab.errors import ConfigError
-from deeplab.model import build_model
+from deeplab.model import build_model, rebuild_model, upgrade_model_config
 from deeplab.model.summary import count_parameters
 
 
@@ -19,7 +20,7 @@ def test_output_shape_for_any_size(output_stride, separable, size):
 
 @pytest.mark.parametrize("width_mult", [0.5, 0.75, 1.0, 1.4])
 def test_width_multipliers_build_and_run(width_mult):
-    model = build_model(num_classes=5, width_mult=width_mult).eval()
+    model = build_model(num_classes=5, backbone={"name": "mobilenet_v2", "width_mult": width_mult}).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 65, 97)).shape == (1, 5, 65, 97)
 
@@ -85,8 +86,6 @@ def test_output_stride_switch_after_training_matches_a_fresh_build():
 
 
 def test_backbone_weights_path_is_loaded(tmp_path):
-    import torchvision
-
     net = torchvision.models.mobilenet_v2()
     path = tmp_path / "mv2.pth"
     torch.save(net.state_dict(), path)
@@ -94,3 +93,51 @@ def test_backbone_weights_path_is_loaded(tmp_path):
     assert torch.equal(model.backbone.features[5].conv[1][0].weight, net.features[5].conv[1][0].weight)
     with pytest.raises(ConfigError, match="model.backbone_weights: file not found: .*missing.pth"):
         build_model(num_classes=3, backbone_weights=str(tmp_path / "missing.pth"))
+
+
+def test_backbone_is_a_name_or_a_mapping_of_name_and_options():
+    assert build_model(num_classes=3).backbone.width_mult == 1.0  # MobileNetV2 stays the default
+    assert type(build_model(num_classes=3, backbone="resnet50").backbone).__name__ == "ResNet50Backbone"
+    half = build_model(num_classes=3, backbone={"name": "mobilenet_v2", "width_mult": 0.5, "expand_ratio": 4})
+    assert (half.backbone.width_mult, half.backbone.expand_ratio) == (0.5, 4)
+    with pytest.raises(ConfigError, match=r"^model.backbone.name='resnet34': no such backbone; use one of "
+                                          r"mobilenet_v2, resnet50, resnet101"):
+        build_model(num_classes=3, backbone="resnet34")
+    with pytest.raises(ConfigError, match=r"^model.backbone.width_mult: the resnet101 backbone has no such option "
+                                          r"\(it takes no options\); it is an option of mobilenet_v2"):
+        build_model(num_classes=3, backbone={"name": "resnet101", "width_mult": 0.5})
+    with pytest.raises(ConfigError, match=r"^model.backbone.widht_mult: the mobilenet_v2 backbone has no such option "
+                                          r"\(its options: expand_ratio, width_mult\); check the spelling"):
+        build_model(num_classes=3, backbone={"name": "mobilenet_v2", "widht_mult": 0.5})
+
+
+def test_old_model_configs_upgrade_to_the_backbone_layout():
+    old = {"num_classes": 3, "output_stride": 16, "separable": True, "backbone_weights": None, "width_mult": 0.5,
+           "expand_ratio": 4, "aspp_rates": None, "aspp_channels": 128}
+    new = upgrade_model_config(old)
+    assert new == {"num_classes": 3, "output_stride": 16, "separable": True, "backbone_weights": None,
+                   "aspp_rates": None, "aspp_channels": 128,
+                   "backbone": {"name": "mobilenet_v2", "width_mult": 0.5, "expand_ratio": 4}}
+    assert "width_mult" in old  # the saved config itself is left as it was
+    assert upgrade_model_config(new) == new and upgrade_model_config(new) is not new  # idempotent
+    assert upgrade_model_config({"num_classes": 3, "backbone": "resnet101"}) == {"num_classes": 3,
+                                                                                  "backbone": "resnet101"}
+    assert upgrade_model_config({"num_classes": 3})["backbone"] == {"name": "mobilenet_v2"}
+    model = build_model(**new)
+    assert (model.backbone.width_mult, model.backbone.expand_ratio, model.aspp.out_channels) == (0.5, 4, 128)
+
+
+def test_rebuild_model_takes_any_layout_fetches_no_weights_and_applies_changes(monkeypatch):
+    """The one rebuild path: an old flat section and today's give the same architecture, 'imagenet' is not fetched
+    (a checkpoint's own weights follow), and a change such as separable=True is applied."""
+    monkeypatch.setattr("deeplab.model.deeplabv3plus.load_backbone_weights",
+                        lambda *a, **k: pytest.fail("rebuild_model fetched backbone weights"))
+    old = {"num_classes": 3, "width_mult": 0.5, "expand_ratio": 6, "backbone_weights": "imagenet"}
+    new = {"num_classes": 3, "backbone": {"name": "mobilenet_v2", "width_mult": 0.5}, "backbone_weights": "imagenet"}
+    shapes = [{k: v.shape for k, v in rebuild_model(cfg).state_dict().items()} for cfg in (old, new)]
+    assert shapes[0] == shapes[1]
+    twin = rebuild_model(new, separable=True)
+    assert count_parameters(twin) < count_parameters(rebuild_model(new))
+    half = build_model(num_classes=3, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
+    assert {k: v.shape for k, v in twin.backbone.state_dict().items()} == \
+        {k: v.shape for k, v in half.backbone.state_dict().items()}  # still the half-width encoder

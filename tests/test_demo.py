@@ -66,6 +66,7 @@ def test_interrupted_generation_leaves_no_dataset_that_looks_complete(tmp_path, 
     assert len(demo_samples(root=tmp_path, split="val", **SMALL)) == 20
 
 
+@pytest.mark.slow  # 600 training steps of a pixel classifier
 def test_one_pixel_colour_does_not_solve_it(tmp_path):
     """A per-pixel colour classifier (an MLP on RGB, no neighbourhood) stays far below the 0.70 the CNN reaches."""
     torch.manual_seed(0)

@@ -42,6 +42,7 @@ def _global_bn_worker(rank, port, results):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes
 def test_global_batchnorm_over_two_processes_equals_batchnorm_over_the_whole_batch():
     results = mp.get_context("spawn").SimpleQueue()
     mp.spawn(_global_bn_worker, args=(_free_port(), results), nprocs=2)
@@ -86,6 +87,7 @@ def _torchrun(nproc, tree, run_dir, port):
     return torch.load(run_dir / "last.pt", weights_only=True)
 
 
+@pytest.mark.slow  # two torchrun trainings
 def test_two_process_torchrun_agrees_with_one_process_of_the_same_global_batch(tmp_path):
     """Same samples, same augmentation, BatchNorm over the global batch, loss normalised over the global batch.
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from deeplab.inference import is_channels_last, predict_probs, prepare_for_inference
+from deeplab.engine.tta import is_channels_last, predict_probs
+from deeplab.inference import prepare_for_inference
 from deeplab.model import build_model
 from deeplab.model.fuse import count_batchnorms, fold_batchnorm
 

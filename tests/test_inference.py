@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,7 +9,10 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from deeplab.inference import Predictor, model_from_checkpoint, predict_probs
+from deeplab.cli.evaluate import main as evaluate_main
+from deeplab.cli.predict import main as predict_main
+from deeplab.engine.tta import predict_probs
+from deeplab.inference import Predictor, model_from_checkpoint
 
 
 def test_predictor_labels_and_probabilities_for_any_size(trained):
@@ -53,9 +57,27 @@ def _cli(script, *args, cwd=REPO):
     return subprocess.run([sys.executable, script, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_evaluate_and_score_saved_predictions_agree(trained, tmp_path):
+@pytest.fixture
+def command(entry_point, capsys):
+    """command(script, *args): the script's Hydra main run in this process (conftest.entry_point), answering like
+    subprocess.run: returncode, stdout, stderr. `python evaluate.py` as a process: test_bad_checkpoints (slow tier)."""
+    mains = {"evaluate.py": evaluate_main, "predict.py": predict_main}
+
+    def run(script, *args):
+        capsys.readouterr()
+        code = entry_point(mains[script], *args)
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
+
+
+def test_evaluate_and_score_saved_predictions_agree(trained, tmp_path, command):
     tree, checkpoint = trained
-    done = _cli("evaluate.py", f"checkpoint={checkpoint}", f"data_root={tree}", f"hydra.run.dir={tmp_path / 'ev'}")
+    # num_workers=0: the val loader's iterator is left to the garbage collector, and stopping its two persistent
+    # workers from there waits 5 s each, in this process (`python evaluate.py` exits instead)
+    done = command("evaluate.py", f"checkpoint={checkpoint}", f"data_root={tree}", "num_workers=0",
+                   f"hydra.run.dir={tmp_path / 'ev'}")
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["images"] == 3 and "mIoU" in done.stdout and (tmp_path / "ev" / "confusion_matrix.png").is_file()
@@ -65,11 +87,11 @@ def test_evaluate_and_score_saved_predictions_agree(trained, tmp_path):
     val_dir.mkdir()
     for line in (tree / "ImageSets/Segmentation/val.txt").read_text().split():
         (val_dir / f"{line}.jpg").write_bytes((tree / "JPEGImages" / f"{line}.jpg").read_bytes())
-    done = _cli("predict.py", f"checkpoint={checkpoint}", f"input={val_dir}", f"output={tmp_path / 'pred'}",
-                "save_color=false", "save_overlay=false")
+    done = command("predict.py", f"checkpoint={checkpoint}", f"input={val_dir}", f"output={tmp_path / 'pred'}",
+                   "save_color=false", "save_overlay=false", f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 0, done.stderr[-2000:]
-    done = _cli("evaluate.py", f"predictions={tmp_path / 'pred'}", "dataset=voc", f"dataset.root={tree}",
-                f"hydra.run.dir={tmp_path / 'scored'}")
+    done = command("evaluate.py", f"predictions={tmp_path / 'pred'}", "dataset=voc", f"dataset.root={tree}",
+                   f"hydra.run.dir={tmp_path / 'scored'}")
     assert done.returncode == 0, done.stderr[-2000:]
     scored = json.loads((tmp_path / "scored" / "metrics.json").read_text())
     assert scored["confusion_matrix"] == metrics["confusion_matrix"]
@@ -77,17 +99,17 @@ def test_evaluate_and_score_saved_predictions_agree(trained, tmp_path):
     unlabelled = np.array(Image.open(first))
     unlabelled[:2] = 255
     Image.fromarray(unlabelled).save(first)
-    done = _cli("evaluate.py", f"predictions={tmp_path / 'pred'}", "dataset=voc", f"dataset.root={tree}",
-                f"hydra.run.dir={tmp_path / 'scored1'}")
+    done = command("evaluate.py", f"predictions={tmp_path / 'pred'}", "dataset=voc", f"dataset.root={tree}",
+                   f"hydra.run.dir={tmp_path / 'scored1'}")
     assert done.returncode == 1 and f"{first.name}: {2 * unlabelled.shape[1]} pixel(s) hold the ignore value 255" \
         in done.stdout + done.stderr
     first.unlink()
-    done = _cli("evaluate.py", f"predictions={tmp_path / 'pred'}", "dataset=voc", f"dataset.root={tree}",
-                f"hydra.run.dir={tmp_path / 'scored2'}")
+    done = command("evaluate.py", f"predictions={tmp_path / 'pred'}", "dataset=voc", f"dataset.root={tree}",
+                   f"hydra.run.dir={tmp_path / 'scored2'}")
     assert done.returncode == 1 and "missing prediction for" in done.stdout + done.stderr
 
 
-def test_predict_over_a_nested_folder_with_odd_images(trained, tmp_path):
+def test_predict_over_a_nested_folder_with_odd_images(trained, tmp_path, command):
     _, checkpoint = trained
     photos = tmp_path / "photos"
     (photos / "a" / "b").mkdir(parents=True)
@@ -96,18 +118,21 @@ def test_predict_over_a_nested_folder_with_odd_images(trained, tmp_path):
     Image.fromarray(np.full((35, 36), 40000, np.uint16)).save(photos / "a" / "b" / "deep.png")
     (photos / "a" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     out = tmp_path / "out"
-    done = _cli("predict.py", f"checkpoint={checkpoint}", f"input={photos}", f"output={out}")
+    done = command("predict.py", f"checkpoint={checkpoint}", f"input={photos}", f"output={out}",
+                   f"hydra.run.dir={tmp_path / 'run'}")
     assert done.returncode == 1, "an unreadable image makes the exit code non-zero"
     assert "broken.jpg: not a readable image" in done.stdout
     for stem, size in (("grey", (47, 33)), ("a/rgba", (41, 40)), ("a/b/deep", (36, 35))):
         index = Image.open(out / f"{stem}.png")
         assert index.mode == "P" and index.size == size
         assert (out / f"{stem}_color.png").is_file() and (out / f"{stem}_overlay.jpg").is_file()
-    refused = _cli("predict.py", f"checkpoint={checkpoint}", f"input={photos}", f"output={photos / 'x'}")
+    refused = command("predict.py", f"checkpoint={checkpoint}", f"input={photos}", f"output={photos / 'x'}",
+                      f"hydra.run.dir={tmp_path / 'run2'}")
     assert refused.returncode == 1 and "inside the input folder" in refused.stdout + refused.stderr
     assert not (photos / "x").exists()
 
 
+@pytest.mark.slow  # python evaluate.py twice, as processes
 def test_bad_checkpoints_are_one_sentence(trained, tmp_path):
     done = _cli("evaluate.py", f"checkpoint={trained[1]}", "dataset=folder", f"hydra.run.dir={tmp_path / 'ev2'}")
     assert done.returncode == 1 and "checkpoint is for 21 classes but the dataset (folder) has 2" in done.stdout + done.stderr

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from deeplab.engine.optim import build_optimizer, build_scheduler, poly_factor
+from deeplab.engine.optim import SCHEDULES, build_optimizer, build_scheduler, cosine_factor, poly_factor
 from deeplab.model import build_model
 
 
@@ -14,8 +16,47 @@ def test_poly_with_linear_warmup():
     assert poly_factor(100, total=100, min_lr_ratio=0.01) == pytest.approx(0.01)
 
 
+def test_cosine_with_linear_warmup():
+    kw = {"total": 110, "warmup_iters": 10, "warmup_ratio": 0.1, "min_lr_ratio": 0.02}
+    assert cosine_factor(0, **kw) == pytest.approx(0.1)
+    assert cosine_factor(5, **kw) == pytest.approx(0.55)
+    assert cosine_factor(9, **kw) == pytest.approx(0.91)
+    assert cosine_factor(10, **kw) == pytest.approx(1.0)  # the warmup ends where the cosine starts: continuous
+    assert cosine_factor(60, **kw) == pytest.approx(0.51)  # half-way down: (1 + min_lr_ratio) / 2
+    assert cosine_factor(35, **kw) == pytest.approx(0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert cosine_factor(110, **kw) == pytest.approx(0.02)
+    assert cosine_factor(200, **kw) == pytest.approx(0.02)  # past the end it stays at the floor
+    assert cosine_factor(0, total=100) == 1.0 and cosine_factor(100, total=100) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="warmup_iters=100 must be below the total of 100"):
+        cosine_factor(0, total=100, warmup_iters=100)
+
+
+@pytest.mark.parametrize("name,options", [("poly", {"power": 0.9}), ("cosine", {"warmup_iters": 2})])
+def test_a_schedule_is_picked_by_name_and_a_resumed_one_follows_its_new_total(name, options):
+    model = torch.nn.Conv2d(1, 1, 1)
+    opt = build_optimizer(model, name="sgd", lr=0.1)
+    sched = build_scheduler(opt, total_iters=10, name=name, **options)
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    factor = SCHEDULES[name]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * factor(4, total=10, **options))
+    longer = build_scheduler(build_optimizer(model, name="sgd", lr=0.1), total_iters=20, name=name, **options)
+    longer.load_state_dict(sched.state_dict())  # what a resumed run with trainer.iterations=20 does
+    assert longer.last_epoch == 4
+    assert longer.lr_lambdas[0](4) == pytest.approx(factor(4, total=20, **options))
+
+
+def test_unknown_schedules_and_misspelt_schedule_options_fail():
+    opt = build_optimizer(torch.nn.Conv2d(1, 1, 1), name="sgd", lr=0.1)
+    with pytest.raises(ValueError, match=r"unknown schedule 'step'; known: \['cosine', 'poly'\]"):
+        build_scheduler(opt, total_iters=10, name="step")
+    with pytest.raises(TypeError, match="power"):  # poly's option, not cosine's
+        build_scheduler(opt, total_iters=10, name="cosine", power=0.9)
+
+
 def test_backbone_gets_its_own_lr_and_the_schedule_steps_both():
-    model = build_model(num_classes=3, separable=True, width_mult=0.5)
+    model = build_model(num_classes=3, separable=True, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
     opt = build_optimizer(model, name="sgd", lr=0.01, backbone_lr_mult=0.1, momentum=0.9, weight_decay=1e-4)
     groups = {g["name"]: g for g in opt.param_groups}
     assert groups["backbone"]["lr"] == pytest.approx(0.001) and groups["head"]["lr"] == pytest.approx(0.01)

@@ -77,7 +77,7 @@ def test_choose_fastest_measures_once_and_respects_admissibility(caplog):
 @pytest.mark.parametrize("name", CPU_CLASSES)
 def test_inference_precision_for_each_cpu_class(name, monkeypatch, caplog):
     _fake_cpu(monkeypatch, name)
-    model = build_model(num_classes=3, separable=True, width_mult=0.5).eval()
+    model = build_model(num_classes=3, separable=True, backbone={"name": "mobilenet_v2", "width_mult": 0.5}).eval()
     x = torch.randn(1, 3, 64, 64)
     with caplog.at_level(logging.INFO, logger="deeplab.precision"):
         chosen = inference_precision(model, x)
@@ -108,7 +108,7 @@ def test_bf16_is_refused_for_inference_when_its_labels_differ(monkeypatch):
 @pytest.mark.parametrize("name", ["avx2_only_epyc", "avx512_bf16_epyc"])
 def test_training_plan_includes_the_plain_model_and_leaves_the_random_stream(name, monkeypatch):
     _fake_cpu(monkeypatch, name)
-    model = build_model(num_classes=3, separable=True, width_mult=0.5)
+    model = build_model(num_classes=3, separable=True, backbone={"name": "mobilenet_v2", "width_mult": 0.5})
     images, masks = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     before = model.state_dict()["decoder.classifier.weight"].clone()
     rng = torch.get_rng_state()

@@ -175,6 +175,7 @@ def test_conflicting_split_file_is_left_alone_unless_force(tree, capsys):
     assert split.read_text().split() == EXPECTED_TRAIN_AUG
 
 
+@pytest.mark.slow  # the script as a process
 def test_runs_as_a_script(tree):
     root, _ = tree
     result = subprocess.run([sys.executable, str(SCRIPT), "--root", str(root)], capture_output=True, text=True,

@@ -7,7 +7,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import compose, make_voc_tree, tiny_train_overrides
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
-from deeplab.engine.trainer import TrainingDiverged, TrainingInterrupted, train
+from deeplab.engine.step import TrainingDiverged
+from deeplab.engine.trainer import TrainingInterrupted, train
 
 
 @pytest.fixture
@@ -48,6 +49,7 @@ def _weights(path):
     return load_checkpoint(path)["model"]
 
 
+@pytest.mark.slow  # three trainings, 13 iterations
 def test_interrupted_and_resumed_run_reaches_the_same_weights(tree, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train(_cfg(tree, tmp_path, "trainer.deterministic=true", iterations=5), straight)
@@ -89,7 +91,7 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(tree, tmp_pat
             loss = torch.nn.functional.cross_entropy(logits.float(), target, ignore_index=255)
             return loss * math.nan if calls["n"] >= 3 else loss
 
-    monkeypatch.setattr(trainer_module, "SegmentationLoss", lambda **kwargs: NaNAfterThree())
+    monkeypatch.setattr(trainer_module, "build_loss", lambda **kwargs: NaNAfterThree())
     with pytest.raises(TrainingDiverged, match=r"loss is nan at iteration 3: training stopped.*last.pt"):
         train(_cfg(tree, tmp_path, iterations=4), run_dir)
     good = load_checkpoint(run_dir / "last.pt")
@@ -122,6 +124,7 @@ def test_grad_accumulation_and_frozen_backbone(tree, tmp_path):
     assert not torch.equal(after["decoder.classifier.weight"], fresh["decoder.classifier.weight"])
 
 
+@pytest.mark.slow  # two trainings of the dense head at 96 px; test_fast_convs checks the same in the fast tier
 def test_fast_decoder_convs_train_as_the_plain_convs(tree, tmp_path, monkeypatch):
     """A dense head at a crop whose stride-4 map is big enough for the fast convs: they run, and the logged losses
     are the plain run's."""

@@ -31,6 +31,7 @@ def test_train_crop_pads_mask_with_ignore_and_image_with_mean():
 def test_train_transform_keeps_image_and_mask_aligned():
     image, mask = _sample(60, 50)
     transform = train_transform(crop_size=(48, 40), scale_range=(0.5, 2.0), hflip=0.5)
+    checked = set()
     for seed in range(8):
         out_image, out_mask = transform(image, mask, seed=seed)
         assert set(out_mask.unique().tolist()) <= {0, 1, 2, 255}, "nearest interpolation keeps labels"
@@ -39,6 +40,8 @@ def test_train_transform_keeps_image_and_mask_aligned():
             region = out_mask == cls
             if region.sum() > 20:  # bilinear image edges blur; the bulk of each region must match
                 assert (red[region] - cls * 100).abs().median() <= 2
+                checked.add(cls)
+    assert checked == {0, 1, 2}, "every class was compared in some crop (the check above is not vacuous)"
 
 
 def test_seed_makes_augmentation_reproducible():

@@ -41,6 +41,9 @@ def _not_a_training_checkpoint(state: object) -> str:
         if all(k.startswith(("features.", "classifier.")) for k in keys):
             return (f"{plain}: these look like torchvision MobileNetV2 weights, which can start a training run as "
                     f"model.backbone_weights=FILE; {fix}")
+        if all(k.startswith(("conv1.", "bn1.", "layer", "fc.")) for k in keys):
+            return (f"{plain}: these look like torchvision ResNet weights, which can start a training run as "
+                    f"model.backbone_weights=FILE with model/backbone=resnet50 or resnet101 (their depth); {fix}")
         if all(k.startswith(("backbone.", "aspp.", "decoder.")) for k in keys):
             return (f"{plain}: these are a deeplab model's weights saved without the run's config, which is needed "
                     f"to rebuild the model; {fix}")
@@ -78,8 +81,8 @@ def _mismatch_message(source: str, model: nn.Module, weights: dict, missing: lis
                 f"init_from=... to fine-tune with a new classifier)")
     first = (wrong or missing or unexpected)[0]
     return (f"{source}: checkpoint does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(wrong)} of another shape, e.g. {first!r}); it was saved with other model settings (separable, "
-            f"width_mult, expand_ratio...): rebuild the model from the checkpoint's own config")
+            f"{len(wrong)} of another shape, e.g. {first!r}); it was saved with other model settings (backbone, "
+            f"separable, aspp_channels...): rebuild the model from the checkpoint's own config")
 
 
 def rng_state() -> dict:

@@ -1,12 +1,15 @@
-"""Validation over a full split: logits at full resolution, one confusion matrix, metrics reduced across ranks."""
+"""Scoring a split: a model's full-resolution predictions (`evaluate`, reduced across ranks) or a folder of saved
+prediction PNGs (`score_predictions`), into one confusion matrix."""
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from deeplab.data import DataError, SegmentationDataset, read_mask
 from deeplab.engine.precision import autocast, inference_precision
-from deeplab.inference import predict_probs
+from deeplab.engine.tta import predict_probs
 from deeplab.metrics import ConfusionMatrix
 
 
@@ -40,3 +43,25 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
     matrix.reduce_from_all_processes()
     model.train(was_training)
     return matrix, kept
+
+
+def score_predictions(dataset: SegmentationDataset, folder: str | Path) -> ConfusionMatrix:
+    """Score index PNGs named like the dataset's masks (stem.png) against them, with no model involved."""
+    folder = Path(folder)
+    matrix = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
+    for index, (_, mask_path) in enumerate(dataset.samples):
+        path = folder / f"{mask_path.stem}.png"
+        if not path.is_file():
+            raise DataError(f"{path}: missing prediction for {mask_path.stem} (one PNG per validation image)")
+        _, truth = dataset.load(index)
+        pred = read_mask(path, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
+                         palette=dataset.palette)
+        unlabelled = int((pred == dataset.ignore_index).sum())
+        if unlabelled:
+            raise DataError(f"{path}: {unlabelled} pixel(s) hold the ignore value {dataset.ignore_index}; a prediction "
+                            f"must give every pixel a class (0-{dataset.num_classes - 1})")
+        if pred.shape != truth.shape:
+            raise DataError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground truth "
+                            f"{mask_path} is {truth.shape[1]}x{truth.shape[0]}")
+        matrix.update(torch.from_numpy(pred), torch.from_numpy(truth))
+    return matrix

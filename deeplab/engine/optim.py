@@ -1,4 +1,8 @@
-"""Optimizers with an optional lower backbone LR, and the poly schedule with linear warmup."""
+"""Optimizers with an optional lower backbone LR, and LR schedules (poly, cosine) with linear warmup, each chosen by
+name from a table."""
+
+import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,7 +15,8 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, backbone_lr_mult:
     """SGD or AdamW over two groups: the backbone (at lr * backbone_lr_mult) and the head (at lr).
 
     `kwargs` go to the torch optimizer (momentum, weight_decay, nesterov, betas...), so a misspelt key fails there;
-    keys set to None are left out, so one config schema can list every optimizer's options.
+    keys set to None are left out, so a config can cancel keys an earlier config merged in (recipe/demo.yaml puts
+    AdamW over SGD), and configs saved by older runs, which list the other optimizer's options as null, still load.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
@@ -31,12 +36,29 @@ def poly_factor(iteration: int, *, total: int, power: float = 0.9, warmup_iters:
     return min_lr_ratio + (1 - min_lr_ratio) * decay
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, total_iters: int, name: str = "poly", power: float = 0.9,
-                    warmup_iters: int = 0, warmup_ratio: float = 0.1,
-                    min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Poly schedule stepped every iteration; its state (the step count) is checkpointed for exact resume."""
-    if name != "poly":
-        raise ValueError(f"unknown schedule {name!r}; known: ['poly']")
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: poly_factor(it, total=total_iters, power=power, warmup_iters=warmup_iters,
-                                          warmup_ratio=warmup_ratio, min_lr_ratio=min_lr_ratio))
+def cosine_factor(iteration: int, *, total: int, warmup_iters: int = 0, warmup_ratio: float = 0.1,
+                  min_lr_ratio: float = 0.0) -> float:
+    """LR multiplier at `iteration`: linear warmup from warmup_ratio, then half a cosine from 1 to min_lr_ratio."""
+    if warmup_iters >= total:
+        raise ValueError(f"warmup_iters={warmup_iters} must be below the total of {total} iterations")
+    if iteration < warmup_iters:
+        return warmup_ratio + (1 - warmup_ratio) * iteration / warmup_iters
+    progress = (min(iteration, total) - warmup_iters) / (total - warmup_iters)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# name -> the LR multiplier at an iteration; each takes (iteration, *, total, its own keywords)
+SCHEDULES: dict[str, Callable[..., float]] = {"poly": poly_factor, "cosine": cosine_factor}
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, *, total_iters: int, name: str = "poly",
+                    **options) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule `name` from SCHEDULES with its own `options`, stepped every iteration.
+
+    A misspelt option fails at once with a TypeError naming it. The multiplier is a plain function of the iteration
+    and `total_iters` that the scheduler's saved state leaves out, so a resumed run with another total re-plans.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {sorted(SCHEDULES)}")
+    factor = SCHEDULES[name]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: factor(it, total=total_iters, **options))

@@ -15,12 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from deeplab.data import check_dataset_config
 from deeplab.data.transforms import train_transform
-from deeplab.engine.optim import OPTIMIZERS, build_optimizer, build_scheduler
+from deeplab.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.errors import ConfigError, one_line
-from deeplab.losses import SegmentationLoss
-from deeplab.model import build_model
-from deeplab.model.backbone import OUTPUT_STRIDES
+from deeplab.losses import LOSSES, build_loss
+from deeplab.model import BACKBONES, OUTPUT_STRIDES, build_model, upgrade_model_config
+from deeplab.model.backbone import check_backbone_options, split_backbone
+from deeplab.model.deeplabv3plus import LEGACY_BACKBONE_KEYS
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,15 @@ class TrainerSettings:
 # section -> the callable that takes its keys as keyword arguments (besides those the trainer passes itself)
 SECTIONS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "trainer": (TrainerSettings, ()), "model": (build_model, ()), "optim": (build_optimizer, ("model",)),
-    "schedule": (build_scheduler, ("optimizer", "total_iters")), "loss": (SegmentationLoss, ("ignore_index",)),
+    "schedule": (build_scheduler, ("optimizer", "total_iters")), "loss": (build_loss, ("ignore_index",)),
     "augment": (train_transform, ("mean", "std", "ignore_index")),
+}
+
+# section -> the table its `name` picks from, and the arguments its builder gives the chosen entry itself; the
+# section's other keys are that entry's own keywords
+CHOICES: dict[str, tuple[Mapping[str, Callable], tuple[str, ...]]] = {
+    "optim": (OPTIMIZERS, ("params", "lr")), "schedule": (SCHEDULES, ("iteration", "total")),
+    "loss": (LOSSES, ("ignore_index",)),
 }
 
 # (key, test, what is allowed): plain range checks that read better than a builder's own error
@@ -62,9 +70,10 @@ RANGES: list[tuple[str, Callable[[typing.Any], bool], str]] = [
       ("num_workers", "freeze_backbone_iters", "grid_images", "preflight_samples")],
     ("trainer.grad_clip", lambda v: v is None or v > 0, "null or a number > 0"),
     ("model.output_stride", lambda v: v in OUTPUT_STRIDES, f"one of {list(OUTPUT_STRIDES)}"),
-    ("model.width_mult", lambda v: v > 0, "a number > 0 (0.5, 0.75, 1.0, 1.4)"),
+    ("model.backbone.width_mult", lambda v: v > 0, "a number > 0 (0.5, 0.75, 1.0, 1.4)"),
+    ("model.backbone.expand_ratio", lambda v: v >= 1, "an integer >= 1"),
     *[(f"model.{k}", lambda v: v >= 1, "an integer >= 1") for k in
-      ("expand_ratio", "aspp_channels", "low_level_channels", "decoder_channels")],
+      ("aspp_channels", "low_level_channels", "decoder_channels")],
     ("model.aspp_dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("optim.lr", lambda v: v > 0 and math.isfinite(v), "a number > 0, e.g. 0.01"),
     ("optim.backbone_lr_mult", lambda v: v >= 0, "a number >= 0 (0 freezes the backbone's updates)"),
@@ -75,6 +84,7 @@ RANGES: list[tuple[str, Callable[[typing.Any], bool], str]] = [
     ("schedule.warmup_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("schedule.min_lr_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("loss.dice_weight", lambda v: v >= 0, "a number >= 0"),
+    ("loss.gamma", lambda v: v >= 0, "a number >= 0 (0 is plain cross-entropy)"),
     ("loss.ohem_min_pixels", lambda v: v >= 0, "an integer >= 0"),
     ("augment.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("augment.color_jitter", lambda v: v >= 0, "a number >= 0"),
@@ -123,16 +133,19 @@ def _fits(value, annotation) -> bool:
 
 
 def check_section(name: str, values: Mapping, fn: Callable, *, passed: Sequence[str] = (),
-                  extra: Mapping[str, inspect.Parameter] | None = None) -> None:
-    """Every key of a section is a keyword `fn` takes, with a value of its type; else one sentence naming it."""
+                  extra: Mapping[str, inspect.Parameter] | None = None, chosen: str | None = None) -> None:
+    """Every key of a section is a keyword `fn` takes (or one of `extra`, the keywords of the `chosen` name's table
+    entry), with a value of its type; else one sentence naming it."""
     params = {**{k: p for k, p in inspect.signature(fn).parameters.items() if k not in passed
                  and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}, **(extra or {})}
     hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) and not hasattr(fn, "__dataclass_fields__")
                                   else fn)
     for key, value in values.items():
         if key not in params:
-            raise ConfigError(f"{name}.{key}: no such key in the {name} section (known: {', '.join(sorted(params))}); "
-                              f"check the spelling, or drop it")
+            where = f" for {name}.name={chosen}" if chosen else ""
+            switch = f" (switch with {name}={chosen}, which brings only its own keys)" if chosen else ""
+            raise ConfigError(f"{name}.{key}: no such key in the {name} section{where} (known: "
+                              f"{', '.join(sorted(params))}); check the spelling, or drop it{switch}")
         hint = hints.get(key, params[key].annotation)
         if hint is not inspect.Parameter.empty and not _fits(value, hint):
             raise ConfigError(f"{name}.{key}={value!r}: must be {_describe(hint)}")
@@ -147,11 +160,19 @@ def _select(config: Mapping, key: str, default=None):
     return node
 
 
-def _optimizer_keys(optim: Mapping) -> dict[str, inspect.Parameter]:
-    """The chosen torch optimizer's own keywords (momentum, betas...): keys set to null are never passed."""
-    cls = OPTIMIZERS.get(optim.get("name"))
-    own = inspect.signature(cls).parameters if cls else {}
-    return {k: p.replace(annotation=inspect.Parameter.empty) for k, p in own.items() if k not in ("params", "lr")}
+def _chosen_entry(name: str, section: Mapping) -> tuple[str, dict[str, inspect.Parameter]]:
+    """The name a section picks from its table in CHOICES (absent: its builder's default, so a config saved before
+    the table had that name keeps its meaning), and that entry's own keywords; an unknown name is a ConfigError."""
+    table, passed = CHOICES[name]
+    default = inspect.signature(SECTIONS[name][0]).parameters["name"].default
+    chosen = section.get("name", None if default is inspect.Parameter.empty else default)
+    if not isinstance(chosen, str) or chosen not in table:
+        raise ConfigError(f"{name}.name={chosen!r}: must be one of {sorted(table)}")
+    own = {k: p for k, p in inspect.signature(table[chosen]).parameters.items()
+           if k not in passed and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    if name == "optim":  # torch checks its optimizers' values itself (_check_optimizer), better than its hints can
+        own = {k: p.replace(annotation=inspect.Parameter.empty) for k, p in own.items()}
+    return chosen, own
 
 
 def validate_config(config: Mapping) -> None:
@@ -160,13 +181,15 @@ def validate_config(config: Mapping) -> None:
         section = config.get(name)
         if not isinstance(section, Mapping):
             raise ConfigError(f"{name}: the config has no {name} section; do not delete config groups")
-        values = section
-        extra = None
-        if name == "optim":  # keys set to null are left out, so one file can list both optimizers' options
-            if section.get("name") not in OPTIMIZERS:
-                raise ConfigError(f"optim.name={section.get('name')!r}: must be one of {sorted(OPTIMIZERS)}")
-            values, extra = {k: v for k, v in section.items() if v is not None}, _optimizer_keys(section)
-        check_section(name, values, fn, passed=passed, extra=extra)
+        values, extra, chosen = section, None, None
+        if name in CHOICES:
+            chosen, extra = _chosen_entry(name, section)
+        if name == "optim":  # optim keys set to null are left out (build_optimizer): a recipe's way to cancel one
+            values = {k: v for k, v in section.items() if v is not None}
+        if name == "model":
+            _check_legacy_keys(section)
+        check_section(name, values, fn, passed=passed, extra=extra, chosen=chosen)
+    _check_backbone(config["model"].get("backbone", "mobilenet_v2"))
     for key, test, allowed in RANGES:
         value = _select(config, key)
         if value is None and key.split(".")[-1] not in ("grad_clip", "weight_decay", "momentum"):
@@ -178,6 +201,21 @@ def validate_config(config: Mapping) -> None:
         if not ok:
             raise ConfigError(f"{key}={value!r}: must be {allowed}")
     _check_consistency(config)
+
+
+def _check_legacy_keys(model: Mapping) -> None:
+    """The MobileNetV2 options that were model keys before backbones had names: say where they went."""
+    for key in LEGACY_BACKBONE_KEYS:
+        if key in model:
+            raise ConfigError(f"model.{key}: now an option of the backbone, model.backbone.{key} (e.g. "
+                              f"model.backbone.{key}={model[key]}, with model/backbone=mobilenet_v2, the default)")
+
+
+def _check_backbone(backbone) -> None:
+    """`model.backbone`: a name in BACKBONES, or a mapping of one and that backbone's own options, of their types."""
+    name, options = split_backbone(backbone)
+    check_backbone_options(name, options)
+    check_section("model.backbone", options, BACKBONES[name], passed=("output_stride",))
 
 
 def _check_consistency(config: Mapping) -> None:
@@ -203,10 +241,11 @@ def _check_consistency(config: Mapping) -> None:
     if config["model"].get("num_classes") != data["num_classes"]:
         raise ConfigError(f"model.num_classes={config['model'].get('num_classes')} differs from dataset.num_classes="
                           f"{data['num_classes']}; leave model.num_classes at ${{dataset.num_classes}}")
-    weights = config["loss"].get("class_weights")
-    if weights is not None and len(weights) != data["num_classes"]:
-        raise ConfigError(f"loss.class_weights has {len(weights)} values for dataset.num_classes="
-                          f"{data['num_classes']}; give one weight per class")
+    for key in ("class_weights", "alpha"):  # cross-entropy's and focal loss's per-class weights
+        weights = config["loss"].get(key)
+        if weights is not None and len(weights) != data["num_classes"]:
+            raise ConfigError(f"loss.{key} has {len(weights)} values for dataset.num_classes="
+                              f"{data['num_classes']}; give one weight per class")
     if trainer["batch_size"] % trainer["grad_accum"]:
         raise ConfigError(f"trainer.batch_size={trainer['batch_size']} is not divisible by trainer.grad_accum="
                           f"{trainer['grad_accum']}; each accumulation step takes an equal share of the batch")
@@ -289,7 +328,9 @@ def resume_config(saved: dict, cfg: DictConfig, overrides: Sequence[str]) -> tup
     `overrides` are the command line's (Hydra's `overrides.task`); their values are read from the composed `cfg`,
     so interpolations and types are as Hydra made them. A config group chosen again as it was (dataset=voc,
     experiment=voc_os16) is fine; one that would change the model or the optimisation is refused, naming a key.
+    A saved model section of the MobileNetV2-only layout is read in today's (`upgrade_model_config`).
     """
+    saved = {**saved, "model": upgrade_model_config(saved["model"])}
     new, old = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
     config, notes = OmegaConf.to_container(OmegaConf.create(saved)), []
     for override in OverridesParser.create().parse_overrides(list(overrides)):

@@ -1,6 +1,5 @@
 """Training as plain functions read top to bottom; `train(cfg, output_dir)` is the one place that reads the config."""
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -18,26 +17,23 @@ from deeplab.data import DataError, build_dataset
 from deeplab.data.check import preflight
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
-from deeplab.engine.distributed import (DistInfo, all_reduce_mean, broadcast_object, cleanup, convert_to_global_bn,
-                                       init_distributed)
+from deeplab.engine.distributed import DistInfo, broadcast_object, cleanup, convert_to_global_bn, init_distributed
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
-from deeplab.engine.precision import TrainingPlan, autocast, grad_scaler, resolve_device, training_plan
+from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, training_plan
 from deeplab.engine.run_config import TrainerSettings, validate_config
 from deeplab.engine.run_dir import adopt_run_dir, resume_or_new, run_dir_lock
+from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
 from deeplab.engine.tracking import RunLogger
 from deeplab.errors import ConfigError, UserError, one_line
-from deeplab.losses import SegmentationLoss
-from deeplab.model import build_model
+from deeplab.losses import build_loss
+from deeplab.model import build_model, rebuild_model, upgrade_model_config
+from deeplab.model.backbone import backbone_architecture
 from deeplab.model.decoder import use_fast_convs
 from deeplab.visualization import palette_array
 
 log = logging.getLogger("deeplab.train")
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the run stopped before overwriting any checkpoint."""
 
 
 @dataclass
@@ -62,47 +58,12 @@ class Run:
     last_metrics: dict = field(default_factory=dict)
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and/or torch.compile wrappers (what checkpoints hold)."""
-    model = model.module if isinstance(model, DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
-
-
 def train_step(run: Run, micro_batches: list, *, freeze_backbone: bool) -> torch.Tensor:
-    """One optimizer step over the micro-batches of a global batch; returns the mean loss (all ranks)."""
-    run.optimizer.zero_grad(set_to_none=True)
-    total = torch.zeros((), device=run.device)
-    # Weight each micro-batch's mean loss by its share of the global batch's labelled pixels, so that DDP's
-    # gradient average over ranks and accumulation steps equals the mean over the whole batch.
-    valid = torch.stack([(m != run.criterion.ignore_index).sum() for _, m in micro_batches]).float()
-    share = valid * len(valid) / all_reduce_mean(valid.sum().to(run.device)).cpu().clamp(min=1)
-    for i, (images, masks) in enumerate(micro_batches):
-        images = images.to(run.device, non_blocking=True)
-        masks = masks.to(run.device, non_blocking=True)
-        if run.settings.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        last = i == len(micro_batches) - 1
-        # DDP all-reduces gradients only on the last micro-batch of the step
-        sync = run.model.no_sync() if isinstance(run.model, DistributedDataParallel) and not last \
-            else contextlib.nullcontext()
-        with sync:
-            with autocast(run.device.type, run.precision):
-                logits = run.model(images)
-            loss = run.criterion(logits, masks) * share[i] / len(micro_batches)
-            run.scaler.scale(loss).backward()
-        total += loss.detach()
-    total = all_reduce_mean(total)
-    if not torch.isfinite(total):
-        raise TrainingDiverged(f"loss is {total.item()}")
-    if freeze_backbone:
-        for p in unwrap(run.model).backbone.parameters():
-            p.grad = None  # SGD/AdamW skip parameters without a gradient
-    if run.settings.grad_clip:
-        run.scaler.unscale_(run.optimizer)
-        nn.utils.clip_grad_norm_(run.model.parameters(), run.settings.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    return total
+    """One optimizer step of the run over the micro-batches of a global batch (`step.optimizer_step`)."""
+    return optimizer_step(run.model, run.optimizer, run.scaler, run.criterion, micro_batches, device=run.device,
+                          precision=run.precision, channels_last=run.settings.channels_last,
+                          grad_clip=run.settings.grad_clip,
+                          frozen=unwrap(run.model).backbone if freeze_backbone else None)
 
 
 def validate(run: Run, iteration: int) -> dict:
@@ -222,15 +183,14 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
     """The model with its starting weights (a resumed checkpoint, init_from, or the configured backbone weights),
     and how it trains: the plan that precision=auto measures on `probe` (a few training crops), the same on every
     process."""
-    model_cfg = dict(config["model"])
-    if state is not None or config.get("init_from"):
-        model_cfg["backbone_weights"] = None  # the checkpoint's weights replace them anyway
-    model = build_model(**model_cfg)
+    # a checkpoint's weights replace the backbone's pretrained ones, so those are not fetched then
+    model = rebuild_model(config["model"]) if state is not None or config.get("init_from") \
+        else build_model(**config["model"])
     if state is not None:
         ckpt.load_model_weights(model, state["model"], source="resume checkpoint")
     elif config.get("init_from"):
         source = ckpt.load_checkpoint(config["init_from"])
-        _same_architecture(config["init_from"], source["config"]["model"], config["model"])
+        _same_architecture(config["init_from"], upgrade_model_config(source["config"]["model"]), config["model"])
         fresh = ckpt.load_model_weights(model, source["model"], source=config["init_from"], reinit_classifier=True)
         if fresh:
             log.warning("init_from %s: it has another number of classes; the classifier starts fresh (%s)",
@@ -250,17 +210,27 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
     return model, plan
 
 
-ARCHITECTURE_KEYS = ("separable", "width_mult", "expand_ratio", "aspp_channels", "low_level_channels",
-                     "decoder_channels")  # the model keys that shape its weights (output_stride and rates do not)
+# the model keys that shape its weights (output_stride and rates do not); the backbone's name and options too
+ARCHITECTURE_KEYS = ("separable", "aspp_channels", "low_level_channels", "decoder_channels")
+
+
+def _architecture(model: dict) -> dict:
+    """{dotted model key: value} of what shapes the weights, backbone options with their defaults filled in."""
+    backbone = backbone_architecture(model.get("backbone", "mobilenet_v2"))
+    return {**{f"model.backbone.{k}": v for k, v in backbone.items()},
+            **{f"model.{k}": model[k] for k in ARCHITECTURE_KEYS if k in model}}
 
 
 def _same_architecture(path: str, theirs: dict, ours: dict) -> None:
-    """init_from keeps its checkpoint's architecture: name the first model key this run sets otherwise."""
-    for key in ARCHITECTURE_KEYS:
-        if key in theirs and theirs[key] != ours.get(key):
-            raise ckpt.CheckpointError(f"init_from={path}: the checkpoint has model.{key}={theirs[key]} but this run "
-                                       f"has model.{key}={ours.get(key)}; set model.{key}={theirs[key]} (fine-tuning "
-                                       f"starts from the checkpoint's architecture)")
+    """init_from keeps its checkpoint's architecture (`theirs`, upgraded): name the first key this run sets
+    otherwise."""
+    mine = _architecture(ours)
+    for key, value in _architecture(theirs).items():
+        if value != mine.get(key):
+            fix = f"model/backbone={value}" if key == "model.backbone.name" else f"{key}={value}"
+            raise ckpt.CheckpointError(f"init_from={path}: the checkpoint has {key}={value} but this run has "
+                                       f"{key}={mine.get(key)}; set {fix} (fine-tuning starts from the checkpoint's "
+                                       f"architecture)")
 
 
 def probe_batch(dataset: torch.utils.data.Dataset, share: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,7 +279,7 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
     wrapped = torch.compile(wrapped) if settings.compile else wrapped
     return Run(settings=settings, model=wrapped, optimizer=optimizer, scheduler=scheduler,
                scaler=grad_scaler(device.type, precision),
-               criterion=SegmentationLoss(ignore_index=config["dataset"]["ignore_index"], **config["loss"]).to(device),
+               criterion=build_loss(ignore_index=config["dataset"]["ignore_index"], **config["loss"]).to(device),
                train_batches=train_loader(train_set, batches, num_workers=settings.num_workers, pin_memory=pin),
                val_batches=val_loader(val_set, rank=world.rank, world_size=world.world_size,
                                       num_workers=min(settings.num_workers, 2), pin_memory=pin),

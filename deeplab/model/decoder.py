@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.model import fast_convs
-from deeplab.model.layers import conv3x3_bn_relu, conv_bn_relu
+from deeplab.model.layers import conv3x3_bn_relu, conv_and_rest, conv_bn_relu
 
 
 class Decoder(nn.Module):
@@ -35,13 +35,9 @@ class Decoder(nn.Module):
     def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         low = self.reduce(low)
         if self.fast_convs and self.dense and fast_convs.applicable(low):
-            (first, *first_rest), (second, *second_rest) = self.fuse
-            y = fast_convs.upsample_concat_conv3x3(x, low, first.weight, first.bias)
-            for layer in first_rest:
-                y = layer(y)
-            y = fast_convs.winograd_conv3x3(y, second.weight, second.bias)
-            for layer in second_rest:
-                y = layer(y)
+            (first, after_first), (second, after_second) = map(conv_and_rest, self.fuse)
+            y = after_first(fast_convs.upsample_concat_conv3x3(x, low, first.weight, first.bias))
+            y = after_second(fast_convs.winograd_conv3x3(y, second.weight, second.bias))
             return self.classifier(y)
         x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
         return self.classifier(self.fuse(torch.cat([x, low], dim=1)))

@@ -1,23 +1,28 @@
-"""DeepLabV3+ = MobileNetV2 backbone + ASPP + decoder, and its keyword-only builder."""
+"""DeepLabV3+ = backbone (MobileNetV2, ResNet-50/101) + ASPP + decoder, its keyword-only builder, and the upgrade of
+saved model configs of the MobileNetV2-only layout."""
 
 import logging
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from deeplab.model.aspp import ASPP, default_rates
-from deeplab.model.backbone import MobileNetV2Backbone, load_backbone_weights
+from deeplab.model.backbone import build_backbone, load_backbone_weights
 from deeplab.model.decoder import Decoder
 from deeplab.model.layers import init_head
 
 log = logging.getLogger(__name__)
 
+# model keys of the MobileNetV2-only layout (checkpoints saved before backbones had names), now model.backbone's
+LEGACY_BACKBONE_KEYS = ("width_mult", "expand_ratio")
+
 
 class DeepLabV3Plus(nn.Module):
     """Maps a float (N, 3, H, W) image batch to (N, num_classes, H, W) logits, for any H, W >= 32."""
 
-    def __init__(self, backbone: MobileNetV2Backbone, aspp: ASPP, decoder: Decoder) -> None:
+    def __init__(self, backbone: nn.Module, aspp: ASPP, decoder: Decoder) -> None:
         super().__init__()
         self.backbone = backbone
         self.aspp = aspp
@@ -46,20 +51,22 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_model(*, num_classes: int, output_stride: int = 16, separable: bool = False,
-                backbone_weights: str | None = None, width_mult: float = 1.0, expand_ratio: int = 6,
-                aspp_rates: tuple[int, ...] | None = None, aspp_channels: int = 256,
-                aspp_dropout: float = 0.1, low_level_channels: int = 48, decoder_channels: int = 256) -> DeepLabV3Plus:
-    """Build DeepLabV3+/MobileNetV2.
+def build_model(*, num_classes: int, backbone: str | Mapping = "mobilenet_v2", output_stride: int = 16,
+                separable: bool = False, backbone_weights: str | None = None, aspp_rates: tuple[int, ...] | None = None,
+                aspp_channels: int = 256, aspp_dropout: float = 0.1, low_level_channels: int = 48,
+                decoder_channels: int = 256) -> DeepLabV3Plus:
+    """Build DeepLabV3+ on a backbone of `deeplab.model.backbone.BACKBONES`.
 
-    backbone_weights: None (random init), "imagenet" (torchvision's weights API, cached in the torch hub dir),
-    or the path of a torchvision-format MobileNetV2 state dict. separable: depthwise-separable 3x3 convs in the
-    ASPP and decoder. aspp_rates: atrous rates instead of those that follow the output stride.
+    backbone: a name ("mobilenet_v2", "resnet50", "resnet101") or a mapping {name: ..., **that backbone's options}
+    (MobileNetV2: width_mult, expand_ratio). backbone_weights: None (random init), "imagenet" (torchvision's weights
+    API, cached in the torch hub dir), or the path of a torchvision-format state dict of that backbone.
+    separable: depthwise-separable 3x3 convs in the ASPP and decoder. aspp_rates: atrous rates instead of those that
+    follow the output stride.
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    backbone = MobileNetV2Backbone(output_stride=output_stride, width_mult=width_mult, expand_ratio=expand_ratio)
-    low, out = backbone.feature_info
+    encoder = build_backbone(backbone, output_stride=output_stride)
+    low, out = encoder.feature_info
     rates = tuple(aspp_rates) if aspp_rates else default_rates(output_stride)
     aspp = ASPP(out.channels, rates=rates, channels=aspp_channels, separable=separable, dropout=aspp_dropout)
     decoder = Decoder(in_channels=aspp.out_channels, low_in_channels=low.channels, num_classes=num_classes,
@@ -68,6 +75,25 @@ def build_model(*, num_classes: int, output_stride: int = 16, separable: bool = 
     init_head(decoder)
     decoder.reset_classifier()
     if backbone_weights is not None:
-        source = load_backbone_weights(backbone, backbone_weights)
+        source = load_backbone_weights(encoder, backbone_weights)
         log.info("backbone weights loaded from %s", source)
-    return DeepLabV3Plus(backbone, aspp, decoder)
+    return DeepLabV3Plus(encoder, aspp, decoder)
+
+
+def upgrade_model_config(model_cfg: Mapping) -> dict:
+    """A saved model config in today's layout, for build_model: the MobileNetV2-only layout's top-level width_mult
+    and expand_ratio (and no backbone key) become backbone={name: mobilenet_v2, width_mult, expand_ratio}. A config
+    already in today's layout comes back as an equal copy."""
+    config = dict(model_cfg)
+    if "backbone" in config:
+        backbone = config["backbone"]
+        return {**config, "backbone": dict(backbone) if isinstance(backbone, Mapping) else backbone}
+    options = {key: config.pop(key) for key in LEGACY_BACKBONE_KEYS if key in config}
+    return {**config, "backbone": {"name": "mobilenet_v2", **options}}
+
+
+def rebuild_model(model_cfg: Mapping, **changes) -> DeepLabV3Plus:
+    """The architecture a saved (or composed) model section describes, of any layout, without fetching backbone
+    weights: the one way a model is rebuilt for a checkpoint's own weights (inference, resume, init_from, bench).
+    `changes` replace keys, e.g. separable=True for a twin with another head."""
+    return build_model(**{**upgrade_model_config(model_cfg), "backbone_weights": None, **changes})

@@ -25,7 +25,6 @@ from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 TILE = 6                    # output tile side m: F(6x6, 3x3) uses 8x8 input tiles
 POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)  # interpolation points (plus infinity) for m + 2 = 8

@@ -30,6 +30,15 @@ def conv3x3_bn_relu(in_channels: int, out_channels: int, *, dilation: int = 1, s
     return conv_bn_relu(in_channels, out_channels, 3, dilation)
 
 
+def conv_and_rest(block: nn.Sequential) -> tuple[nn.Conv2d, nn.Sequential]:
+    """A dense `conv_bn_relu` / `conv3x3_bn_relu` block split into its conv and the layers after it (BN, ReLU), for
+    code that runs the conv its own way (`fast_convs`) and the rest as they are."""
+    conv, rest = block[0], block[1:]
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        raise TypeError(f"expected a dense conv block, got {type(conv).__name__} first")
+    return conv, rest
+
+
 def init_head(module: nn.Module) -> None:
     """He init for the head's convs (they are followed by ReLU), unit/zero BatchNorm."""
     for m in module.modules():

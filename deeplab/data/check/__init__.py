@@ -1,4 +1,5 @@
-"""Dataset checker: `python -m deeplab.data.check dataset=<name> [overrides]` reads every sample of each split.
+"""Dataset checker (`python -m deeplab.data.check dataset=<name> [overrides]`, the command `deeplab.cli.check`)
+reads every sample of each split.
 
 It reports missing files, unreadable images, image/mask size mismatches, label values outside the classes and the
 ignore index, RGB mask colours outside the palette, masks saved as 0/255, empty splits and split files, and a
@@ -6,7 +7,6 @@ per-class pixel histogram; it exits non-zero on any problem. Notes (images with 
 problems. `preflight` is the cheap part the trainer runs before it starts.
 """
 
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -140,30 +140,3 @@ def format_report(reports: Sequence[SplitReport], class_names: Sequence[str], ig
                 count = int(report.pixels[index])
                 lines.append(f"  {index:>3} {name:<16}{count:>14,}{count / total:>9.2%}")
     return "\n".join(lines)
-
-
-def run(cfg) -> int:
-    """Check the configured dataset, print the report, and return the exit code (1 on any problem)."""
-    from omegaconf import OmegaConf
-
-    dataset_cfg = OmegaConf.to_container(cfg.dataset, resolve=True)
-    reports = check_dataset(splits=cfg.splits, workers=cfg.workers, **dataset_cfg)
-    names = dataset_cfg.get("class_names") or [str(i) for i in range(dataset_cfg["num_classes"])]
-    print(format_report(reports, names, dataset_cfg.get("ignore_index", 255)))
-    problems = sum(len(r.problems) for r in reports)
-    print(f"{problems} problem(s) found" if problems else "no problems found")
-    return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    import hydra
-
-    @hydra.main(version_base="1.3", config_path="../../configs", config_name="check")
-    def _main(cfg) -> None:
-        from deeplab.errors import user_errors
-
-        with user_errors("deeplab.data.check"):  # the user's to fix: one clear sentence, exit 1
-            code = run(cfg)
-        sys.exit(code)
-
-    _main()

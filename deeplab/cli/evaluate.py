@@ -1,73 +1,25 @@
 """`python evaluate.py`: mIoU of a checkpoint (or of a folder of saved predictions) on a validation split."""
 
 import json
-import logging
 from pathlib import Path
 
 import cv2
-import numpy as np
-import torch
+import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from deeplab.data import DataError, SegmentationDataset, build_dataset, read_mask
+from deeplab.cli import CONFIGS
+from deeplab.data import DataError, build_dataset
 from deeplab.data.transforms import eval_transform
 from deeplab.engine.checkpoint import CheckpointError
-from deeplab.engine.evaluator import evaluate
+from deeplab.engine.evaluator import evaluate, score_predictions
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
-from deeplab.errors import ConfigError, check_flags
-from deeplab.inference import check_tta, is_channels_last, model_from_checkpoint
-from deeplab.metrics import ConfusionMatrix
-
-log = logging.getLogger("deeplab.evaluate")
-
-
-def score_predictions(dataset: SegmentationDataset, folder: str | Path) -> ConfusionMatrix:
-    """Score index PNGs named like the dataset's masks (stem.png) against them, with no model involved."""
-    folder = Path(folder)
-    matrix = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
-    for index, (_, mask_path) in enumerate(dataset.samples):
-        path = folder / f"{mask_path.stem}.png"
-        if not path.is_file():
-            raise DataError(f"{path}: missing prediction for {mask_path.stem} (one PNG per validation image)")
-        _, truth = dataset.load(index)
-        pred = read_mask(path, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
-                         palette=dataset.palette)
-        unlabelled = int((pred == dataset.ignore_index).sum())
-        if unlabelled:
-            raise DataError(f"{path}: {unlabelled} pixel(s) hold the ignore value {dataset.ignore_index}; a prediction "
-                            f"must give every pixel a class (0-{dataset.num_classes - 1})")
-        if pred.shape != truth.shape:
-            raise DataError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground truth "
-                            f"{mask_path} is {truth.shape[1]}x{truth.shape[0]}")
-        matrix.update(torch.from_numpy(pred), torch.from_numpy(truth))
-    return matrix
-
-
-def format_metrics(metrics: dict, class_names: list[str]) -> str:
-    """A per-class IoU table and the summary metrics; classes absent from truth and prediction are marked."""
-    lines = [f"{'class':<20}{'IoU':>8}"]
-    for name, iou in zip(class_names, metrics["per_class_iou"]):
-        lines.append(f"{name:<20}{'absent' if iou is None else f'{iou:.4f}':>8}")
-    lines.append(f"{'mIoU':<20}{metrics['mIoU']:>8.4f}   (over {sum(v is not None for v in metrics['per_class_iou'])}"
-                 f" classes present in truth or prediction)")
-    lines.append(f"pixel acc {metrics['pixel_acc']:.4f}   mean class acc {metrics['mean_class_acc']:.4f}   "
-                 f"fwIoU {metrics['fwIoU']:.4f}   ({metrics['pixels']:,} labelled pixels)")
-    return "\n".join(lines)
-
-
-def confusion_image(matrix: ConfusionMatrix, cell: int = 24) -> np.ndarray:
-    """Row-normalised confusion matrix as a heat map (rows: truth, columns: prediction), with class indices."""
-    mat = matrix.mat.double().cpu()
-    norm = (mat / mat.sum(1, keepdim=True).clamp(min=1)).numpy()
-    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-    heat = cv2.resize(heat, None, fx=cell, fy=cell, interpolation=cv2.INTER_NEAREST)
-    canvas = np.full((heat.shape[0] + cell, heat.shape[1] + cell, 3), 255, np.uint8)
-    canvas[cell:, cell:] = heat
-    for i in range(len(norm)):
-        for pos in ((cell + i * cell + 4, cell - 8), (4, cell + i * cell + cell - 8)):
-            cv2.putText(canvas, str(i), pos, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+from deeplab.engine.tta import check_tta, is_channels_last
+from deeplab.errors import ConfigError, check_flags, user_errors
+from deeplab.inference import model_from_checkpoint
+from deeplab.metrics import format_metrics
+from deeplab.visualization import confusion_image
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
@@ -119,6 +71,12 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     result = {"source": str(cfg.checkpoint or cfg.predictions), "split": split, "images": len(dataset),
               "class_names": names, **metrics, "confusion_matrix": matrix.mat.cpu().tolist()}
     (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    cv2.imwrite(str(output_dir / "confusion_matrix.png"), cv2.cvtColor(confusion_image(matrix), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(output_dir / "confusion_matrix.png"), cv2.cvtColor(confusion_image(matrix.mat), cv2.COLOR_RGB2BGR))
     print(f"metrics.json and confusion_matrix.png written to {output_dir}")
     return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    with user_errors("deeplab.evaluate"):  # the user's to fix: one clear sentence, exit 1
+        run(cfg, HydraConfig.get().runtime.output_dir)

@@ -1,4 +1,5 @@
-"""`python predict.py`: label maps, colour masks and overlays for an image, a folder (recursive) or a glob.
+"""Which images `python predict.py` reads and where their label maps, colour masks and overlays go: an image, a
+folder (recursive) or a glob in; outputs planned, checked and written.
 
 Every output path is planned before anything is written. An input's outputs are named by its stem, in its folder
 relative to the input: <stem>.png (class indices), <stem>_color.png, <stem>_overlay.jpg. Inputs whose outputs would
@@ -16,14 +17,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from omegaconf import DictConfig
 from PIL import Image
-from tqdm import tqdm
 
 from deeplab.data.dataset import IMAGE_EXTENSIONS, DataError, read_image
-from deeplab.errors import ConfigError, check_flags
-from deeplab.inference import Predictor
-from deeplab.visualization import colourize, palette_array
+from deeplab.visualization import colourize
 
 log = logging.getLogger("deeplab.predict")
 
@@ -62,33 +59,20 @@ def list_inputs(spec: str) -> tuple[Path, list[Path]]:
     return base, files
 
 
-def check_settings(cfg: DictConfig) -> None:
-    """The predict-only settings, checked before anything is loaded: one ConfigError naming the key."""
-    if not cfg.checkpoint or not cfg.input:
-        raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
-    check_flags(cfg, ("save_index", "save_color", "save_overlay", "allow_inside_input", "fast", "compile", "flip"))
-    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size}: must be a whole number of images, 1 or more (e.g. "
-                          "batch_size=4)")
-    if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or not 0 <= cfg.alpha <= 1:
-        raise ConfigError(f"alpha={cfg.alpha}: the overlay opacity must be a number from 0 (image only) to 1 "
-                          "(mask only), e.g. alpha=0.5")
-    if not (cfg.save_index or cfg.save_color or cfg.save_overlay):
-        raise ConfigError("save_index, save_color and save_overlay are all false: nothing would be written; set "
-                          "at least one to true")
-
-
-def output_folder(cfg: DictConfig, run_dir: str | Path, base: Path) -> Path:
-    """The folder the outputs go to: output= or the run dir; never an existing file, nor inside the input unasked."""
-    output = Path(cfg.output or run_dir).expanduser().resolve()
+def output_folder(output: str | Path | None, *, run_dir: str | Path, base: Path, allow_inside_input: bool = False
+                  ) -> Path:
+    """The folder the outputs go to: `output` (predict.py's output=) or the run dir; never an existing file, nor inside
+    the input folder `base` unless allow_inside_input."""
+    given = output or run_dir
+    output = Path(given).expanduser().resolve()
     if output.exists() and not output.is_dir():
-        raise DataError(f"output={cfg.output or run_dir}: is a file, not a folder; choose a folder for the label "
+        raise DataError(f"output={given}: is a file, not a folder; choose a folder for the label "
                         "maps (output=DIR)")
     blocking = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
-        raise DataError(f"output={cfg.output or run_dir}: {blocking} is a file, not a folder, so no output folder "
+        raise DataError(f"output={given}: {blocking} is a file, not a folder, so no output folder "
                         "can be made inside it; choose an output=DIR whose parents are folders (or do not exist yet)")
-    if not cfg.allow_inside_input and output.is_relative_to(base.resolve()):
+    if not allow_inside_input and output.is_relative_to(base.resolve()):
         raise DataError(f"output {output} is inside the input folder {base}; choose another output=DIR "
                         "(or set allow_inside_input=true)")
     return output
@@ -157,7 +141,7 @@ def _refuse_unsafe_targets(plan: dict[Path, dict[str, Path]]) -> None:
                                 "folder of that name, or predict into another output=DIR")
 
 
-def _batches(paths: list[Path], batch_size: int, failed: list) -> Iterator[list[tuple[Path, np.ndarray]]]:
+def batches(paths: list[Path], batch_size: int, failed: list) -> Iterator[list[tuple[Path, np.ndarray]]]:
     """Consecutive readable images of one size, up to batch_size at a time; unreadable ones go to `failed`."""
     batch: list[tuple[Path, np.ndarray]] = []
     for path in paths:
@@ -188,32 +172,3 @@ def save_outputs(image: np.ndarray, labels: np.ndarray, targets: dict[str, Path]
     if "overlay" in targets:
         blend = cv2.addWeighted(image, 1 - alpha, coloured, alpha, 0)
         Image.fromarray(blend).save(targets["overlay"], quality=92)
-
-
-def run(cfg: DictConfig, output_dir: str | Path) -> int:
-    """Predict every input image; returns the number of images that could not be read (the exit code's cause)."""
-    check_settings(cfg)
-    base, paths = list_inputs(cfg.input)
-    output = output_folder(cfg, output_dir, base)
-    kinds = [kind for kind, wanted in (("index", cfg.save_index), ("color", cfg.save_color),
-                                       ("overlay", cfg.save_overlay)) if wanted]
-    plan = plan_outputs(paths, base, output, kinds=kinds)
-    predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
-                                          scales=cfg.scales, flip=cfg.flip, window=cfg.window, stride=cfg.stride,
-                                          precision=cfg.precision, fast=cfg.fast, compile=cfg.compile,
-                                          onnx=cfg.onnx)
-    table = palette_array(predictor.palette)
-    failed: list[str] = []
-    with tqdm(total=len(paths), desc="predict", mininterval=1) as progress:
-        for batch in _batches(paths, cfg.batch_size, failed):
-            labels = predictor.predict_batch([image for _, image in batch]).argmax(1).cpu().numpy()
-            for (path, image), label in zip(batch, labels):
-                save_outputs(image, label, plan[path], table, alpha=cfg.alpha)
-            progress.update(len(batch))
-        progress.update(len(failed))
-    if len(failed) == len(paths):
-        raise DataError(f"input={cfg.input}: none of the {len(paths)} image(s) could be read, e.g. {failed[0]}")
-    print(f"{len(paths) - len(failed)} image(s) written to {output}")
-    if failed:
-        print(f"{len(failed)} image(s) could not be read:\n" + "\n".join(f"  {msg}" for msg in failed))
-    return len(failed)

@@ -1,4 +1,5 @@
-"""The inference and training modes the benchmark compares, each as a plain callable, and what they cost.
+"""The inference and training modes the benchmark (and the int8 export check) compare, each as a plain callable,
+and what they cost.
 
 Inference modes map a normalised float (N, 3, H, W) batch to float32 logits, so their speed and their labels can be
 compared on the same inputs. Training modes run one optimizer step and return the loss.
@@ -18,10 +19,11 @@ from deeplab.data import build_dataset
 from deeplab.data.transforms import eval_transform
 from deeplab.engine.precision import TrainingPlan, autocast, grad_scaler, inference_precision, training_plan
 from deeplab.engine.run_config import TrainerSettings
+from deeplab.engine.step import optimizer_step
 from deeplab.errors import ConfigError
 from deeplab.export import export_onnx, quantize_onnx
 from deeplab.inference import prepare_for_inference
-from deeplab.losses import SegmentationLoss
+from deeplab.losses import build_loss
 from deeplab.metrics import ConfusionMatrix
 from deeplab.model.decoder import use_fast_convs
 from deeplab.onnx_model import OnnxModel
@@ -114,20 +116,11 @@ def training_step(name: str, model: nn.Module, *, device: torch.device, lr: floa
     use_fast_convs(model, plan.fast_convs)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     scaler = grad_scaler(device.type, precision)
-    criterion = SegmentationLoss().to(device)
+    criterion = build_loss(ignore_index=255).to(device)
 
-    def step(images: torch.Tensor, masks: torch.Tensor) -> float:
-        images, masks = images.to(device), masks.to(device)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device.type, precision):
-            logits = model(images)
-        loss = criterion(logits.float(), masks)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss.item()
+    def step(images: torch.Tensor, masks: torch.Tensor) -> float:  # the trainer's step, on one batch
+        return optimizer_step(model, optimizer, scaler, criterion, [(images, masks)], device=device,
+                              precision=precision, channels_last=channels_last).item()
     step.precision = precision
     step.plan = str(plan)
     return step

@@ -1,0 +1,78 @@
+"""`python -m deeplab.export checkpoint=PATH format=onnx|int8|pt2 [output=FILE]`: a checkpoint in a deployment
+format, verified against PyTorch (onnx) or scored against the float model (int8)."""
+
+import tempfile
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from deeplab.cli import CONFIGS
+from deeplab.engine.checkpoint import CheckpointError
+from deeplab.errors import ConfigError, check_flags, user_errors
+from deeplab.export import (FORMATS, check_output, default_output, export_onnx, export_pt2, quantize_onnx,
+                            verify_onnx)
+from deeplab.inference import model_from_checkpoint
+from deeplab.onnx_model import OnnxModel
+from deeplab.bench.modes import inference_mode, label_quality, split_samples
+
+
+def check_settings(cfg) -> None:
+    """The export settings, checked before the checkpoint is loaded: one ConfigError naming the key."""
+    check_flags(cfg, ("overwrite", "verify"))
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format}: not an export format; choose one of {', '.join(FORMATS)}")
+    if not _whole(cfg.opset) or cfg.opset < 17:
+        raise ConfigError(f"opset={cfg.opset}: the exporter needs ONNX opset 17 or newer; set opset=17")
+    counts = [("calibration_images", cfg.format == "int8"), ("val_images", cfg.format == "int8" and cfg.verify)]
+    for key, used in counts:
+        if used and (not _whole(cfg[key]) or cfg[key] < 1):
+            raise ConfigError(f"{key}={cfg[key]}: must be a whole number of images, 1 or more (e.g. {key}=32)")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def run(cfg) -> Path:
+    """Export `checkpoint` in `format`, verify it, and (int8) compare its mIoU with the float model's."""
+    if not cfg.checkpoint:
+        raise CheckpointError("usage: python -m deeplab.export checkpoint=PATH [format=onnx|int8|pt2] [output=FILE]")
+    check_settings(cfg)
+    # the checkpoint first: a file that is not a training checkpoint (an .onnx, a .pt2, a state dict) is named as
+    # what it is, rather than as an output that would replace it
+    model, config = model_from_checkpoint(cfg.checkpoint, device="cpu")
+    output = check_output(cfg.output or default_output(cfg.checkpoint, cfg.format), overwrite=cfg.overwrite,
+                          checkpoint=cfg.checkpoint)
+    data = config["dataset"]
+    print(f"{cfg.checkpoint}: {model.num_classes} classes; input: float32 N x 3 x H x W normalised with mean "
+          f"{data['mean']} and std {data['std']} (RGB, 0-1 scale); output: N x {model.num_classes} x H x W logits")
+    if cfg.format == "pt2":
+        export_pt2(model, output, overwrite=cfg.overwrite)
+    elif cfg.format == "onnx":
+        export_onnx(model, output, opset=cfg.opset, overwrite=cfg.overwrite)
+        if cfg.verify:
+            print(f"ONNX Runtime vs PyTorch: max |logit difference| {verify_onnx(output, model):.2e}")
+    else:
+        calibration = [x.numpy() for x, _ in split_samples(data, "train_split", cfg.calibration_images)]
+        with tempfile.TemporaryDirectory() as work:
+            float_path = export_onnx(model, Path(work) / "float.onnx", opset=cfg.opset)
+            quantize_onnx(float_path, output, calibration, overwrite=cfg.overwrite)
+        print(f"int8 model calibrated on {len(calibration)} images of split '{data['train_split']}'")
+        if cfg.verify:
+            samples = split_samples(data, "val_split", cfg.val_images)
+            eager, _ = inference_mode("eager_fp32", model, device=torch.device("cpu"), workdir=output.parent)
+            int8 = OnnxModel(output)
+            float_q, int8_q = (label_quality(f, eager, samples, model.num_classes) for f in (eager, int8))
+            print(f"on {len(samples)} images of split '{data['val_split']}': mIoU float {float_q['mIoU']:.4f}, "
+                  f"int8 {int8_q['mIoU']:.4f} ({(int8_q['mIoU'] - float_q['mIoU']) * 100:+.2f} points); "
+                  f"{int8_q['agreement'] * 100:.2f}% of pixels labelled as the float model labels them")
+    print(f"written: {output}")
+    return output
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="export")
+def main(cfg: DictConfig) -> None:
+    with user_errors("deeplab.export"):  # the user's to fix: one clear sentence, exit 1
+        run(cfg)

@@ -1,0 +1,68 @@
+"""`python predict.py`: label maps, colour masks and overlays for an image, a folder (recursive) or a glob."""
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from deeplab.cli import CONFIGS
+from deeplab.data.dataset import DataError
+from deeplab.errors import ConfigError, check_flags, user_errors
+from deeplab.inference import Predictor
+from deeplab.prediction_files import batches, list_inputs, output_folder, plan_outputs, save_outputs
+from deeplab.visualization import palette_array
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The predict-only settings, checked before anything is loaded: one ConfigError naming the key."""
+    if not cfg.checkpoint or not cfg.input:
+        raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
+    check_flags(cfg, ("save_index", "save_color", "save_overlay", "allow_inside_input", "fast", "compile", "flip"))
+    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size}: must be a whole number of images, 1 or more (e.g. "
+                          "batch_size=4)")
+    if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or not 0 <= cfg.alpha <= 1:
+        raise ConfigError(f"alpha={cfg.alpha}: the overlay opacity must be a number from 0 (image only) to 1 "
+                          "(mask only), e.g. alpha=0.5")
+    if not (cfg.save_index or cfg.save_color or cfg.save_overlay):
+        raise ConfigError("save_index, save_color and save_overlay are all false: nothing would be written; set "
+                          "at least one to true")
+
+
+def run(cfg: DictConfig, output_dir: str | Path) -> int:
+    """Predict every input image; returns the number of images that could not be read (the exit code's cause)."""
+    check_settings(cfg)
+    base, paths = list_inputs(cfg.input)
+    output = output_folder(cfg.output, run_dir=output_dir, base=base, allow_inside_input=cfg.allow_inside_input)
+    kinds = [kind for kind, wanted in (("index", cfg.save_index), ("color", cfg.save_color),
+                                       ("overlay", cfg.save_overlay)) if wanted]
+    plan = plan_outputs(paths, base, output, kinds=kinds)
+    predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
+                                          scales=cfg.scales, flip=cfg.flip, window=cfg.window, stride=cfg.stride,
+                                          precision=cfg.precision, fast=cfg.fast, compile=cfg.compile,
+                                          onnx=cfg.onnx)
+    table = palette_array(predictor.palette)
+    failed: list[str] = []
+    with tqdm(total=len(paths), desc="predict", mininterval=1) as progress:
+        for batch in batches(paths, cfg.batch_size, failed):
+            labels = predictor.predict_batch([image for _, image in batch]).argmax(1).cpu().numpy()
+            for (path, image), label in zip(batch, labels):
+                save_outputs(image, label, plan[path], table, alpha=cfg.alpha)
+            progress.update(len(batch))
+        progress.update(len(failed))
+    if len(failed) == len(paths):
+        raise DataError(f"input={cfg.input}: none of the {len(paths)} image(s) could be read, e.g. {failed[0]}")
+    print(f"{len(paths) - len(failed)} image(s) written to {output}")
+    if failed:
+        print(f"{len(failed)} image(s) could not be read:\n" + "\n".join(f"  {msg}" for msg in failed))
+    return len(failed)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    with user_errors("deeplab.predict"):  # the user's to fix: one clear sentence, exit 1
+        failed = run(cfg, HydraConfig.get().runtime.output_dir)
+    sys.exit(1 if failed else 0)
