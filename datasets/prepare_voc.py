@@ -3,7 +3,8 @@
     python datasets/prepare_voc.py [--root datasets] [--download] [--force]
 
 Idempotent: a second run writes nothing. An existing file whose content differs is a conflict: it is named, left
-untouched and the exit status is 1, unless --force.
+untouched and the exit status is 1, unless --force. The mask steps show a progress bar (rate, ETA) on a terminal;
+DEEPLAB_PROGRESS=1 shows it anywhere, DEEPLAB_PROGRESS=0 nowhere.
 """
 
 import argparse
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deeplab.progress import progress_bar
 from deeplab.torch_files import atomic_write
 
 VOC_DIR = Path("VOCdevkit", "VOC2012")  # torchvision's VOCSegmentation extracts here under the root
@@ -117,11 +119,9 @@ def convert_sbd(sbd_root: Path, voc_root: Path, ids: list[str], *, force: bool =
     if missing:
         raise PrepareError(f"{len(missing)} SBD mask(s) listed but missing: {names(missing)}")
     tally = Tally()
-    for n, sample_id in enumerate(ids, 1):
+    for sample_id in progress_bar(ids, desc="SBD masks", unit=" masks"):
         put_mask(load_sbd_mask(sbd_root / "cls" / f"{sample_id}.mat"), out_dir / f"{sample_id}.png",
                  force=force, tally=tally)
-        if n % 1000 == 0:
-            print(f"  SBD masks: {n}/{len(ids)}", flush=True)
     return tally
 
 
@@ -134,7 +134,7 @@ def copy_voc_masks(voc_root: Path, ids: list[str], *, force: bool = False) -> Ta
     if missing:
         raise PrepareError(f"{len(missing)} VOC mask(s) listed but missing: {names(missing)}")
     tally = Tally()
-    for sample_id in ids:
+    for sample_id in progress_bar(ids, desc="VOC masks", unit=" masks"):
         put_mask(load_index_png(voc_root / "SegmentationClass" / f"{sample_id}.png"), out_dir / f"{sample_id}.png",
                  force=force, tally=tally)
     return tally

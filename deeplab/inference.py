@@ -2,6 +2,7 @@
 augmentation and sliding windows come from `engine.tta`)."""
 
 import copy
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from deeplab.model import rebuild_model, upgrade_model_config
 from deeplab.model.decoder import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
 from deeplab.onnx_model import OnnxModel
+
+log = logging.getLogger("deeplab.inference")
 
 
 def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", fold_bn: bool = True,
@@ -44,7 +47,9 @@ def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu
     fast=True returns it prepared for inference (`prepare_for_inference`: folded BN, channels_last,
     fewer-multiplication decoder convs on the CPU). onnx=FILE runs that exported model (ONNX Runtime, CPU) instead
     of the checkpoint's weights; the checkpoint still gives the classes, mean/std and palette. The config comes
-    back with its model section in today's layout (`upgrade_model_config`), however old the checkpoint.
+    back with its model section in today's layout (`upgrade_model_config`), however old the checkpoint. A
+    checkpoint of a run with trainer.ema_decay gives its EMA weights (the ones its validation scored), and says so in
+    the log; one without, its weights.
     """
     device = resolve_device(device)  # a device this machine lacks is refused before the checkpoint is read
     state = load_checkpoint(path)
@@ -59,7 +64,12 @@ def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu
                                   f"is for {config['dataset']['num_classes']}; export it from that checkpoint")
         return model, config
     model = rebuild_model(config["model"])
-    load_model_weights(model, state["model"], source=str(path))
+    weights = state["model"]
+    if "ema" in state:
+        weights = state["ema"]["model"]
+        log.info("%s: using its EMA weights (trainer.ema_decay=%g, %d updates), not the last raw ones", path,
+                 state["ema"]["decay"], state["ema"]["updates"])
+    load_model_weights(model, weights, source=str(path))
     if output_stride:
         model.set_output_stride(output_stride)
     if fast:

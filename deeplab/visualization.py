@@ -1,9 +1,8 @@
-"""Colouring label maps with the dataset palette, the input | truth | prediction grid for TensorBoard, and the
-confusion matrix as a picture."""
+"""Colouring label maps with the dataset palette, and the input | truth | prediction grid for TensorBoard (the
+confusion matrix and per-class IoU pictures are `deeplab.figures`)."""
 
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
 import torch
 
@@ -57,16 +56,3 @@ def comparison_grid(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], t
         lines.append(np.pad(line, ((0, 2), (0, pad), (0, 0))))
     return np.concatenate(lines, axis=0)
 
-
-def confusion_image(matrix: torch.Tensor, cell: int = 24) -> np.ndarray:
-    """A (C, C) confusion matrix of counts, row-normalised, as a heat map (rows: truth, columns: prediction), with class indices."""
-    mat = matrix.double().cpu()
-    norm = (mat / mat.sum(1, keepdim=True).clamp(min=1)).numpy()
-    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_VIRIDIS)
-    heat = cv2.resize(heat, None, fx=cell, fy=cell, interpolation=cv2.INTER_NEAREST)
-    canvas = np.full((heat.shape[0] + cell, heat.shape[1] + cell, 3), 255, np.uint8)
-    canvas[cell:, cell:] = heat
-    for i in range(len(norm)):
-        for pos in ((cell + i * cell + 4, cell - 8), (4, cell + i * cell + cell - 8)):
-            cv2.putText(canvas, str(i), pos, cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)

@@ -107,7 +107,7 @@ def test_backbone_is_a_name_or_a_mapping_of_name_and_options():
                                           r"\(it takes no options\); it is an option of mobilenet_v2"):
         build_model(num_classes=3, backbone={"name": "resnet101", "width_mult": 0.5})
     with pytest.raises(ConfigError, match=r"^model.backbone.widht_mult: the mobilenet_v2 backbone has no such option "
-                                          r"\(its options: expand_ratio, width_mult\); check the spelling"):
+                                          r"\(its options: expand_ratio, padding, width_mult\); check the spelling"):
         build_model(num_classes=3, backbone={"name": "mobilenet_v2", "widht_mult": 0.5})
 
 
@@ -115,14 +115,20 @@ def test_old_model_configs_upgrade_to_the_backbone_layout():
     old = {"num_classes": 3, "output_stride": 16, "separable": True, "backbone_weights": None, "width_mult": 0.5,
            "expand_ratio": 4, "aspp_rates": None, "aspp_channels": 128}
     new = upgrade_model_config(old)
+    # keys added since (the decoder's convs, the resizes' align_corners, MobileNetV2's padding) come with the values
+    # older checkpoints were built with
     assert new == {"num_classes": 3, "output_stride": 16, "separable": True, "backbone_weights": None,
                    "aspp_rates": None, "aspp_channels": 128,
-                   "backbone": {"name": "mobilenet_v2", "width_mult": 0.5, "expand_ratio": 4}}
+                   "backbone": {"name": "mobilenet_v2", "width_mult": 0.5, "expand_ratio": 4, "padding": "conv"},
+                   "decoder_convs": 2, "align_corners": False}
     assert "width_mult" in old  # the saved config itself is left as it was
     assert upgrade_model_config(new) == new and upgrade_model_config(new) is not new  # idempotent
-    assert upgrade_model_config({"num_classes": 3, "backbone": "resnet101"}) == {"num_classes": 3,
-                                                                                  "backbone": "resnet101"}
-    assert upgrade_model_config({"num_classes": 3})["backbone"] == {"name": "mobilenet_v2"}
+    assert upgrade_model_config({"num_classes": 3, "backbone": "resnet101"}) == {
+        "num_classes": 3, "backbone": "resnet101", "decoder_convs": 2, "align_corners": False}
+    assert upgrade_model_config({"num_classes": 3})["backbone"] == {"name": "mobilenet_v2", "padding": "conv"}
+    converted = {"num_classes": 3, "backbone": {"name": "mobilenet_v2", "padding": "input"}, "decoder_convs": 1,
+                 "align_corners": True}
+    assert upgrade_model_config(converted) == converted  # values that are there are kept
     model = build_model(**new)
     assert (model.backbone.width_mult, model.backbone.expand_ratio, model.aspp.out_channels) == (0.5, 4, 128)
 

@@ -13,11 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deeplab"
 # prefix decides (so deeplab.model.* is layer 1). `__main__` modules are entry points, in the commands' layer.
 LAYERS = [
     ("deeplab.cli", 4),
-    ("deeplab.inference", 3), ("deeplab.export", 3), ("deeplab.bench", 3), ("deeplab.prediction_files", 3),
+    ("deeplab.inference", 3), ("deeplab.export", 3), ("deeplab.convert", 3), ("deeplab.bench", 3),
+    ("deeplab.prediction_files", 3),
     ("deeplab.engine", 2),
     ("deeplab.model", 1), ("deeplab.data", 1), ("deeplab.losses", 1),
     ("deeplab.errors", 0), ("deeplab.torch_files", 0), ("deeplab.metrics", 0), ("deeplab.visualization", 0),
-    ("deeplab.onnx_model", 0), ("deeplab", 0),
+    ("deeplab.figures", 0),
+    ("deeplab.onnx_model", 0), ("deeplab.progress", 0), ("deeplab", 0),
 ]
 
 

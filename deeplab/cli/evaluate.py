@@ -17,13 +17,28 @@ from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.engine.tta import check_tta, is_channels_last
 from deeplab.errors import ConfigError, check_flags, user_errors
+from deeplab.figures import MissingDependency, confusion_figure, iou_chart
 from deeplab.inference import model_from_checkpoint
 from deeplab.metrics import format_metrics
-from deeplab.visualization import confusion_image
+
+FIGURES = ("confusion_matrix.png", "per_class_iou.png")
+
+
+def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str]) -> list[str]:
+    """confusion_matrix.png and per_class_iou.png in `output_dir`; the files written. Without matplotlib none, and
+    one printed line saying so and how to get them: the metrics stand without their pictures."""
+    try:
+        images = [confusion_figure(confusion, names), iou_chart(metrics["per_class_iou"], names, metrics["mIoU"])]
+    except MissingDependency as exc:
+        print(f"{' and '.join(FIGURES)} skipped: {exc}")
+        return []
+    for name, image in zip(FIGURES, images):  # encoded, then written: a full disk is an OSError user_errors words
+        (output_dir / name).write_bytes(cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes())
+    return list(FIGURES)
 
 
 def run(cfg: DictConfig, output_dir: str | Path) -> dict:
-    """Evaluate `checkpoint` (or score `predictions`) on the validation split; write metrics.json and the matrix."""
+    """Evaluate `checkpoint` (or score `predictions`) on the validation split; write metrics.json and the figures."""
     output_dir = Path(output_dir)
     if cfg.checkpoint and cfg.predictions:
         raise ConfigError(f"checkpoint={cfg.checkpoint} and predictions={cfg.predictions}: give checkpoint= (a model "
@@ -71,8 +86,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     result = {"source": str(cfg.checkpoint or cfg.predictions), "split": split, "images": len(dataset),
               "class_names": names, **metrics, "confusion_matrix": matrix.mat.cpu().tolist()}
     (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    cv2.imwrite(str(output_dir / "confusion_matrix.png"), cv2.cvtColor(confusion_image(matrix.mat), cv2.COLOR_RGB2BGR))
-    print(f"metrics.json and confusion_matrix.png written to {output_dir}")
+    written = ["metrics.json", *write_figures(output_dir, result["confusion_matrix"], metrics, names)]
+    print(f"{', '.join(written[:-1])} and {written[-1]}" if len(written) > 1 else written[0],
+          f"written to {output_dir}")
     return result
 
 

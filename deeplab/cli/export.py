@@ -15,6 +15,7 @@ from deeplab.export import (FORMATS, check_output, default_output, export_onnx, 
                             verify_onnx)
 from deeplab.inference import model_from_checkpoint
 from deeplab.onnx_model import OnnxModel
+from deeplab.progress import progress_bar
 from deeplab.bench.modes import inference_mode, label_quality, split_samples
 
 
@@ -64,7 +65,8 @@ def run(cfg) -> Path:
             samples = split_samples(data, "val_split", cfg.val_images)
             eager, _ = inference_mode("eager_fp32", model, device=torch.device("cpu"), workdir=output.parent)
             int8 = OnnxModel(output)
-            float_q, int8_q = (label_quality(f, eager, samples, model.num_classes) for f in (eager, int8))
+            float_q, int8_q = (label_quality(f, eager, progress_bar(samples, desc=f"{name} mIoU", unit=" images"),
+                                             model.num_classes) for name, f in (("float", eager), ("int8", int8)))
             print(f"on {len(samples)} images of split '{data['val_split']}': mIoU float {float_q['mIoU']:.4f}, "
                   f"int8 {int8_q['mIoU']:.4f} ({(int8_q['mIoU'] - float_q['mIoU']) * 100:+.2f} points); "
                   f"{int8_q['agreement'] * 100:.2f}% of pixels labelled as the float model labels them")

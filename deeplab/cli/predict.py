@@ -6,13 +6,13 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from tqdm import tqdm
 
 from deeplab.cli import CONFIGS
 from deeplab.data.dataset import DataError
 from deeplab.errors import ConfigError, check_flags, user_errors
 from deeplab.inference import Predictor
 from deeplab.prediction_files import batches, list_inputs, output_folder, plan_outputs, save_outputs
+from deeplab.progress import progress_bar
 from deeplab.visualization import palette_array
 
 
@@ -46,7 +46,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> int:
                                           onnx=cfg.onnx)
     table = palette_array(predictor.palette)
     failed: list[str] = []
-    with tqdm(total=len(paths), desc="predict", mininterval=1) as progress:
+    with progress_bar(desc="predict", total=len(paths), unit=" images") as progress:
         for batch in batches(paths, cfg.batch_size, failed):
             labels = predictor.predict_batch([image for _, image in batch]).argmax(1).cpu().numpy()
             for (path, image), label in zip(batch, labels):

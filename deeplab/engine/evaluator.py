@@ -11,57 +11,68 @@ from deeplab.data import DataError, SegmentationDataset, read_mask
 from deeplab.engine.precision import autocast, inference_precision
 from deeplab.engine.tta import predict_probs
 from deeplab.metrics import ConfusionMatrix
+from deeplab.progress import progress_bar
 
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: torch.device,
              ignore_index: int = 255, precision: str = "fp32", channels_last: bool = False,
-             keep: int = 0, tta: dict | None = None) -> tuple[ConfusionMatrix, list]:
+             keep: int = 0, tta: dict | None = None, progress: bool | None = None,
+             desc: str = "evaluate") -> tuple[ConfusionMatrix, list]:
     """Score every (image, mask) batch; returns the reduced confusion matrix and the first `keep` samples.
 
     `tta` (scales, flip, window, stride) switches to test-time augmentation / sliding windows. Kept samples are
-    (image tensor, mask, prediction) on the CPU, for the TensorBoard comparison grid.
+    (image tensor, mask, prediction) on the CPU, for the TensorBoard comparison grid. `progress`: a bar counting
+    this process's images as `desc i/N` with rate and ETA (True/False; None follows DEEPLAB_PROGRESS, see
+    deeplab.progress); opened under another bar (validation in training), it sits below it and is cleared when done.
     """
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     kept = []
-    for images, masks in batches:
-        images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if precision == "auto":  # measured on the first image, once per process (see inference_precision)
-            precision = inference_precision(model, images)
-        if tta:
-            pred = predict_probs(model, images, precision=precision, **tta).argmax(1)
-        else:
-            with autocast(device.type, precision):
-                pred = model(images).argmax(1)
-        matrix.update(pred, masks.to(device, non_blocking=True))
-        for i in range(min(keep - len(kept), len(images))):
-            kept.append((images[i].cpu(), masks[i].cpu().numpy(), pred[i].cpu().numpy()))
+    sampler = getattr(batches, "sampler", None)  # a DataLoader: this process's images; a plain iterable: unknown
+    with progress_bar(desc=desc, total=len(sampler) if sampler is not None else None, unit=" images",
+                      progress=progress) as bar:
+        for images, masks in batches:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if precision == "auto":  # measured on the first image, once per process (see inference_precision)
+                precision = inference_precision(model, images)
+            if tta:
+                pred = predict_probs(model, images, precision=precision, **tta).argmax(1)
+            else:
+                with autocast(device.type, precision):
+                    pred = model(images).argmax(1)
+            matrix.update(pred, masks.to(device, non_blocking=True))
+            for i in range(min(keep - len(kept), len(images))):
+                kept.append((images[i].cpu(), masks[i].cpu().numpy(), pred[i].cpu().numpy()))
+            bar.update(len(images))
     matrix.reduce_from_all_processes()
     model.train(was_training)
     return matrix, kept
 
 
-def score_predictions(dataset: SegmentationDataset, folder: str | Path) -> ConfusionMatrix:
-    """Score index PNGs named like the dataset's masks (stem.png) against them, with no model involved."""
+def score_predictions(dataset: SegmentationDataset, folder: str | Path, *,
+                      progress: bool | None = None) -> ConfusionMatrix:
+    """Score index PNGs named like the dataset's masks (stem.png) against them, with no model involved.
+    `progress` as in `evaluate`."""
     folder = Path(folder)
     matrix = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
-    for index, (_, mask_path) in enumerate(dataset.samples):
-        path = folder / f"{mask_path.stem}.png"
-        if not path.is_file():
-            raise DataError(f"{path}: missing prediction for {mask_path.stem} (one PNG per validation image)")
-        _, truth = dataset.load(index)
-        pred = read_mask(path, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
-                         palette=dataset.palette)
-        unlabelled = int((pred == dataset.ignore_index).sum())
-        if unlabelled:
-            raise DataError(f"{path}: {unlabelled} pixel(s) hold the ignore value {dataset.ignore_index}; a prediction "
-                            f"must give every pixel a class (0-{dataset.num_classes - 1})")
-        if pred.shape != truth.shape:
-            raise DataError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground truth "
-                            f"{mask_path} is {truth.shape[1]}x{truth.shape[0]}")
-        matrix.update(torch.from_numpy(pred), torch.from_numpy(truth))
+    with progress_bar(dataset.samples, desc="score", unit=" images", progress=progress) as samples:
+        for index, (_, mask_path) in enumerate(samples):
+            path = folder / f"{mask_path.stem}.png"
+            if not path.is_file():
+                raise DataError(f"{path}: missing prediction for {mask_path.stem} (one PNG per validation image)")
+            _, truth = dataset.load(index)
+            pred = read_mask(path, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
+                             palette=dataset.palette)
+            unlabelled = int((pred == dataset.ignore_index).sum())
+            if unlabelled:
+                raise DataError(f"{path}: {unlabelled} pixel(s) hold the ignore value {dataset.ignore_index}; a "
+                                f"prediction must give every pixel a class (0-{dataset.num_classes - 1})")
+            if pred.shape != truth.shape:
+                raise DataError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground truth "
+                                f"{mask_path} is {truth.shape[1]}x{truth.shape[0]}")
+            matrix.update(torch.from_numpy(pred), torch.from_numpy(truth))
     return matrix

@@ -22,6 +22,7 @@ from deeplab.losses import LOSSES, build_loss
 from deeplab.model import BACKBONES, OUTPUT_STRIDES, build_model, upgrade_model_config
 from deeplab.model.backbone import check_backbone_options, split_backbone
 from deeplab.model.deeplabv3plus import LEGACY_BACKBONE_KEYS
+from deeplab.model.mobilenet import PADDINGS
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TrainerSettings:
     fast_convs: bool = True  # the dense decoder's 3x3 convs with fewer multiplications where they run in fp32 on CPU
     compile: bool = False
     grad_clip: float | None = None
+    ema_decay: float | None = None  # None: no weight EMA; e.g. 0.9999 (deeplab.engine.ema)
     freeze_backbone_iters: int = 0
     sync_bn: bool | None = None  # None: on when more than one process trains on GPUs
     deterministic: bool = False
@@ -69,9 +71,13 @@ RANGES: list[tuple[str, Callable[[typing.Any], bool], str]] = [
     *[(f"trainer.{k}", lambda v: v >= 0, "an integer >= 0") for k in
       ("num_workers", "freeze_backbone_iters", "grid_images", "preflight_samples")],
     ("trainer.grad_clip", lambda v: v is None or v > 0, "null or a number > 0"),
+    ("trainer.ema_decay", lambda v: v is None or 0 < v < 1, "null or a number in (0, 1), e.g. 0.9999"),
     ("model.output_stride", lambda v: v in OUTPUT_STRIDES, f"one of {list(OUTPUT_STRIDES)}"),
     ("model.backbone.width_mult", lambda v: v > 0, "a number > 0 (0.5, 0.75, 1.0, 1.4)"),
     ("model.backbone.expand_ratio", lambda v: v >= 1, "an integer >= 1"),
+    ("model.backbone.padding", lambda v: v in PADDINGS, f"one of {', '.join(PADDINGS)} (conv: torchvision's; input: "
+                                                        "VainF's, for its converted checkpoints)"),
+    ("model.decoder_convs", lambda v: v in (1, 2), "1 or 2 (2: the paper's decoder; 1: VainF's)"),
     *[(f"model.{k}", lambda v: v >= 1, "an integer >= 1") for k in
       ("aspp_channels", "low_level_channels", "decoder_channels")],
     ("model.aspp_dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),

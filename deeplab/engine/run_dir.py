@@ -34,6 +34,11 @@ def resume_or_new(cfg: DictConfig, output_dir: Path,
         path = Path(cfg.resume).expanduser()
         path = path / "last.pt" if path.is_dir() else path
     state = ckpt.load_checkpoint(path)
+    if "iteration" not in state:  # weights and configs only: a converted peer checkpoint (python -m deeplab.convert)
+        origin = state.get("converted_from", {}).get("repository")
+        raise ConfigError(f"resume={path}: this checkpoint holds a model but no training state to continue (it was "
+                          f"{'converted from ' + origin if origin else 'not written by train.py'}); start a new run "
+                          f"from its weights with init_from={path}")
     _refuse_going_back(path, state)
     config, changes = resume_config(state["config"], cfg, overrides)
     log.info("resuming %s at iteration %d with its saved config%s", path, state["iteration"],

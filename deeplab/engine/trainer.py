@@ -18,6 +18,7 @@ from deeplab.data.check import preflight
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
 from deeplab.engine.distributed import DistInfo, broadcast_object, cleanup, convert_to_global_bn, init_distributed
+from deeplab.engine.ema import ModelEma
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
@@ -25,12 +26,13 @@ from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, 
 from deeplab.engine.run_config import TrainerSettings, validate_config
 from deeplab.engine.run_dir import adopt_run_dir, resume_or_new, run_dir_lock
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
-from deeplab.engine.tracking import RunLogger
+from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
 from deeplab.errors import ConfigError, UserError, one_line
 from deeplab.losses import build_loss
 from deeplab.model import build_model, rebuild_model, upgrade_model_config
 from deeplab.model.backbone import backbone_architecture
 from deeplab.model.decoder import use_fast_convs
+from deeplab.progress import progress_disable
 from deeplab.visualization import palette_array
 
 log = logging.getLogger("deeplab.train")
@@ -54,31 +56,40 @@ class Run:
     output_dir: Path
     config: dict
     logger: RunLogger | None = None
+    ema: ModelEma | None = None  # trainer.ema_decay: the weights' moving average, validated and saved as well
     best_miou: float = -1.0
     last_metrics: dict = field(default_factory=dict)
 
 
 def train_step(run: Run, micro_batches: list, *, freeze_backbone: bool) -> torch.Tensor:
-    """One optimizer step of the run over the micro-batches of a global batch (`step.optimizer_step`)."""
-    return optimizer_step(run.model, run.optimizer, run.scaler, run.criterion, micro_batches, device=run.device,
+    """One optimizer step of the run over the micro-batches of a global batch (`step.optimizer_step`), then the
+    weights' moving average when trainer.ema_decay is set."""
+    loss = optimizer_step(run.model, run.optimizer, run.scaler, run.criterion, micro_batches, device=run.device,
                           precision=run.precision, channels_last=run.settings.channels_last,
                           grad_clip=run.settings.grad_clip,
                           frozen=unwrap(run.model).backbone if freeze_backbone else None)
+    if run.ema is not None:
+        run.ema.update(unwrap(run.model))
+    return loss
 
 
 def validate(run: Run, iteration: int) -> dict:
-    """Full-resolution validation on the whole split; logs, and saves best.pt on a new best mIoU."""
+    """Full-resolution validation on the whole split; logs, and saves best.pt on a new best mIoU. With
+    trainer.ema_decay set it scores the moving average of the weights (so best.pt is the best EMA), not the raw
+    ones."""
     data = run.config["dataset"]
-    matrix, kept = evaluate(run.model, run.val_batches, num_classes=data["num_classes"], device=run.device,
+    model = run.ema.module if run.ema is not None else run.model
+    matrix, kept = evaluate(model, run.val_batches, num_classes=data["num_classes"], device=run.device,
                             ignore_index=data["ignore_index"], precision=run.precision,
-                            channels_last=run.settings.channels_last, keep=run.settings.grid_images)
+                            channels_last=run.settings.channels_last, keep=run.settings.grid_images,
+                            progress=None if run.dist.is_main else False, desc="validate")  # under the train bar
     metrics = matrix.compute()
     run.last_metrics = metrics
     improved = metrics["mIoU"] > run.best_miou
     if improved:
         run.best_miou = metrics["mIoU"]
     if run.logger:
-        run.logger.validation(iteration, metrics, kept, best=run.best_miou)
+        run.logger.validation(iteration, metrics, kept, best=run.best_miou, confusion=matrix.mat.cpu().numpy())
         if improved:
             ckpt.save_checkpoint(run.output_dir / "best.pt", checkpoint_state(run, iteration))
     return metrics
@@ -113,19 +124,23 @@ def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool) -> Tr
 
 
 def checkpoint_state(run: Run, iteration: int) -> dict:
-    """Everything needed to continue exactly, and to rebuild the model with no other file."""
-    return {"model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
-            "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "iteration": iteration,
-            "best_miou": run.best_miou, "metrics": run.last_metrics, "rng": ckpt.rng_state(),
-            "config": run.config}
+    """Everything needed to continue exactly, and to rebuild the model with no other file; with trainer.ema_decay
+    set, `ema` holds the averaged weights and their update count too (what inference and init_from prefer)."""
+    state = {"model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
+             "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "iteration": iteration,
+             "best_miou": run.best_miou, "metrics": run.last_metrics, "rng": ckpt.rng_state(),
+             "config": run.config}
+    if run.ema is not None:
+        state["ema"] = run.ema.state_dict()
+    return state
 
 
 def fit(run: Run, *, start_iter: int) -> float:
     """The loop: step, log, validate every `val_every`, checkpoint every `checkpoint_every`; returns best mIoU."""
     s = run.settings
     iteration, micro, stepping = start_iter, [], False
-    progress = tqdm(total=s.iterations, initial=start_iter, disable=not run.dist.is_main, mininterval=2,
-                    dynamic_ncols=True, desc="train")
+    progress = tqdm(total=s.iterations, initial=start_iter, mininterval=2, dynamic_ncols=True, desc="train",
+                    disable=progress_disable() if run.dist.is_main else True)  # DEEPLAB_PROGRESS, as every bar
     window_start, window_iters = time.perf_counter(), 0
     try:
         for batch in run.train_batches:
@@ -152,7 +167,8 @@ def fit(run: Run, *, start_iter: int) -> float:
                 lr = run.optimizer.param_groups[-1]["lr"]
                 progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
                 if run.logger:
-                    run.logger.train(iteration, loss.item(), lr, window_iters * s.batch_size / elapsed)
+                    run.logger.train(iteration, loss.item(), lr, window_iters * s.batch_size / elapsed,
+                                     group_lrs=lrs_by_group(run.optimizer))
                 window_start, window_iters = time.perf_counter(), 0
             if iteration % s.val_every == 0 or iteration == s.iterations:
                 validate(run, iteration)
@@ -182,7 +198,8 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
                   world: DistInfo, probe: tuple[torch.Tensor, torch.Tensor]) -> tuple[nn.Module, TrainingPlan]:
     """The model with its starting weights (a resumed checkpoint, init_from, or the configured backbone weights),
     and how it trains: the plan that precision=auto measures on `probe` (a few training crops), the same on every
-    process."""
+    process. init_from starts from the checkpoint's EMA weights when it has them (trainer.ema_decay), the better
+    ones to fine-tune from, else from its raw weights."""
     # a checkpoint's weights replace the backbone's pretrained ones, so those are not fetched then
     model = rebuild_model(config["model"]) if state is not None or config.get("init_from") \
         else build_model(**config["model"])
@@ -191,7 +208,12 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
     elif config.get("init_from"):
         source = ckpt.load_checkpoint(config["init_from"])
         _same_architecture(config["init_from"], upgrade_model_config(source["config"]["model"]), config["model"])
-        fresh = ckpt.load_model_weights(model, source["model"], source=config["init_from"], reinit_classifier=True)
+        weights = source["model"]
+        if "ema" in source:
+            weights = source["ema"]["model"]
+            log.info("init_from %s: starting from its EMA weights (decay %g, %d updates)", config["init_from"],
+                     source["ema"]["decay"], source["ema"]["updates"])
+        fresh = ckpt.load_model_weights(model, weights, source=config["init_from"], reinit_classifier=True)
         if fresh:
             log.warning("init_from %s: it has another number of classes; the classifier starts fresh (%s)",
                         config["init_from"], ", ".join(fresh))
@@ -211,7 +233,7 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
 
 
 # the model keys that shape its weights (output_stride and rates do not); the backbone's name and options too
-ARCHITECTURE_KEYS = ("separable", "aspp_channels", "low_level_channels", "decoder_channels")
+ARCHITECTURE_KEYS = ("separable", "aspp_channels", "low_level_channels", "decoder_channels", "decoder_convs")
 
 
 def _architecture(model: dict) -> dict:
@@ -264,6 +286,7 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
                           f"{config['dataset']['root']}); lower trainer.batch_size or add data")
     model, plan = build_network(config, state, settings, device, world,
                                 probe_batch(train_set, settings.batch_size // (world.world_size * settings.grad_accum)))
+    ema = ModelEma(model, settings.ema_decay) if settings.ema_decay is not None else None  # before any wrapper
     settings = dataclasses.replace(settings, precision=plan.precision, channels_last=plan.channels_last,
                                    fast_convs=plan.fast_convs)
     optimizer = build_optimizer(model, **config["optim"])
@@ -283,12 +306,17 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
                train_batches=train_loader(train_set, batches, num_workers=settings.num_workers, pin_memory=pin),
                val_batches=val_loader(val_set, rank=world.rank, world_size=world.world_size,
                                       num_workers=min(settings.num_workers, 2), pin_memory=pin),
-               device=device, precision=precision, dist=world, output_dir=output_dir, config=config)
+               device=device, precision=precision, dist=world, output_dir=output_dir, config=config, ema=ema)
 
 
 def restore(run: Run, state: dict) -> int:
-    """Optimizer, schedule, scaler, best score and RNG of a checkpoint; returns the iteration to continue from."""
+    """Optimizer, schedule, scaler, weight EMA, best score and RNG of a checkpoint; returns the iteration to continue
+    from."""
     run.optimizer.load_state_dict(state["optimizer"])
+    if run.ema is not None and "ema" in state:  # trainer.ema_decay cannot change on resume: a run with one saved it
+        run.ema.load_state_dict(state["ema"], source="resume checkpoint")
+    elif run.ema is not None:
+        log.warning("the resume checkpoint holds no EMA weights: the moving average starts from its weights")
     run.scheduler.load_state_dict(state["scheduler"])
     if state["scaler"] or not run.scaler.is_enabled():  # a CPU run's disabled scaler has no state to give a GPU's
         run.scaler.load_state_dict(state["scaler"])
@@ -318,11 +346,12 @@ def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()
         adopt_run_dir(Path(output_dir), run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(run_dir):
-        return train_in(run_dir, config, state)
+        return train_in(run_dir, config, state, overrides)
 
 
-def train_in(run_dir: Path, config: dict, state: dict | None) -> float:
-    """Train a checked config in its run dir, from scratch or from a checkpoint's state."""
+def train_in(run_dir: Path, config: dict, state: dict | None, overrides: Sequence[str] = ()) -> float:
+    """Train a checked config in its run dir, from scratch or from a checkpoint's state; `overrides` (the command
+    line's) pick the hparams TensorBoard shows besides the core ones (tracking.run_hparams)."""
     settings = TrainerSettings(**config["trainer"])
     if state is not None and state["iteration"] >= settings.iterations:
         if state["iteration"] > settings.iterations:
@@ -337,7 +366,7 @@ def train_in(run_dir: Path, config: dict, state: dict | None) -> float:
         data = config["dataset"]
         run.logger = RunLogger(run_dir, class_names=data["class_names"], palette=palette_array(
             data.get("palette"), ignore_index=data["ignore_index"]), mean=data["mean"], std=data["std"],
-            start_iter=start)
+            start_iter=start, hparams=run_hparams(config, overrides), iterations=settings.iterations)
         log.info("training on %s (%s, %d process(es)) for %d iterations from %d; run dir %s", run.device,
                  TrainingPlan(run.precision, run.settings.channels_last, run.settings.fast_convs),
                  run.dist.world_size, settings.iterations, start, run_dir)

@@ -11,7 +11,7 @@ Every format keeps the model's contract: float (N, 3, H, W) images normalised wi
 import logging
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from deeplab.errors import UserError
 from deeplab.model.decoder import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
 from deeplab.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModel
+from deeplab.progress import progress_bar
 from deeplab.torch_files import atomic_write, is_torch_file, tensor_bytes
 
 FORMATS = ("onnx", "int8", "pt2")
@@ -115,21 +116,26 @@ def verify_onnx(path: str | Path, model: nn.Module, *, sizes: Sequence[Sequence[
 
 
 def quantize_onnx(float_path: str | Path, path: str | Path, calibration: Iterable[np.ndarray], *,
-                  overwrite: bool = False, reduce_range: bool | None = None) -> Path:
+                  overwrite: bool = False, reduce_range: bool | None = None, progress: bool | None = None) -> Path:
     """Post-training static INT8 quantization with ONNX Runtime, calibrated on normalised (1, 3, H, W) images.
 
     QDQ format, per-channel int8 weights, uint8 activations, MinMax calibration. reduce_range (7-bit weights)
     avoids the int16 saturation of AVX2's u8*s8 multiply on CPUs without VNNI; None picks it from the CPU.
+    `progress`: an `int8 calibration i/N` bar with rate and ETA, one tick per image run (True/False; None follows
+    DEEPLAB_PROGRESS, see deeplab.progress).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(calibration)
+        def __init__(self, bar) -> None:
+            self.items, self.bar, self.given = iter(calibration), bar, False
 
         def get_next(self) -> dict | None:
+            if self.given:  # ONNX Runtime asks for the next image once it has run the one given last
+                self.bar.update(1)
             item = next(self.items, None)
+            self.given = item is not None
             return None if item is None else {INPUT_NAME: np.ascontiguousarray(item, dtype=np.float32)}
 
     if reduce_range is None:
@@ -143,9 +149,11 @@ def quantize_onnx(float_path: str | Path, path: str | Path, calibration: Iterabl
             with tempfile.TemporaryDirectory() as work:
                 prepared = Path(work) / "prepared.onnx"
                 quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-                quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                                weight_type=QuantType.QInt8)
+                with progress_bar(desc="int8 calibration", unit=" images", progress=progress,
+                                  total=len(calibration) if isinstance(calibration, Sized) else None) as bar:
+                    quantize_static(str(prepared), str(tmp), Reader(bar), quant_format=QuantFormat.QDQ,
+                                    per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+                                    weight_type=QuantType.QInt8)
         finally:
             root.setLevel(level)
 

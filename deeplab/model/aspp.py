@@ -18,25 +18,27 @@ def default_rates(output_stride: int) -> tuple[int, ...]:
 
 
 class ImagePooling(nn.Sequential):
-    """Global average pool -> 1x1 conv + BN + ReLU -> broadcast back to the feature size."""
+    """Global average pool -> 1x1 conv + BN + ReLU -> broadcast back to the feature size (a bilinear resize of a 1x1
+    map, the same for either `align_corners`; the option is there so the head's resizes are all alike)."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, *, align_corners: bool = False) -> None:
         super().__init__(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(in_channels, out_channels, 1))
+        self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 class ASPP(nn.Module):
     """Parallel 1x1, atrous 3x3 (one per rate) and image-pooling branches, concatenated and projected."""
 
     def __init__(self, in_channels: int, *, rates: tuple[int, ...], channels: int = 256,
-                 separable: bool = False, dropout: float = 0.1) -> None:
+                 separable: bool = False, dropout: float = 0.1, align_corners: bool = False) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
             [conv_bn_relu(in_channels, channels, 1)]
             + [conv3x3_bn_relu(in_channels, channels, dilation=r, separable=separable) for r in rates]
-            + [ImagePooling(in_channels, channels)])
+            + [ImagePooling(in_channels, channels, align_corners=align_corners)])
         self.project = nn.Sequential(*conv_bn_relu(len(self.branches) * channels, channels, 1), nn.Dropout(dropout))
         self.out_channels = channels
         self.set_rates(rates)

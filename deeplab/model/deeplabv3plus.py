@@ -17,16 +17,22 @@ log = logging.getLogger(__name__)
 
 # model keys of the MobileNetV2-only layout (checkpoints saved before backbones had names), now model.backbone's
 LEGACY_BACKBONE_KEYS = ("width_mult", "expand_ratio")
+# keys added to the model section (and to a backbone's options) after checkpoints were first saved, with the value
+# those checkpoints were built with: a saved section without one gets it (`upgrade_model_config`), so an older run
+# resumes, is compared (init_from) and is described as it was built
+ADDED_DEFAULTS = {"decoder_convs": 2, "align_corners": False}
+ADDED_BACKBONE_DEFAULTS = {"mobilenet_v2": {"padding": "conv"}}
 
 
 class DeepLabV3Plus(nn.Module):
     """Maps a float (N, 3, H, W) image batch to (N, num_classes, H, W) logits, for any H, W >= 32."""
 
-    def __init__(self, backbone: nn.Module, aspp: ASPP, decoder: Decoder) -> None:
+    def __init__(self, backbone: nn.Module, aspp: ASPP, decoder: Decoder, *, align_corners: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.aspp = aspp
         self.decoder = decoder
+        self.align_corners = align_corners  # of the final resize of the logits to the input size
 
     @property
     def num_classes(self) -> int:
@@ -48,48 +54,57 @@ class DeepLabV3Plus(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)
         logits = self.decoder(self.aspp(features["out"]), features["low"])
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
 def build_model(*, num_classes: int, backbone: str | Mapping = "mobilenet_v2", output_stride: int = 16,
                 separable: bool = False, backbone_weights: str | None = None, aspp_rates: tuple[int, ...] | None = None,
                 aspp_channels: int = 256, aspp_dropout: float = 0.1, low_level_channels: int = 48,
-                decoder_channels: int = 256) -> DeepLabV3Plus:
+                decoder_channels: int = 256, decoder_convs: int = 2, align_corners: bool = False) -> DeepLabV3Plus:
     """Build DeepLabV3+ on a backbone of `deeplab.model.backbone.BACKBONES`.
 
     backbone: a name ("mobilenet_v2", "resnet50", "resnet101") or a mapping {name: ..., **that backbone's options}
-    (MobileNetV2: width_mult, expand_ratio). backbone_weights: None (random init), "imagenet" (torchvision's weights
-    API, cached in the torch hub dir), or the path of a torchvision-format state dict of that backbone.
-    separable: depthwise-separable 3x3 convs in the ASPP and decoder. aspp_rates: atrous rates instead of those that
-    follow the output stride.
+    (MobileNetV2: width_mult, expand_ratio, padding). backbone_weights: None (random init), "imagenet"
+    (torchvision's weights API, cached in the torch hub dir), or the path of a torchvision-format state dict of that
+    backbone. separable: depthwise-separable 3x3 convs in the ASPP and decoder. aspp_rates: atrous rates instead of
+    those that follow the output stride. decoder_convs: the decoder's 3x3 convs, 2 (the paper's best) or 1
+    (VainF/DeepLabV3Plus-Pytorch's). align_corners: that of every bilinear resize of the head (ASPP pooling, decoder
+    upsampling, the logits to the input size): False (torchvision, VainF) or True (bubbliiiing/deeplabv3-plus-pytorch).
     """
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     encoder = build_backbone(backbone, output_stride=output_stride)
     low, out = encoder.feature_info
     rates = tuple(aspp_rates) if aspp_rates else default_rates(output_stride)
-    aspp = ASPP(out.channels, rates=rates, channels=aspp_channels, separable=separable, dropout=aspp_dropout)
+    aspp = ASPP(out.channels, rates=rates, channels=aspp_channels, separable=separable, dropout=aspp_dropout,
+                align_corners=align_corners)
     decoder = Decoder(in_channels=aspp.out_channels, low_in_channels=low.channels, num_classes=num_classes,
-                      low_level_channels=low_level_channels, channels=decoder_channels, separable=separable)
+                      low_level_channels=low_level_channels, channels=decoder_channels, separable=separable,
+                      convs=decoder_convs, align_corners=align_corners)
     init_head(aspp)
     init_head(decoder)
     decoder.reset_classifier()
     if backbone_weights is not None:
         source = load_backbone_weights(encoder, backbone_weights)
         log.info("backbone weights loaded from %s", source)
-    return DeepLabV3Plus(encoder, aspp, decoder)
+    return DeepLabV3Plus(encoder, aspp, decoder, align_corners=align_corners)
 
 
 def upgrade_model_config(model_cfg: Mapping) -> dict:
     """A saved model config in today's layout, for build_model: the MobileNetV2-only layout's top-level width_mult
-    and expand_ratio (and no backbone key) become backbone={name: mobilenet_v2, width_mult, expand_ratio}. A config
-    already in today's layout comes back as an equal copy."""
+    and expand_ratio (and no backbone key) become backbone={name: mobilenet_v2, width_mult, expand_ratio}, and keys
+    added since (`ADDED_DEFAULTS`, `ADDED_BACKBONE_DEFAULTS`) get the values older checkpoints were built with. A
+    config already in today's layout comes back as an equal copy."""
     config = dict(model_cfg)
     if "backbone" in config:
         backbone = config["backbone"]
-        return {**config, "backbone": dict(backbone) if isinstance(backbone, Mapping) else backbone}
-    options = {key: config.pop(key) for key in LEGACY_BACKBONE_KEYS if key in config}
-    return {**config, "backbone": {"name": "mobilenet_v2", **options}}
+        backbone = dict(backbone) if isinstance(backbone, Mapping) else backbone
+    else:
+        backbone = {"name": "mobilenet_v2", **{key: config.pop(key) for key in LEGACY_BACKBONE_KEYS if key in config}}
+    if isinstance(backbone, dict):
+        added = ADDED_BACKBONE_DEFAULTS.get(backbone.get("name"), {})
+        backbone = {**backbone, **{k: v for k, v in added.items() if k not in backbone}}
+    return {**config, "backbone": backbone, **{k: v for k, v in ADDED_DEFAULTS.items() if k not in config}}
 
 
 def rebuild_model(model_cfg: Mapping, **changes) -> DeepLabV3Plus:

@@ -1,6 +1,7 @@
-"""Fewer-multiplication versions of the dense decoder's two 3x3 convs, for fp32 on the CPU, in training and in
-inference: the first conv done at the ASPP output's resolution (`upsample_concat_conv3x3`), the second by Winograd
-F(6x6, 3x3) (`winograd_conv3x3`).
+"""Fewer-multiplication versions of the dense decoder's 3x3 convs, for fp32 on the CPU, in training and in
+inference: the first conv done at the ASPP output's resolution (`upsample_concat_conv3x3`, for either
+`align_corners` of the upsampling), the second (when the decoder has one, as by default) by Winograd F(6x6, 3x3)
+(`winograd_conv3x3`).
 
 The decoder's two dense 3x3 convs at stride 4 hold most of the dense model's FLOPs (and of its training step's
 time). A CPU without bf16 (AVX2, AVX-512F) runs them near its fp32 peak already, so the only way to make them
@@ -188,11 +189,11 @@ def winograd_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return _Winograd.apply(x, weight, bias, tile, torch.is_grad_enabled() and weight.requires_grad)
 
 
-def interpolation_matrix(size_in: int, size_out: int) -> torch.Tensor:
-    """(size_out, size_in) float64 matrix of 1-D linear resizing as F.interpolate does it (align_corners=False);
-    bilinear resizing is this along each axis."""
+def interpolation_matrix(size_in: int, size_out: int, align_corners: bool = False) -> torch.Tensor:
+    """(size_out, size_in) float64 matrix of 1-D linear resizing as F.interpolate does it (with that
+    `align_corners`); bilinear resizing is this along each axis."""
     eye = torch.eye(size_in, dtype=torch.float64).unsqueeze(0)
-    return F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[0].T
+    return F.interpolate(eye, size=size_out, mode="linear", align_corners=align_corners)[0].T
 
 
 def _shifted_taps(matrix: torch.Tensor) -> torch.Tensor:
@@ -204,15 +205,15 @@ def _shifted_taps(matrix: torch.Tensor) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
-def _resize_taps(size_in: int, size_out: int) -> torch.Tensor:
+def _resize_taps(size_in: int, size_out: int, align_corners: bool = False) -> torch.Tensor:
     with torch.inference_mode(False):  # cached: usable by autograd even when first built under inference_mode
-        return _shifted_taps(interpolation_matrix(size_in, size_out)).float()
+        return _shifted_taps(interpolation_matrix(size_in, size_out, align_corners)).float()
 
 
 def upsample_concat_conv3x3(x: torch.Tensor, low: torch.Tensor, weight: torch.Tensor,
-                            bias: torch.Tensor | None = None) -> torch.Tensor:
-    """conv2d(cat([bilinear(x, size of low), low]), weight, bias, padding=1), with the part on x done at x's
-    resolution (see the module docstring); differentiable. NCHW shape, channels_last memory."""
+                            bias: torch.Tensor | None = None, *, align_corners: bool = False) -> torch.Tensor:
+    """conv2d(cat([bilinear(x, size of low, align_corners), low]), weight, bias, padding=1), with the part on x done
+    at x's resolution (see the module docstring); differentiable. NCHW shape, channels_last memory."""
     batch, upsampled, h, w = x.shape
     height, width = low.shape[-2:]
     out_channels = weight.shape[0]
@@ -222,11 +223,11 @@ def upsample_concat_conv3x3(x: torch.Tensor, low: torch.Tensor, weight: torch.Te
     taps = F.conv2d(x.contiguous(memory_format=torch.channels_last), coarse.contiguous(memory_format=torch.channels_last))
     # NHWC memory (n, y, x, ky, kx, o) -> (n, ky, y, kx, x, o): the width pass sums over (kx, x)
     taps = taps.permute(0, 2, 3, 1).reshape(batch, h, w, 3, 3, out_channels).permute(0, 3, 1, 4, 2, 5)
-    along_width = torch.matmul(_resize_taps(w, width), taps.reshape(batch * 3 * h, 3 * w, out_channels))
+    along_width = torch.matmul(_resize_taps(w, width, align_corners), taps.reshape(batch * 3 * h, 3 * w, out_channels))
     fine_weight = weight[:, upsampled:].contiguous(memory_format=torch.channels_last)
     fine = F.conv2d(low.contiguous(memory_format=torch.channels_last), fine_weight, bias, padding=1)
     # the height pass sums over (ky, y) and adds the low-level part's conv in the same GEMM
     out = torch.baddbmm(fine.permute(0, 2, 3, 1).reshape(batch, height, width * out_channels),
-                        _resize_taps(h, height).expand(batch, -1, -1),
+                        _resize_taps(h, height, align_corners).expand(batch, -1, -1),
                         along_width.reshape(batch, 3 * h, width * out_channels))
     return out.view(batch, height, width, out_channels).permute(0, 3, 1, 2)    # channels_last

@@ -3,6 +3,7 @@
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
@@ -11,6 +12,11 @@ from deeplab.model.contract import FeatureInfo, dilation_plan
 
 LOW_LEVEL_INDEX = 3  # features[0:4] end at stride 4 with 24 channels (x width_mult)
 LAST_INDEX = 17  # features[17] is the 320-channel block; features[18] (the 1280-channel 1x1) is dropped
+# Where the zeros of a 3x3 conv's padding go. "conv": each 3x3 conv pads its own input (torchvision, TF).
+# "input": the stem conv is not padded and each inverted-residual block zero-pads its input before its 1x1
+# expansion, so its depthwise conv sees the expansion's response to zeros at the border (VainF/DeepLabV3Plus-Pytorch's
+# MobileNetV2 and its `fixed_padding`; what converting its checkpoints exactly needs).
+PADDINGS = ("conv", "input")
 
 
 def _spatial_conv(block: nn.Module) -> nn.Conv2d:
@@ -29,8 +35,12 @@ class MobileNetV2Backbone(nn.Module):
     example_key: ClassVar[str] = "features.0.0.weight"
     ignored_prefixes: ClassVar[tuple[str, ...]] = ("features.18.", "classifier.")  # the 1280-ch conv, classifier
 
-    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0, expand_ratio: int = 6) -> None:
+    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0, expand_ratio: int = 6,
+                 padding: str = "conv") -> None:
         super().__init__()
+        if padding not in PADDINGS:
+            raise ConfigError(f"model.backbone.padding={padding!r}: must be one of {', '.join(PADDINGS)} (conv: "
+                              f"torchvision's; input: VainF's, for its converted checkpoints)")
         # torchvision's table with the expansion factor t of the t=6 rows made a knob.
         setting = [[1, 16, 1, 1]] + [[expand_ratio, c, n, s] for c, n, s in
                                      [(24, 2, 2), (32, 3, 2), (64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1)]]
@@ -38,6 +48,7 @@ class MobileNetV2Backbone(nn.Module):
         self.features = nn.Sequential(*list(net.features)[: LAST_INDEX + 1])
         self.width_mult = width_mult
         self.expand_ratio = expand_ratio
+        self.padding = padding
         self._native_strides = [_spatial_conv(block).stride[0] for block in self.features]
         self.output_stride = 32
         self.set_output_stride(output_stride)
@@ -45,7 +56,7 @@ class MobileNetV2Backbone(nn.Module):
     @property
     def options(self) -> dict:
         """This backbone's own keyword options (what `model.backbone` holds besides its name)."""
-        return {"width_mult": self.width_mult, "expand_ratio": self.expand_ratio}
+        return {"width_mult": self.width_mult, "expand_ratio": self.expand_ratio, "padding": self.padding}
 
     @property
     def feature_info(self) -> list[FeatureInfo]:
@@ -58,9 +69,10 @@ class MobileNetV2Backbone(nn.Module):
     def set_output_stride(self, output_stride: int) -> None:
         """Apply the TF DeepLab dilation rule (`dilation_plan`) to each block's 3x3 conv; weights are untouched, so
         it can change after training."""
+        pad = self.padding == "conv"  # "input": no conv pads; the blocks pad their inputs (`forward`)
         for block, (stride, rate) in zip(self.features, dilation_plan(self._native_strides, output_stride)):
             conv = _spatial_conv(block)
-            conv.stride, conv.dilation, conv.padding = (stride, stride), (rate, rate), (rate, rate)
+            conv.stride, conv.dilation, conv.padding = (stride, stride), (rate, rate), (rate * pad, rate * pad)
         self.output_stride = output_stride
 
     def check_imagenet(self) -> None:
@@ -74,7 +86,15 @@ class MobileNetV2Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         low = x
         for i, block in enumerate(self.features):
-            x = block(x)
+            x = block(x) if self.padding == "conv" or i == 0 else _input_padded(block, x)
             if i == LOW_LEVEL_INDEX:
                 low = x
         return {"low": low, "out": x}
+
+
+def _input_padded(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An inverted-residual block run with padding="input": its input zero-padded by its depthwise conv's dilation
+    on every side before the whole block (the 1x1 expansion included), the residual added to the unpadded input."""
+    rate = _spatial_conv(block).dilation[0]
+    y = block.conv(F.pad(x, (rate, rate, rate, rate)))
+    return x + y if block.use_res_connect else y

@@ -17,6 +17,7 @@ import numpy as np
 from deeplab.data import DataError, SegmentationDataset, build_dataset
 from deeplab.data.dataset import exif_orientation, no_samples_problem
 from deeplab.errors import ConfigError
+from deeplab.progress import progress_bar
 
 
 @dataclass
@@ -60,18 +61,27 @@ def exif_note(rotated: Sequence[tuple[str, int]]) -> str:
             "stored pixels too (as annotation tools do)")
 
 
-def check_split(dataset: SegmentationDataset, split: str, *, workers: int = 0) -> SplitReport:
-    """Read every sample of one split; collect every problem instead of stopping at the first."""
+def check_split(dataset: SegmentationDataset, split: str, *, workers: int = 0,
+                progress: bool | None = None) -> SplitReport:
+    """Read every sample of one split; collect every problem instead of stopping at the first.
+
+    `progress`: a bar `check <split> i/N` with samples/s and ETA (True/False; None follows DEEPLAB_PROGRESS, see
+    deeplab.progress)."""
     report = SplitReport(split, samples=len(dataset))
     if not len(dataset):
         report.problems.append(no_samples_problem(dataset.where))
         return report
     scan = partial(_scan, dataset)
+
+    def ticked(scanned):  # the bar closes when the last sample is in, or when a worker fails
+        return list(progress_bar(scanned, desc=f"check {split}", total=len(dataset), unit=" samples",
+                                 progress=progress))
+
     if workers > 0:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(scan, range(len(dataset)), chunksize=8))
+            results = ticked(pool.map(scan, range(len(dataset)), chunksize=8))
     else:
-        results = [scan(i) for i in range(len(dataset))]
+        results = ticked(map(scan, range(len(dataset))))
     rotated = []
     for (image_path, _), (problem, pixels, orientation) in zip(dataset.samples, results):
         if problem:
@@ -89,8 +99,10 @@ def check_split(dataset: SegmentationDataset, split: str, *, workers: int = 0) -
     return report
 
 
-def check_dataset(*, splits: Sequence[str] | None = None, workers: int = 0, **dataset_cfg) -> list[SplitReport]:
-    """Scan the given splits (default: the dataset's train and val splits); a bare name is one split."""
+def check_dataset(*, splits: Sequence[str] | None = None, workers: int = 0, progress: bool | None = None,
+                  **dataset_cfg) -> list[SplitReport]:
+    """Scan the given splits (default: the dataset's train and val splits); a bare name is one split. `progress`:
+    one bar per split, as in `check_split`."""
     if isinstance(splits, bool) or not isinstance(splits, (str, int, Sequence, type(None))):
         raise ConfigError(f"splits={splits!r}: give split names, e.g. splits=[train,val] or splits=val (null: the "
                           "dataset's train and val splits)")
@@ -106,7 +118,7 @@ def check_dataset(*, splits: Sequence[str] | None = None, workers: int = 0, **da
         except DataError as exc:  # missing files, empty split, missing root: nothing further to read
             reports.append(SplitReport(split, problems=[str(exc)]))
             continue
-        reports.append(check_split(dataset, split, workers=workers))
+        reports.append(check_split(dataset, split, workers=workers, progress=progress))
     return reports
 
 

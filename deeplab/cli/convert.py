@@ -1,0 +1,55 @@
+"""`python -m deeplab.convert source=FILE from=vainf|bubbliiiing dataset=voc|cityscapes [output=FILE]`: a peer
+repository's checkpoint as a deeplab checkpoint that evaluate, predict, export and init_from take."""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from deeplab.cli import CONFIGS
+from deeplab.convert import SOURCES, convert_checkpoint
+from deeplab.errors import ConfigError, check_flags, user_errors
+
+USAGE = "usage: python -m deeplab.convert source=FILE from=vainf|bubbliiiing dataset=voc|cityscapes [output=FILE]"
+
+
+def check_settings(cfg) -> None:
+    """The command's own settings, checked before any file is read: one ConfigError naming the key."""
+    check_flags(cfg, ("overwrite",))
+    if not cfg.source:
+        raise ConfigError(f"source: not set; {USAGE}")
+    if cfg["from"] not in SOURCES:
+        raise ConfigError(f"from={cfg['from']}: " + ("not set" if cfg["from"] is None else "not a format deeplab "
+                                                     "converts") + "; use from=vainf (VainF/DeepLabV3Plus-Pytorch) "
+                          "or from=bubbliiiing (bubbliiiing/deeplabv3-plus-pytorch)")
+    if isinstance(cfg.output_stride, bool) or cfg.output_stride not in (8, 16, 32):
+        raise ConfigError(f"output_stride={cfg.output_stride!r}: must be 8, 16 or 32 (the released models are 16)")
+
+
+def run(cfg) -> Path:
+    """Convert `source` (a checkpoint of the `from` repository) for `dataset`; print what it is and how to use it."""
+    check_settings(cfg)
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    done = convert_checkpoint(cfg.source, source=cfg["from"], dataset=dataset, output=cfg.output,
+                              overwrite=cfg.overwrite, output_stride=cfg.output_stride)
+    model, data = done.config["model"], done.config["dataset"]
+    backbone = model["backbone"]
+    print(f"{cfg.source}: {done.architecture}, {model['num_classes']} classes ({data['format']}), {done.tensors} "
+          f"tensors mapped; input normalisation mean {data['mean']} std {data['std']}")
+    print(f"written: {done.path}")
+    options = [f"model/backbone={backbone['name']}"]
+    options += [f"model.backbone.padding={backbone['padding']}"] if backbone.get("padding", "conv") != "conv" else []
+    options += [f"model.decoder_convs={model['decoder_convs']}"] if model["decoder_convs"] != 2 else []
+    options += ["model.align_corners=true"] if model["align_corners"] else []
+    for key in ("mean", "std"):  # bubbliiiing's weights expect images scaled to 0-1 and nothing else
+        if list(data[key]) != list(dataset[key]):
+            options.append(f"dataset.{key}=[{','.join(str(v) for v in data[key])}]")
+    print(f"evaluate: python evaluate.py checkpoint={done.path} [data_root=...] [output_stride=8]")
+    print(f"fine-tune: python train.py dataset=... init_from={done.path} {' '.join(options)}")
+    return done.path
+
+
+@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="convert")
+def main(cfg: DictConfig) -> None:
+    with user_errors("deeplab.convert"):  # the user's to fix: one clear sentence, exit 1
+        run(cfg)

@@ -1,0 +1,419 @@
+"""The released checkpoints of the peer DeepLabV3+ repositories as deeplab checkpoints, exactly
+(`python -m deeplab.convert source=FILE from=vainf|bubbliiiing dataset=voc|cityscapes output=FILE`, the command is
+`deeplab.cli.convert`).
+
+A converted checkpoint holds our model config (the architecture the peer's weights need), the dataset config
+(classes, palette, and the peer's own input normalisation) and the weights, so evaluate, predict, export,
+`Predictor.from_checkpoint` and init_from take it as they take one of train.py's. In fp32 and eval mode the model
+gives the peer model's logits (to float rounding) for every input size the peer takes.
+
+The formats (from the peers' code; the mapping tables below are their key names):
+
+- VainF/DeepLabV3Plus-Pytorch (`network/_deeplab.py`, `network/backbone/mobilenetv2.py`, `network/modeling.py`;
+  torch.save({"model_state": ..., "optimizer_state", "scheduler_state", "cur_itrs", "best_score"}), best_score a
+  numpy float): MobileNetV2 split into `backbone.low_level_features.0-3` (features[0:4]) and
+  `backbone.high_level_features.4-17` (features[4:18], a slice keeps the indices), or a torchvision ResNet-50/101
+  (`backbone.conv1`, `backbone.layer1-4`); head `classifier.project` (low-level 1x1 -> 48),
+  `classifier.aspp.convs.0-4` (pooling as `convs.4.1/2`), `classifier.aspp.project`, ONE 3x3 decoder conv
+  `classifier.classifier.0/1` and the classifier `classifier.classifier.3`. Its decoder concatenates [low-level,
+  ASPP] where ours concatenates [ASPP, low-level]: the 3x3 conv's input channels are reordered. Its MobileNetV2 pads
+  differently from torchvision's (no padding in the stem conv; each block zero-pads its input before the 1x1
+  expansion): `model.backbone.padding=input`. ImageNet mean/std.
+- bubbliiiing/deeplabv3-plus-pytorch (`nets/deeplabv3_plus.py`, `nets/mobilenetv2.py`; torch.save(state_dict)):
+  its own MobileNetV2 `backbone.features.0-17` (the same network as torchvision's, its blocks' layers numbered in
+  one Sequential), `aspp.branch1-4`, pooling `aspp.branch5_conv/branch5_bn`, `aspp.conv_cat`, `shortcut_conv`
+  (low-level 1x1 -> 48), TWO 3x3 convs `cat_conv.0/1` and `cat_conv.4/5`, `cls_conv`. Every head conv but
+  `cls_conv` has a bias before its BatchNorm: folded into the BN's running mean (exact). Its resizes use
+  align_corners=True: `model.align_corners=true`. It feeds images scaled to 0-1 without mean/std: mean 0, std 1.
+
+Eval-mode differences that change nothing: VainF's and bubbliiiing's dropout positions, bubbliiiing's pooling by
+torch.mean; the output stride is not in the weights (the released models are OS16; `output_stride=8` evaluates at 8).
+"""
+
+import contextlib
+import hashlib
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deeplab.data import check_dataset_config
+from deeplab.engine.checkpoint import load_model_weights, save_checkpoint
+from deeplab.engine.run_config import DATASET_KEYS
+from deeplab.errors import exception_chain
+from deeplab.model import OUTPUT_STRIDES, rebuild_model
+from deeplab.torch_files import CheckpointError, is_torch_file, read_torch_file
+
+try:  # numpy >= 2
+    from numpy._core.multiarray import scalar as _numpy_scalar
+except ImportError:  # numpy 1.x
+    from numpy.core.multiarray import scalar as _numpy_scalar
+
+SOURCES = ("vainf", "bubbliiiing")
+REPOSITORIES = {"vainf": "VainF/DeepLabV3Plus-Pytorch", "bubbliiiing": "bubbliiiing/deeplabv3-plus-pytorch"}
+# the input normalisation each peer trains and evaluates with (RGB, 0-1 scale): VainF ImageNet's mean/std;
+# bubbliiiing `preprocess_input`, image / 255 only
+NORMALISATION = {"vainf": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+                 "bubbliiiing": ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])}
+# what torch.load(weights_only=True) may rebuild besides tensors and plain containers: numpy scalars and their
+# dtypes (VainF saves its best mIoU as a numpy float64), data only. numpy 1.x pickles the scalar as
+# numpy.core.multiarray.scalar, numpy 2 as numpy._core.multiarray.scalar.
+NUMPY_SCALARS = [(_numpy_scalar, "numpy.core.multiarray.scalar"), (_numpy_scalar, "numpy._core.multiarray.scalar"),
+                 np.dtype, *[getattr(np.dtypes, name) for name in (
+                     "Float64DType", "Float32DType", "Float16DType", "Int64DType", "Int32DType", "BoolDType")
+                     if hasattr(getattr(np, "dtypes", None), name)]]
+
+
+class ConvertError(CheckpointError):
+    """A peer checkpoint that cannot be converted: one sentence naming the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one peer architecture's tensors become ours.
+
+    renames: (peer prefix, our prefix) pairs, the first whose peer prefix starts a key renames it (the rest of the key
+    is kept); folds: peer conv bias key -> our BatchNorm module whose running mean absorbs it; reorders: our key ->
+    the number of leading input channels (the peer's low-level ones) to move behind the others.
+    """
+
+    name: str
+    model: dict
+    renames: tuple[tuple[str, str], ...]
+    folds: Mapping[str, str] = field(default_factory=dict)
+    reorders: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What `convert_checkpoint` wrote."""
+
+    path: Path
+    architecture: str
+    config: dict
+    tensors: int
+
+
+# --- the mapping tables ---------------------------------------------------------------------------------------------
+
+def _model_config(num_classes: int, backbone: dict | str, *, decoder_convs: int, align_corners: bool,
+                  output_stride: int) -> dict:
+    """Our model section for a peer model: the peers' heads are ours at the defaults (256-channel dense ASPP with
+    rates following the output stride, 48 low-level channels, 256-channel decoder) but for these keys."""
+    return {"num_classes": num_classes, "backbone": backbone, "output_stride": output_stride, "separable": False,
+            "backbone_weights": None, "aspp_rates": None, "aspp_channels": 256, "aspp_dropout": 0.1,
+            "low_level_channels": 48, "decoder_channels": 256, "decoder_convs": decoder_convs,
+            "align_corners": align_corners}
+
+
+MOBILENET_V2 = {"name": "mobilenet_v2", "width_mult": 1.0, "expand_ratio": 6}
+LOW_LEVEL_CHANNELS = 48
+
+# VainF slices torchvision-style `features` as features[0:4] and features[4:-1]; a sliced nn.Sequential keeps its
+# children's names, so the blocks keep their indices: high_level_features.4-17 are features.4-17
+VAINF_MOBILENET = (
+    *[(f"backbone.low_level_features.{i}.", f"backbone.features.{i}.") for i in range(4)],
+    *[(f"backbone.high_level_features.{i}.", f"backbone.features.{i}.") for i in range(4, 18)],
+)
+VAINF_RESNET = (("backbone.conv1.", "backbone.conv1."), ("backbone.bn1.", "backbone.bn1."),
+                *[(f"backbone.layer{i}.", f"backbone.layer{i}.") for i in range(1, 5)])
+VAINF_HEAD = (
+    ("classifier.project.", "decoder.reduce."),                # low-level 1x1 -> 48 + BN
+    ("classifier.aspp.convs.", "aspp.branches."),              # 1x1, three atrous 3x3, pooling (4.1 conv, 4.2 BN)
+    ("classifier.aspp.project.", "aspp.project."),
+    ("classifier.classifier.0.", "decoder.fuse.0.0."),         # the one 3x3 304 -> 256, inputs [low, ASPP]
+    ("classifier.classifier.1.", "decoder.fuse.0.1."),
+    ("classifier.classifier.3.", "decoder.classifier."),       # 1x1 classifier with bias
+)
+VAINF_REORDERS = {"decoder.fuse.0.0.weight": LOW_LEVEL_CHANNELS}
+
+# bubbliiiing's blocks number their layers in one Sequential: conv, BN, ReLU6, conv, BN, ReLU6, conv, BN (expanding
+# blocks) or conv, BN, ReLU6, conv, BN (features.1, expansion 1); torchvision nests the conv-BN-ReLU6 pairs
+BUBBLIIIING_EXPANDING = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
+BUBBLIIIING_FIRST = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
+BUBBLIIIING_BACKBONE = (
+    ("backbone.features.0.", "backbone.features.0."),
+    *[(f"backbone.features.1.conv.{k}.", f"backbone.features.1.conv.{v}.") for k, v in BUBBLIIIING_FIRST.items()],
+    *[(f"backbone.features.{i}.conv.{k}.", f"backbone.features.{i}.conv.{v}.")
+      for i in range(2, 18) for k, v in BUBBLIIIING_EXPANDING.items()],
+)
+# (its conv, its BN, our conv, our BN): every one of these convs has a bias, folded into the BN after it
+BUBBLIIIING_HEAD = (
+    *[(f"aspp.branch{i + 1}.0", f"aspp.branch{i + 1}.1", f"aspp.branches.{i}.0", f"aspp.branches.{i}.1")
+      for i in range(4)],
+    ("aspp.branch5_conv", "aspp.branch5_bn", "aspp.branches.4.1", "aspp.branches.4.2"),
+    ("aspp.conv_cat.0", "aspp.conv_cat.1", "aspp.project.0", "aspp.project.1"),
+    ("shortcut_conv.0", "shortcut_conv.1", "decoder.reduce.0", "decoder.reduce.1"),
+    ("cat_conv.0", "cat_conv.1", "decoder.fuse.0.0", "decoder.fuse.0.1"),
+    ("cat_conv.4", "cat_conv.5", "decoder.fuse.1.0", "decoder.fuse.1.1"),
+)
+BUBBLIIIING_RENAMES = (
+    *BUBBLIIIING_BACKBONE,
+    *[(f"{theirs}.weight", f"{ours}.weight") for theirs, _, ours, _ in BUBBLIIIING_HEAD],
+    *[(f"{theirs}.", f"{ours}.") for _, theirs, _, ours in BUBBLIIIING_HEAD],
+    ("cls_conv.", "decoder.classifier."),
+)
+BUBBLIIIING_FOLDS = {f"{conv}.bias": bn for conv, _, _, bn in BUBBLIIIING_HEAD}
+
+CLASSIFIER_KEYS = {"vainf": "classifier.classifier.3.weight", "bubbliiiing": "cls_conv.weight"}
+EXAMPLE_KEYS = {"vainf": "classifier.aspp.convs.0.0.weight", "bubbliiiing": "aspp.branch1.0.weight"}
+
+
+def vainf_layout(state: Mapping, *, output_stride: int = 16) -> Layout:
+    """VainF's DeepLabV3+ on MobileNetV2 or ResNet-50/101 (`deeplabv3plus_mobilenet`, `_resnet50`, `_resnet101`)."""
+    keys = list(state)
+    if any(".body." in k for k in keys):
+        raise ConvertError("was trained with --separable_conv: VainF's separable convs (a depthwise conv straight into "
+                           "the pointwise one, no BatchNorm between) have no exact counterpart here; convert one of "
+                           "its dense checkpoints (all of its released ones are)")
+    if "classifier.project.0.weight" not in state and any(k.startswith("classifier.classifier.0.convs.") for k in keys):
+        raise ConvertError("is a VainF DeepLabV3 checkpoint (no decoder, e.g. deeplabv3_mobilenet); deeplab is "
+                           "DeepLabV3+: convert one of its deeplabv3plus_* checkpoints")
+    num_classes = _classes(state, "vainf")
+    if any(k.startswith("backbone.low_level_features.") for k in keys):
+        backbone, renames, name = {**MOBILENET_V2, "padding": "input"}, VAINF_MOBILENET, "MobileNetV2"
+    elif any(k.startswith("backbone.layer4.") for k in keys):
+        blocks = len({k.split(".")[2] for k in keys if k.startswith("backbone.layer3.")})
+        depth = {6: "resnet50", 23: "resnet101"}.get(blocks)
+        if depth is None:
+            raise ConvertError(f"holds a ResNet with {blocks} blocks in layer3 (ResNet-50 has 6, ResNet-101 23); "
+                               "deeplab has the ResNet-50 and ResNet-101 backbones only")
+        backbone, renames, name = {"name": depth}, VAINF_RESNET, {"resnet50": "ResNet-50", "resnet101": "ResNet-101"}[
+            depth]
+    else:
+        other = next((b for p, b in (("backbone.stage", "HRNetV2"), ("backbone.transition", "HRNetV2"),
+                                     ("backbone.block1.", "Xception"), ("backbone.conv4.", "Xception"))
+                      if any(k.startswith(p) for k in keys)), None)
+        raise ConvertError(f"holds VainF's {other} backbone, which deeplab does not have; convert a "
+                           f"deeplabv3plus_mobilenet, _resnet50 or _resnet101 checkpoint" if other else
+                           "has none of the backbone keys of VainF's MobileNetV2 (backbone.low_level_features.*) "
+                           "or ResNet (backbone.layer1-4.*); is it a VainF DeepLabV3+ checkpoint?")
+    model = _model_config(num_classes, backbone, decoder_convs=1, align_corners=False, output_stride=output_stride)
+    return Layout(f"VainF DeepLabV3+ {name}", model, (*renames, *VAINF_HEAD), reorders=VAINF_REORDERS)
+
+
+def bubbliiiing_layout(state: Mapping, *, output_stride: int = 16) -> Layout:
+    """bubbliiiing's DeepLab on its MobileNetV2 (`DeepLab(backbone="mobilenet")`, deeplab_mobilenetv2.pth)."""
+    keys = list(state)
+    if not any(k.startswith("backbone.features.") for k in keys):
+        xception = any(k.startswith(("backbone.block", "backbone.conv1.", "backbone.entry")) for k in keys)
+        raise ConvertError("holds bubbliiiing's Xception backbone, which deeplab does not have; convert its "
+                           "MobileNetV2 checkpoint (deeplab_mobilenetv2.pth)" if xception else
+                           "has none of the backbone keys of bubbliiiing's MobileNetV2 (backbone.features.*); is it a "
+                           "bubbliiiing DeepLabV3+ checkpoint?")
+    model = _model_config(_classes(state, "bubbliiiing"), {**MOBILENET_V2, "padding": "conv"}, decoder_convs=2,
+                          align_corners=True, output_stride=output_stride)
+    return Layout("bubbliiiing DeepLabV3+ MobileNetV2", model, BUBBLIIIING_RENAMES, folds=BUBBLIIIING_FOLDS)
+
+
+LAYOUTS = {"vainf": vainf_layout, "bubbliiiing": bubbliiiing_layout}
+
+
+def _classes(state: Mapping, source: str) -> int:
+    key = CLASSIFIER_KEYS[source]
+    tensor = state.get(key)
+    if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
+        raise ConvertError(f"has no {key} (the classifier, num_classes x 256 x 1 x 1), which every {source} "
+                           "DeepLabV3+ checkpoint has")
+    return tensor.shape[0]
+
+
+# --- converting -----------------------------------------------------------------------------------------------------
+
+def _rename(key: str, renames) -> str | None:
+    for theirs, ours in renames:
+        if key.startswith(theirs):
+            return ours + key[len(theirs):]
+    return None
+
+
+def _their_name(ours: str, layout: Layout) -> str:
+    """The peer key that maps onto our key `ours` (for a missing one)."""
+    for theirs, mine in layout.renames:
+        if ours.startswith(mine):
+            return theirs + ours[len(mine):]
+    return ours
+
+
+def convert_state_dict(state: Mapping, source: str, *, output_stride: int = 16) -> tuple[Layout, dict]:
+    """The layout of a peer state dict and our model's state dict from it, every tensor mapped: a ConvertError (its
+    message to follow the file name) for the first peer key that has no place in our model or another shape, then for
+    the first of ours that nothing filled (BatchNorm's num_batches_tracked, a counter, starts at 0 if absent)."""
+    if source not in LAYOUTS:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    layout = LAYOUTS[source](state, output_stride=output_stride)
+    with torch.device("meta"):  # names and shapes only
+        target = rebuild_model(layout.model).state_dict()
+    out, biases = {}, {}
+    for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ConvertError(f"{key} holds a {type(tensor).__name__}, not a tensor; a {source} state dict holds "
+                               "tensors only")
+        if key in layout.folds:
+            ours, expected = layout.folds[key], target[f"{layout.folds[key]}.running_mean"].shape
+        else:
+            ours = _rename(key, layout.renames)
+            if ours is None or ours not in target:
+                raise ConvertError(f"{key}: no tensor of the {layout.name} model has this name, so the file is not "
+                                   f"such a checkpoint or was saved from a changed model; nothing was written")
+            expected = target[ours].shape
+        if tensor.shape != expected:
+            raise ConvertError(f"{key} has shape {tuple(tensor.shape)} where the {layout.name} model has "
+                               f"{tuple(expected)} (another width or class count than its released models?); "
+                               "nothing was written")
+        if key in layout.folds:
+            biases[ours] = tensor
+        elif ours in layout.reorders:
+            low = layout.reorders[ours]
+            out[ours] = torch.cat([tensor[:, low:], tensor[:, :low]], dim=1)
+        else:
+            out[ours] = tensor
+    missing = [k for k in target if k not in out and not k.endswith(".num_batches_tracked")]
+    missing += [bias for bias, bn in layout.folds.items() if bn not in biases]
+    if missing:
+        name = missing[0] if missing[0] in layout.folds else _their_name(missing[0], layout)
+        raise ConvertError(f"has no {name}, which every {layout.name} checkpoint has ({len(missing)} such tensors "
+                           f"missing); is the file complete?")
+    out = {key: (out[key] if key in out else torch.zeros(tensor.shape)  # absent num_batches_tracked: 0
+                 ).detach().to(dtype=tensor.dtype, device="cpu").contiguous() for key, tensor in target.items()}
+    for bn, bias in biases.items():  # BN(conv(x) + b) is BN'(conv(x)) with running mean - b, in train mode as well
+        mean = f"{bn}.running_mean"
+        out[mean] = (out[mean].double() - bias.double()).to(target[mean].dtype)
+    return layout, out
+
+
+def read_peer_checkpoint(path: str | Path, source: str) -> tuple[dict, dict]:
+    """The state dict of a peer checkpoint file, read with weights_only=True (numpy scalars allowed, as data), and
+    its other entries that are plain numbers (VainF's cur_itrs and best_score); one sentence for anything else."""
+    path = Path(path).expanduser()
+    try:
+        with _numpy_scalars_allowed():
+            loaded = read_torch_file(path)
+    except CheckpointError as exc:
+        refused = next((e for e in exception_chain(exc) if isinstance(e, pickle.UnpicklingError)
+                        and "Weights only" in str(e)), None)
+        if refused is None:
+            raise ConvertError(f"{exc}".replace("pass a last.pt or best.pt written by train.py",
+                                                f"pass a checkpoint of {REPOSITORIES[source]}")) from exc
+        wanted = re.search(r"GLOBAL ([\w.]+)", " ".join(str(e) for e in exception_chain(refused)))
+        what = f" (it asks for {wanted.group(1)})" if wanted else ""
+        raise ConvertError(f"{path}: refused: it holds code or objects other than tensors, numbers and numpy "
+                           f"scalars{what}, and deeplab reads peer checkpoints with weights_only=True, which never "
+                           f"runs code from a file; where you trust it, load it with weights_only=False and "
+                           f"torch.save its state dict alone, then convert that file") from exc
+    if not isinstance(loaded, Mapping):
+        raise ConvertError(f"{path}: holds a {type(loaded).__name__}, not a {source} checkpoint (a dict)")
+    kind = _what_it_is(loaded)
+    if kind == "deeplab":
+        raise ConvertError(f"{path}: is a deeplab checkpoint already (it holds 'model' and 'config'); use it as it is")
+    if kind not in (source, None):
+        raise ConvertError(f"{path}: is a {REPOSITORIES[kind]} checkpoint, not a {source} one: convert it with "
+                           f"from={kind}")
+    info = {k: float(v) if isinstance(v, np.generic) else v for k, v in loaded.items()
+            if isinstance(v, (int, float, np.generic)) and not isinstance(v, bool)}
+    state = loaded.get("model_state", loaded)
+    if not isinstance(state, Mapping) or not state:
+        raise ConvertError(f"{path}: its model_state holds no state dict" if "model_state" in loaded else
+                           f"{path}: holds an empty dict, not a {source} checkpoint")
+    prefix = "module."  # saved from nn.DataParallel
+    if all(str(k).startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state), info
+
+
+def _what_it_is(loaded: Mapping) -> str | None:
+    """deeplab, vainf or bubbliiiing as a loaded checkpoint's keys say, or None."""
+    if {"model", "config"} <= set(loaded):
+        return "deeplab"
+    if isinstance(loaded.get("model_state"), Mapping):
+        return "vainf"
+    keys = [str(k) for k in loaded]
+    for source in SOURCES:
+        if CLASSIFIER_KEYS[source] in keys or EXAMPLE_KEYS[source] in keys:
+            return source
+    return None
+
+
+@contextlib.contextmanager
+def _numpy_scalars_allowed():
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    if allow is None:
+        yield
+        return
+    with allow(NUMPY_SCALARS):
+        yield
+
+
+def check_output(output: str | Path, source: str | Path, *, overwrite: bool) -> Path:
+    """Where a converted checkpoint may go: never over the source, never over a folder, over another existing file
+    only with overwrite=true."""
+    output, source = Path(output).expanduser(), Path(source).expanduser()
+    if output.exists() and source.exists() and output.resolve() == source.resolve():
+        raise ConvertError(f"output={output} is the source checkpoint, which converting never replaces; choose "
+                           f"another output=FILE (e.g. {source.with_name(source.stem + '_deeplab.pt').name})")
+    if output.is_dir():
+        raise ConvertError(f"output={output} is a folder; give a file name, e.g. output={output / 'model.pt'}")
+    if output.exists() and not overwrite:
+        raise ConvertError(f"{output} exists; choose another output=FILE or set overwrite=true")
+    return output
+
+
+def default_output(source: str | Path) -> Path:
+    """Beside the source: deeplabv3plus_x.pth -> deeplabv3plus_x_deeplab.pt."""
+    source = Path(source).expanduser()
+    return source.with_name(f"{source.stem}_deeplab.pt")
+
+
+def dataset_config(dataset: Mapping, source: str, num_classes: int) -> dict:
+    """The dataset section of the converted checkpoint: `dataset` (a configs/dataset/*.yaml) with the peer's input
+    normalisation, checked as a training run's is, and with the peer model's number of classes."""
+    mean, std = NORMALISATION[source]
+    data = {**dataset, "mean": list(mean), "std": list(std)}
+    check_dataset_config(**{k: data.get(k) for k in ("format", "num_classes", "ignore_index", "class_names",
+                                                     "palette", "ignore_colour", "label_map",
+                                                     "allow_ignore_only_masks", "mean", "std")},
+                         options={k: v for k, v in data.items() if k not in DATASET_KEYS})
+    if data["num_classes"] != num_classes:
+        fits = {"voc": 21, "cityscapes": 19}
+        hint = next((f"dataset={name}" for name, n in fits.items() if n == num_classes), None)
+        raise ConvertError(f"its model gives {num_classes} classes but the dataset "
+                           f"({data.get('format')}) has dataset.num_classes={data['num_classes']}; "
+                           + (f"choose {hint}" if hint else f"choose a dataset config with {num_classes} classes "
+                                                            "(e.g. dataset=folder with its class_names)"))
+    return data
+
+
+def convert_checkpoint(source_path: str | Path, *, source: str, dataset: Mapping, output: str | Path | None = None,
+                       overwrite: bool = False, output_stride: int = 16) -> Converted:
+    """Convert a peer checkpoint (`source`: vainf or bubbliiiing) into a deeplab checkpoint at `output` (default:
+    beside it, `default_output`). Everything is read, mapped and checked before anything is written, and the file is
+    written atomically: a refused conversion leaves no file."""
+    if source not in SOURCES:
+        raise ConvertError(f"from={source}: not a format deeplab converts; use from=vainf "
+                           f"({REPOSITORIES['vainf']}) or from=bubbliiiing ({REPOSITORIES['bubbliiiing']})")
+    if output_stride not in OUTPUT_STRIDES:
+        raise ConvertError(f"output_stride={output_stride!r}: must be one of {list(OUTPUT_STRIDES)} (the released "
+                           "models are OS16; the stride is not in the weights)")
+    source_path = Path(source_path).expanduser()
+    # the source first: a file that is not such a checkpoint is named as what it is, before any output question
+    state, info = read_peer_checkpoint(source_path, source)
+    try:
+        layout, weights = convert_state_dict(state, source, output_stride=output_stride)
+        data = dataset_config(dataset, source, layout.model["num_classes"])
+    except ConvertError as exc:
+        raise ConvertError(f"{source_path}: {exc}") from exc
+    model = rebuild_model(layout.model)
+    load_model_weights(model, weights, source=str(source_path))  # the strict load every consumer will do
+    output = check_output(output or default_output(source_path), source_path, overwrite=overwrite)
+    if output.is_file() and not is_torch_file(output):
+        raise ConvertError(f"output={output} exists and is not a PyTorch file; choose another output=FILE")
+    digest = hashlib.sha256(source_path.read_bytes()).hexdigest()
+    provenance = {"repository": REPOSITORIES[source], "format": source, "architecture": layout.name,
+                  "file": str(source_path), "sha256": digest, **info}
+    config = {"model": layout.model, "dataset": data}
+    save_checkpoint(output, {"model": weights, "config": config, "converted_from": provenance})
+    return Converted(output, layout.name, config, len(state))
