@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deeplab.engine import trainer as trainer_module
+
 VOC_PALETTE = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
 
 
@@ -215,3 +217,18 @@ def _thread_counts_restored():
     yield
     torch.set_num_threads(torch_threads)
     cv2.setNumThreads(cv2_threads)
+
+
+def kill_at_step(monkeypatch, step: int):
+    """Make the trainer's optimizer step raise KeyboardInterrupt (a Ctrl-C mid-step) on its `step`-th call; returns
+    the real step, for a test that puts it back and resumes in the same process."""
+    real_step, calls = trainer_module.train_step, {"n": 0}
+
+    def dies(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", dies)
+    return real_step

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import compose, make_voc_tree, tiny_train_overrides
+from conftest import compose, kill_at_step, make_voc_tree, tiny_train_overrides
 from deeplab.engine import checkpoint as ckpt
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -204,16 +204,7 @@ def test_interrupted_and_resumed_ema_run_reaches_the_same_ema_weights(tmp_path, 
     straight = tmp_path / "straight"
     train(_cfg(tree, tmp_path, *extra, iterations=4), straight)
 
-    calls = {"n": 0}
-    real_step = trainer_module.train_step
-
-    def dies_at_iteration_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("killed")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "train_step", dies_at_iteration_3)
+    real_step = kill_at_step(monkeypatch, 3)
     broken = tmp_path / "outputs" / "broken"
     with pytest.raises(TrainingInterrupted, match="last.pt of iteration 2 kept"):
         train(_cfg(tree, tmp_path / "outputs", *extra, iterations=4), broken)

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.plugins.hparams.metadata import SESSION_END_INFO_TAG, SESSION_START_INFO_TAG
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from conftest import compose, make_voc_tree, tiny_train_overrides
+from conftest import compose, kill_at_step, make_voc_tree, tiny_train_overrides
 from deeplab.cli.train import main as train_main
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
@@ -206,15 +206,7 @@ def test_a_resumed_run_continues_its_history_without_doubling_back(tmp_path, mon
         return compose("train", ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 5),
                                  "trainer.val_every=3", "optim.backbone_lr_mult=0.1", *extra])
 
-    real_step, calls = trainer_module.train_step, {"n": 0}
-
-    def dies_at_iteration_4(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "train_step", dies_at_iteration_4)
+    real_step = kill_at_step(monkeypatch, 4)
     run = tmp_path / "outputs" / "run"
     with pytest.raises(TrainingInterrupted, match="last.pt of iteration 2 kept"):
         train(cfg(), run, overrides=["optim.backbone_lr_mult=0.1"])

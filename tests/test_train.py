@@ -4,7 +4,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose, make_voc_tree, tiny_train_overrides
+from conftest import compose, kill_at_step, make_voc_tree, tiny_train_overrides
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
 from deeplab.engine.step import TrainingDiverged
@@ -54,16 +54,7 @@ def test_interrupted_and_resumed_run_reaches_the_same_weights(tree, tmp_path, mo
     straight = tmp_path / "straight"
     train(_cfg(tree, tmp_path, "trainer.deterministic=true", iterations=5), straight)
 
-    calls = {"n": 0}
-    real_step = trainer_module.train_step
-
-    def dies_at_iteration_4(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "train_step", dies_at_iteration_4)
+    real_step = kill_at_step(monkeypatch, 4)
     broken = tmp_path / "outputs" / "broken"
     with pytest.raises(TrainingInterrupted, match="interrupted at iteration 3: last.pt of iteration 2 kept"):
         train(_cfg(tree, tmp_path, "trainer.deterministic=true", iterations=5), broken)
