@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import peer_formats
 from deeplab.engine import trainer as trainer_module
 
 VOC_PALETTE = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
@@ -232,3 +233,15 @@ def kill_at_step(monkeypatch, step: int):
 
     monkeypatch.setattr(trainer_module, "train_step", dies)
     return real_step
+
+
+@pytest.fixture(scope="module")
+def vainf_model():
+    """A randomised model in VainF's architecture (tests/peer_formats.py), one per test module."""
+    return peer_formats.vainf_model()
+
+
+@pytest.fixture(scope="module")
+def bubbliiiing_model():
+    """A randomised model in bubbliiiing's architecture (tests/peer_formats.py), one per test module."""
+    return peer_formats.bubbliiiing_model()

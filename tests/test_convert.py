@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-import peer_formats
 from conftest import compose, one_sentence
 from peer_formats import BUBBLIIIING_MODEL, VAINF_MODEL, bubbliiiing_state, randomised, vainf_state
 from deeplab.convert import convert_state_dict
@@ -21,16 +20,6 @@ from deeplab.errors import ConfigError
 from deeplab.inference import prepare_for_inference
 from deeplab.model import build_model, rebuild_model
 from deeplab.model import deeplabv3plus as deeplabv3plus_module
-
-
-@pytest.fixture(scope="module")
-def vainf_model():
-    return peer_formats.vainf_model()
-
-
-@pytest.fixture(scope="module")
-def bubbliiiing_model():
-    return peer_formats.bubbliiiing_model()
 
 
 def test_the_peer_formats_written_here_are_the_peers():

@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-import peer_formats
 from conftest import compose, make_voc_tree, one_sentence, tiny_train_overrides
 from peer_formats import VOC, bubbliiiing_state, vainf_state
 from deeplab.cli import convert as convert_cli
@@ -20,16 +19,6 @@ from deeplab.engine.trainer import train
 from deeplab.errors import ConfigError
 from deeplab.export import verify_onnx
 from deeplab.inference import Predictor, model_from_checkpoint
-
-
-@pytest.fixture(scope="module")
-def vainf_model():
-    return peer_formats.vainf_model()
-
-
-@pytest.fixture(scope="module")
-def bubbliiiing_model():
-    return peer_formats.bubbliiiing_model()
 
 
 # --- files and refusals ---------------------------------------------------------------------------------------------
