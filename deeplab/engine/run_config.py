@@ -47,6 +47,7 @@ class TrainerSettings:
     sync_bn: bool | None = None  # None: on when more than one process trains on GPUs
     deterministic: bool = False
     grid_images: int = 4
+    log_figures: bool = True  # TensorBoard's confusion matrix and per-class IoU images at each validation
     preflight_samples: int = 8
 
 
@@ -290,7 +291,8 @@ def _check_optimizer(optim: Mapping) -> None:
 SAFE_ON_RESUME = ("trainer.iterations", "trainer.val_every", "trainer.checkpoint_every", "trainer.log_every",
                   "trainer.num_workers", "trainer.device", "trainer.precision", "trainer.channels_last",
                   "trainer.fast_convs", "trainer.compile", "trainer.grad_accum", "trainer.deterministic",
-                  "trainer.grid_images", "trainer.preflight_samples", "output_root", "resume")
+                  "trainer.grid_images", "trainer.log_figures", "trainer.preflight_samples", "output_root",
+                  "resume")
 # dataset keys that define what is learned; its other keys are where the data lives (root, folders, cache)
 DATASET_IDENTITY = ("format", "num_classes", "class_names", "ignore_index", "label_map", "palette", "ignore_colour",
                     "mean", "std", "train_split", "val_ratio", "seed", "categories")

@@ -89,7 +89,8 @@ def validate(run: Run, iteration: int) -> dict:
     if improved:
         run.best_miou = metrics["mIoU"]
     if run.logger:
-        run.logger.validation(iteration, metrics, kept, best=run.best_miou, confusion=matrix.mat.cpu().numpy())
+        run.logger.validation(iteration, metrics, kept, best=run.best_miou,  # trainer.log_figures: the figures
+                              confusion=matrix.mat.cpu().numpy() if run.settings.log_figures else None)
         if improved:
             ckpt.save_checkpoint(run.output_dir / "best.pt", checkpoint_state(run, iteration))
     return metrics
