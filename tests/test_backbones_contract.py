@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-from conftest import REPO, compose, make_voc_tree, tiny_train_overrides
+from conftest import REPO, TINY_MODEL, compose, make_voc_tree, tiny_train_overrides
 from deeplab.cli import evaluate as evaluate_cli
 from deeplab.cli import export as export_cli
 from deeplab.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -36,6 +36,12 @@ TAPS = {"mobilenet_v2": (lambda net: net.features, {"3": "low", "17": "out"}),
 WRONG_FAMILY = {"mobilenet_v2": "resnet50", "resnet50": "resnet101", "resnet101": "resnet50"}
 # replace_stride_with_dilation for layer2-4: torchvision's reference for each output stride
 TORCHVISION_DILATION = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
+
+
+def tiered(names) -> list:
+    """The backbones as test parameters, ResNet-101's in the slow tier: it is ResNet-50's code with a deeper layer3,
+    and twice its build time."""
+    return [pytest.param(name, marks=pytest.mark.slow) if name == "resnet101" else name for name in names]
 
 
 def _randomised(net: nn.Module) -> nn.Module:
@@ -66,7 +72,7 @@ def _geometry(module: nn.Module) -> dict:
             if isinstance(m, (nn.Conv2d, nn.MaxPool2d))}
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("name", tiered(BACKBONES))
 def test_declared_features_match_the_forward_pass_at_every_output_stride(name):
     backbone = BACKBONES[name](output_stride=32).eval()
     x = torch.randn(1, 3, 64, 96)
@@ -83,7 +89,7 @@ def test_declared_features_match_the_forward_pass_at_every_output_stride(name):
         backbone.set_output_stride(4)
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("name", tiered(BACKBONES))
 def test_set_output_stride_changes_no_weight_and_equals_a_fresh_build(name):
     backbone = BACKBONES[name](output_stride=16)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -95,7 +101,7 @@ def test_set_output_stride_changes_no_weight_and_equals_a_fresh_build(name):
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])
-@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("name", tiered(["resnet50", "resnet101"]))
 def test_resnet_dilation_is_torchvisions_replace_stride_with_dilation(name, output_stride):
     reference = getattr(torchvision.models, name)(replace_stride_with_dilation=TORCHVISION_DILATION[output_stride])
     expected = _geometry(reference)
@@ -105,7 +111,7 @@ def test_resnet_dilation_is_torchvisions_replace_stride_with_dilation(name, outp
     assert _geometry(switched) == expected
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("name", tiered(BACKBONES))
 def test_torchvision_state_dict_loads_from_a_local_file_and_gives_torchvisions_features(name, torchvision_files):
     net, path = torchvision_files[name]
     model = build_model(num_classes=3, backbone=name, output_stride=32, backbone_weights=str(path)).eval()
@@ -120,7 +126,7 @@ def test_torchvision_state_dict_loads_from_a_local_file_and_gives_torchvisions_f
     assert torch.equal(features["low"], expected["low"]) and torch.equal(features["out"], expected["out"])
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("name", tiered(["resnet50", "resnet101"]))
 def test_dilated_resnet_computes_what_torchvisions_dilated_resnet_does(name, torchvision_files):
     _, path = torchvision_files[name]
     reference = getattr(torchvision.models, name)(replace_stride_with_dilation=TORCHVISION_DILATION[8])
@@ -133,7 +139,7 @@ def test_dilated_resnet_computes_what_torchvisions_dilated_resnet_does(name, tor
         assert torch.equal(backbone.eval()(x)["out"], expected)
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("name", tiered(BACKBONES))
 def test_a_state_dict_of_another_family_is_one_sentence_naming_it(name, torchvision_files):
     other = WRONG_FAMILY[name]
     _, path = torchvision_files[other]
@@ -196,7 +202,7 @@ def test_deeplabv3plus_resnet101_size_and_its_48_channel_low_level_projection():
     assert count_parameters(model) == 59_344_309
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnet101"])
+@pytest.mark.parametrize("name", tiered(["resnet50", "resnet101"]))
 def test_folding_batchnorm_covers_the_resnet_blocks(name):
     torch.manual_seed(0)
     model = build_model(num_classes=4, backbone=name, output_stride=8)
@@ -296,7 +302,7 @@ def test_a_checkpoint_of_the_old_layout_loads_for_inference(old_and_new):
 
 def test_a_checkpoint_of_the_old_layout_resumes_as_todays_does(old_and_new, tmp_path):
     tree, old, new = old_and_new
-    switch = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 3), f"resume={old}",
+    switch = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 3, model=()), f"resume={old}",
               "model/backbone=resnet50"]
     with pytest.raises(ConfigError, match=r"^model/backbone=resnet50: a resumed run keeps its model settings as "
                                           r"saved, and model.backbone.name would change the model"):
@@ -313,12 +319,12 @@ def test_a_checkpoint_of_the_old_layout_resumes_as_todays_does(old_and_new, tmp_
 
 def test_init_from_an_old_layout_checkpoint_compares_backbone_options(old_and_new, tmp_path):
     tree, old, _ = old_and_new
-    overrides = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 1), f"init_from={old}"]
-    train(compose("train", [*overrides, "trainer.val_every=1"]), tmp_path / "fine")
-    assert load_checkpoint(tmp_path / "fine" / "last.pt")["config"]["model"]["backbone"]["width_mult"] == 1.0
-    with pytest.raises(UserError, match=r"^init_from=.*: the checkpoint has model.backbone.width_mult=1.0 but this "
-                                        r"run has model.backbone.width_mult=0.5; set model.backbone.width_mult=1.0 "):
-        train(compose("train", [*overrides, "model.backbone.width_mult=0.5"]), tmp_path / "half")
+    overrides = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 1, model=()), f"init_from={old}"]
+    train(compose("train", [*overrides, *TINY_MODEL, "trainer.val_every=1"]), tmp_path / "fine")
+    assert load_checkpoint(tmp_path / "fine" / "last.pt")["config"]["model"]["backbone"]["width_mult"] == 0.5
+    with pytest.raises(UserError, match=r"^init_from=.*: the checkpoint has model.backbone.width_mult=0.5 but this "
+                                        r"run has model.backbone.width_mult=1.0; set model.backbone.width_mult=0.5 "):
+        train(compose("train", overrides), tmp_path / "full")
     with pytest.raises(UserError, match=r"the checkpoint has model.backbone.name=mobilenet_v2 but this run has "
                                         r"model.backbone.name=resnet50; set model/backbone=mobilenet_v2 "):
         train(compose("train", [*overrides, "model/backbone=resnet50"]), tmp_path / "resnet")
@@ -331,7 +337,7 @@ def test_resnet101_trains_evaluates_predicts_and_exports_from_torchvision_weight
     net = _randomised(torchvision.models.resnet101(weights=None))
     weights = tmp_path / "resnet101.pth"
     torch.save(net.state_dict(), weights)
-    overrides = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 2), "model/backbone=resnet101",
+    overrides = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 2, model=()), "model/backbone=resnet101",
                  f"model.backbone_weights={weights}"]
     with caplog.at_level("INFO"):
         train(compose("train", overrides), tmp_path / "run")

@@ -124,7 +124,8 @@ def test_offline_imagenet_default_says_where_to_put_the_file_or_how_to_choose_ra
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    overrides = [o for o in tiny_train_overrides(voc_root, tmp_path / "out", 2) if "backbone_weights" not in o]
+    overrides = [o for o in tiny_train_overrides(voc_root, tmp_path / "out", 2, model=())
+                 if "backbone_weights" not in o]
     cfg = compose("train", ["dataset=voc", *overrides])
     assert cfg.model.backbone_weights == "imagenet"  # what `python train.py dataset=voc` asks for
     with pytest.raises(ConfigError) as exc_info:

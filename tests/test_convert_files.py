@@ -240,7 +240,7 @@ def test_converted_checkpoints_export_to_onnx(converted, tmp_path):
 ])
 def test_converted_checkpoints_start_a_training_run(converted, name, options, tmp_path):
     tree, paths = converted
-    overrides = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 2), "model.separable=false",
+    overrides = ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "outputs", 2, model=()), "model.separable=false",
                  f"init_from={paths[name]}", *options]
     train(compose("train", overrides), tmp_path / "run")
     state = load_checkpoint(tmp_path / "run" / "last.pt")

@@ -22,7 +22,7 @@ def _cfg(tree, tmp_path, *extra, iterations=3):
 
 def test_smoke_run_writes_checkpoints_and_readable_event_files(tree, tmp_path):
     run_dir = tmp_path / "outputs" / "run"
-    best = train(_cfg(tree, tmp_path), run_dir)
+    best = train(_cfg(tree, tmp_path, "trainer.grid_images=2", "trainer.log_figures=true"), run_dir)
     assert 0 <= best <= 1
     last = load_checkpoint(run_dir / "last.pt")
     assert last["iteration"] == 3
@@ -34,7 +34,8 @@ def test_smoke_run_writes_checkpoints_and_readable_event_files(tree, tmp_path):
     assert {"train/loss", "train/lr", "train/images_per_s", "val/mIoU", "val/pixel_acc", "val/mean_class_acc",
             "val/fwIoU", "val/iou/background"} <= scalars
     assert [e.step for e in events.Scalars("val/mIoU")] == [2, 3]
-    assert "val/input_truth_prediction" in events.Tags()["images"]
+    images = {"val/input_truth_prediction", "val/confusion_matrix", "val/per_class_iou"}
+    assert {tag: [e.step for e in events.Images(tag)] for tag in images} == dict.fromkeys(images, [2, 3])
     assert "val @ iter 3" in (run_dir / "train.log").read_text()
 
 
@@ -42,6 +43,7 @@ def test_poly_lr_is_stepped_every_iteration(tree, tmp_path):
     train(_cfg(tree, tmp_path, "optim.lr=0.01"), tmp_path / "run")
     events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
     lrs = [e.value for e in events.Scalars("train/lr")]
+    assert events.Tags()["images"] == []  # trainer.grid_images=0 and trainer.log_figures=false: no images
     assert lrs == pytest.approx([0.01 * (1 - i / 3) ** 0.9 for i in (1, 2, 3)], rel=1e-5)
 
 
@@ -110,7 +112,7 @@ def test_grad_accumulation_and_frozen_backbone(tree, tmp_path):
     torch.manual_seed(0)
     from deeplab.model import build_model
 
-    fresh = build_model(num_classes=21, separable=True).state_dict()
+    fresh = build_model(**load_checkpoint(run_dir / "last.pt")["config"]["model"]).state_dict()  # the run's init
     assert torch.equal(after["backbone.features.3.conv.1.0.weight"], fresh["backbone.features.3.conv.1.0.weight"])
     assert not torch.equal(after["decoder.classifier.weight"], fresh["decoder.classifier.weight"])
 
