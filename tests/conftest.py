@@ -2,16 +2,36 @@
 
 import hashlib
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import peer_formats
 from deeplab.engine import trainer as trainer_module
+
+MAX_WORKERS = 4  # pytest-xdist processes for `-n auto` (pyproject's addopts): each imports torch and holds a model
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one test process per CPU this process may run on, up to MAX_WORKERS (xdist's own count would be the
+    physical cores, 1 on a 2-vCPU machine)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cpus, MAX_WORKERS)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each of N test processes gets 1/N of the threads torch and OpenCV would take: N processes each running a pool
+    # as wide as the machine spin against each other (measured: -n 2 without this is no faster than one process).
+    _share = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, torch.get_num_threads() // _share))
+    cv2.setNumThreads(max(1, cv2.getNumThreads() // _share))
 
 VOC_PALETTE = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128]]
 
@@ -220,9 +240,6 @@ def entry_point(monkeypatch):
 def _thread_counts_restored():
     """Some code under test sets process-wide thread counts (the bench's loader section measures one worker with
     torch.set_num_threads(1)); every test gets back the counts it started with, so no later test runs on one thread."""
-    import cv2
-    import torch
-
     torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
     yield
     torch.set_num_threads(torch_threads)
