@@ -17,7 +17,8 @@ from conftest import compose, kill_at_step, make_voc_tree, tiny_train_overrides
 from deeplab.cli.train import main as train_main
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
-from deeplab.engine.tracking import CORE_HPARAMS, HPARAM_METRICS, RunLogger, run_hparams, truncate_history
+from deeplab.engine.tracking import (CORE_HPARAMS, HPARAM_METRICS, RunLogger, run_hparams, truncate_history,
+                                     wait_to_sort_last)
 from deeplab.engine.trainer import TrainingInterrupted, train
 from deeplab.metrics import ConfusionMatrix
 
@@ -222,3 +223,20 @@ def test_a_resumed_run_continues_its_history_without_doubling_back(tmp_path, mon
     assert [e.step for e in EventAccumulator(str(run / "tb")).Reload().Scalars("val/mIoU")] == [3, 5]
     assert raw_hparams_tags(run / "tb") == ["_hparams_/experiment", SESSION_START_INFO_TAG, SESSION_END_INFO_TAG]
     assert start_info(run / "tb")["optim.backbone_lr_mult"] == 0.1  # the first session's, not resume=auto's
+
+
+def test_a_resumed_runs_event_file_sorts_after_those_of_the_same_second(tmp_path):
+    """TensorBoard reads event files in name order (creation second first): a writer opened in the second of the run's
+    newest file waits, so purge_step applies to the killed run's file (in-process resumes took under a second)."""
+    tb = tmp_path / "tb"
+    tb.mkdir()
+    now = int(time.time())
+    killed = tb / f"events.out.tfevents.{now}.host.99.9"  # uid 9: a same-second uid 10 would sort before it
+    killed.write_bytes(b"")
+    wait_to_sort_last(tb)
+    assert int(time.time()) > now
+    logger = RunLogger(tmp_path, class_names=["a", "b"], palette=np.zeros((256, 3), np.uint8), mean=[0.5] * 3,
+                       std=[0.5] * 3, start_iter=2)
+    logger.close()
+    files = sorted(p.name for p in tb.glob("events.out.tfevents.*"))
+    assert files[0] == killed.name and len(files) == 2

@@ -94,6 +94,17 @@ def has_hparams(tb_dir: Path, *, first_events: int = 8) -> bool:
     return False
 
 
+def wait_to_sort_last(tb_dir: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with its creation second: a resumed
+    run's file must sort after the files before it, or purge_step drops nothing and the killed run's steps come back
+    after the new ones. Only a writer opened in the same second as the newest file (a resume in the same process,
+    as in a notebook) has to wait for the next second."""
+    seconds = [int(part) for path in tb_dir.glob("events.out.tfevents.*")
+               if (part := path.name.split(".")[3]).isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(max(seconds) + 1 - time.time())
+
+
 def _plain(value):
     """JSON-safe: NaN and infinities (an mIoU with no class present) become null."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -165,6 +176,7 @@ class RunLogger:
         first_session = not has_hparams(tb)
         # purge_step drops the events a killed run wrote after its last checkpoint (the steps after start_iter, which
         # the resumed run logs again), so curves do not double back
+        wait_to_sort_last(tb)
         self.writer = SummaryWriter(str(tb), purge_step=start_iter + 1 if start_iter else None)
         self.history = RunHistory(output_dir / HISTORY_FILE, start_iter=start_iter)
         self.class_names, self.palette, self.mean, self.std = list(class_names), palette, mean, std
