@@ -10,6 +10,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose
+from deeplab.cli import check_group_choices
+from deeplab.cli.train import main as train_main
 from deeplab.data import DataError, build_dataset
 from deeplab.data.transforms import train_transform
 from deeplab.engine.optim import build_optimizer, build_scheduler
@@ -175,3 +177,20 @@ def test_the_demo_recipe_cannot_switch_groups_so_it_outranks_optim_on_the_comman
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"), \
             pytest.raises(ConfigCompositionException, match="not allowed in the subtree\nof an in interpolated"):
         hydra_compose("train")
+
+
+def test_a_group_the_recipe_outranks_is_refused_with_the_keys_that_give_it(tmp_path, entry_point, capsys):
+    """`python train.py optim=sgd` on the demo would silently train with the recipe's AdamW: train.py refuses it in
+    one sentence naming the recipe file and the key=value overrides that do give SGD, before anything is written."""
+    code = entry_point(train_main, "optim=sgd", f"output_root={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'h'}")
+    message = next(line for line in "".join(capsys.readouterr()).splitlines() if "optim=sgd:" in line)
+    assert code == 1 and "optim=sgd: the demo recipe (configs/recipe/demo.yaml) sets optim.name=adamw" in message
+    assert "Traceback" not in message and not (tmp_path / "runs").exists()
+    fix = message.split("set its keys instead: ")[1].split()
+    given = OmegaConf.to_container(compose("train", fix).optim)
+    sgd = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "optim" / "sgd.yaml"))
+    assert {k: v for k, v in given.items() if v is not None} == sgd  # exactly optim/sgd.yaml's keys and values
+    check_group_choices(compose("train", fix), fix, {"recipe": "demo"})  # and the fix itself passes
+    for overrides in (["optim=adamw"], ["dataset=voc", "optim=adamw"], ["experiment=voc_os16", "optim=adamw"],
+                      ["schedule=cosine", "loss=focal", "model/backbone=resnet50"], ["optim.lr=0.1"]):
+        check_group_choices(compose("train", overrides), overrides, {})  # honoured choices pass

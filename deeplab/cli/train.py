@@ -4,7 +4,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deeplab.cli import CONFIGS
+from deeplab.cli import CONFIGS, check_group_choices
 from deeplab.engine.trainer import train
 from deeplab.errors import user_errors
 
@@ -13,4 +13,5 @@ from deeplab.errors import user_errors
 def main(cfg: DictConfig) -> float:
     with user_errors("deeplab.train"):  # the user's to fix: one clear sentence, exit 1
         job = HydraConfig.get()
+        check_group_choices(cfg, job.overrides.task, job.runtime.choices)  # a recipe may not outrank optim=sgd
         return train(cfg, job.runtime.output_dir, overrides=job.overrides.task)
