@@ -2,6 +2,7 @@
 never into train.log), and each command's --help: what it does, an example, and only its own config groups."""
 
 import io
+import logging
 import re
 import sys
 import warnings
@@ -117,10 +118,18 @@ def test_validation_bar_sits_under_the_training_bar_and_never_reaches_train_log(
                                                                                capsys):
     monkeypatch.setenv(progress.ENV, "1")  # both bars drawn, into capsys's stderr
     tree = make_voc_tree(tmp_path / "VOC", n_train=4, n_val=2, size=(48, 64))
-    train_run(compose("train", ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "out", iterations=2)]),
-              tmp_path / "run")
+    console = logging.StreamHandler(sys.stderr)  # a console log handler, as Hydra's, on the bars' stream
+    console.setFormatter(logging.Formatter("LOG %(message)s"))
+    logging.getLogger().addHandler(console)
+    try:
+        train_run(compose("train", ["dataset=voc", *tiny_train_overrides(tree, tmp_path / "out", iterations=2)]),
+                  tmp_path / "run")
+    finally:
+        logging.getLogger().removeHandler(console)
     err = capsys.readouterr().err
     assert "train:" in err and "validate:" in err and "2/2" in err
+    logged = [line.split("\r")[-1] for line in err.split("\n") if "iter 1  loss" in line or "val @ iter 2" in line]
+    assert len(logged) == 2 and all(line.startswith("LOG ") for line in logged), logged  # on lines of their own
     log = (tmp_path / "run" / "train.log").read_text()
     assert "val @ iter 2" in log and "iter 2  loss" in log  # the log lines still go through logging
     for fragment in ("\r", "it/s", "images/s", "validate:", "%|", "\x1b["):

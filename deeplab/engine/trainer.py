@@ -1,5 +1,6 @@
 """Training as plain functions read top to bottom; `train(cfg, output_dir)` is the one place that reads the config."""
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -12,6 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from deeplab.data import DataError, build_dataset
 from deeplab.data.check import preflight
@@ -143,44 +145,47 @@ def fit(run: Run, *, start_iter: int) -> float:
     progress = tqdm(total=s.iterations, initial=start_iter, mininterval=2, dynamic_ncols=True, desc="train",
                     disable=progress_disable() if run.dist.is_main else True)  # DEEPLAB_PROGRESS, as every bar
     window_start, window_iters = time.perf_counter(), 0
-    try:
-        for batch in run.train_batches:
-            micro.append(batch)
-            if len(micro) < s.grad_accum:
-                continue
-            stepping = True  # a Ctrl-C from here until the schedule steps leaves the weights half updated
-            try:
-                loss = train_step(run, micro, freeze_backbone=iteration < s.freeze_backbone_iters)
-            except TrainingDiverged as exc:
-                last = run.output_dir / "last.pt"
-                kept = f"the last good checkpoint is untouched ({last})" if last.is_file() else \
-                    "no checkpoint was written"
-                raise TrainingDiverged(
-                    f"{exc} at iteration {iteration + 1}: training stopped, and {kept}. Lower optim.lr, set "
-                    f"trainer.grad_clip, or check the data (python -m deeplab.data.check; dataset.mean/std)."
-                ) from None
-            micro, iteration, window_iters = [], iteration + 1, window_iters + 1
-            run.scheduler.step()
-            stepping = False
-            progress.update(1)
-            if iteration % s.log_every == 0 or iteration == s.iterations:
-                elapsed = time.perf_counter() - window_start
-                lr = run.optimizer.param_groups[-1]["lr"]
-                progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
-                if run.logger:
-                    run.logger.train(iteration, loss.item(), lr, window_iters * s.batch_size / elapsed,
-                                     group_lrs=lrs_by_group(run.optimizer))
-                window_start, window_iters = time.perf_counter(), 0
-            if iteration % s.val_every == 0 or iteration == s.iterations:
-                validate(run, iteration)
-            if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
-                ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
-    except DataError as exc:  # raised by the loader or validation, between steps: the weights are consistent
-        raise keep_progress(run, iteration, start_iter, exc) from None
-    except KeyboardInterrupt:
-        raise interrupted(run, iteration, start_iter, saved=not stepping) from None
-    finally:
-        progress.close()  # also when an error ends the run: the error line starts on a line of its own
+    # a log line to the console while the bar is drawn goes above it, not onto its line (tqdm.write)
+    console_logs = logging_redirect_tqdm() if not progress.disable else contextlib.nullcontext()
+    with console_logs:
+        try:
+            for batch in run.train_batches:
+                micro.append(batch)
+                if len(micro) < s.grad_accum:
+                    continue
+                stepping = True  # a Ctrl-C from here until the schedule steps leaves the weights half updated
+                try:
+                    loss = train_step(run, micro, freeze_backbone=iteration < s.freeze_backbone_iters)
+                except TrainingDiverged as exc:
+                    last = run.output_dir / "last.pt"
+                    kept = f"the last good checkpoint is untouched ({last})" if last.is_file() else \
+                        "no checkpoint was written"
+                    raise TrainingDiverged(
+                        f"{exc} at iteration {iteration + 1}: training stopped, and {kept}. Lower optim.lr, set "
+                        f"trainer.grad_clip, or check the data (python -m deeplab.data.check; dataset.mean/std)."
+                    ) from None
+                micro, iteration, window_iters = [], iteration + 1, window_iters + 1
+                run.scheduler.step()
+                stepping = False
+                progress.update(1)
+                if iteration % s.log_every == 0 or iteration == s.iterations:
+                    elapsed = time.perf_counter() - window_start
+                    lr = run.optimizer.param_groups[-1]["lr"]
+                    progress.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+                    if run.logger:
+                        run.logger.train(iteration, loss.item(), lr, window_iters * s.batch_size / elapsed,
+                                         group_lrs=lrs_by_group(run.optimizer))
+                    window_start, window_iters = time.perf_counter(), 0
+                if iteration % s.val_every == 0 or iteration == s.iterations:
+                    validate(run, iteration)
+                if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
+                    ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
+        except DataError as exc:  # raised by the loader or validation, between steps: the weights are consistent
+            raise keep_progress(run, iteration, start_iter, exc) from None
+        except KeyboardInterrupt:
+            raise interrupted(run, iteration, start_iter, saved=not stepping) from None
+        finally:
+            progress.close()  # also when an error ends the run: the error line starts on a line of its own
     return run.best_miou
 
 
