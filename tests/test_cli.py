@@ -5,6 +5,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import make_voc_tree, tiny_train_overrides
+from deeplab.cli import unknown_override
+from deeplab.cli.predict import main as predict_main
 from deeplab.cli.train import main as train_main
 from deeplab.engine.checkpoint import load_checkpoint
 
@@ -43,3 +45,31 @@ def test_focal_loss_and_cosine_schedule_train_from_the_command_line(tmp_path, en
     lrs = [e.value for e in EventAccumulator(str(run / "tb")).Reload().Scalars("train/lr")]
     # lr 0.002 over 3 iterations: the warmup ends at iteration 1, then half a cosine down to 0 at iteration 3
     assert lrs == pytest.approx([0.002, 0.001, 0.0], abs=1e-9)
+
+
+@pytest.mark.parametrize("command, args, expected", [
+    (train_main, ["trainer.iteration=5"], "did you mean trainer.iterations=5?"),
+    (train_main, ["traner.iterations=5"], "no key traner; did you mean trainer.iterations=5?"),
+    (train_main, ["dataset=voc", "dataset.num_clases=3"], "did you mean dataset.num_classes=3?"),
+    (train_main, ["optimizer=sgd"], "did you mean optim=sgd?"),
+    (train_main, ["optim=sdg"], "configs/optim/ has no option sdg; did you mean optim=sgd? (its options: adamw, sgd)"),
+    (train_main, ["model.width_mult=0.5"], "model.width_mult is now model.backbone.width_mult; write "
+                                           "model.backbone.width_mult=0.5"),
+    (train_main, ["model/backbone=resnet50", "model.backbone.width_mult=0.5"], "model.backbone holds name"),
+    (predict_main, ["checkpoint=x.pt", "inptu=images/"], "did you mean input=images/?"),
+])
+def test_an_unknown_key_or_option_is_one_sentence_with_the_closest_and_nothing_is_written(
+        command, args, expected, entry_point, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = entry_point(command, *args)
+    err = capsys.readouterr().err
+    assert code == 1 and expected in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []  # no run dir, no log: Hydra's main never started
+
+
+def test_overrides_that_compose_and_flags_are_left_to_hydra():
+    assert unknown_override("train", ["dataset=voc", "trainer.iterations=5", "model/backbone=resnet50"]) is None
+    assert unknown_override("train", ["+trainer.iteration=5"]) is None  # an addition: the trainer names it
+    assert unknown_override("train", ["-m", "trainer.iteration=1,2"]) is None  # sweeps and --help: Hydra's own
+    assert unknown_override("predict", ["checkpoint=x.pt", "input=images/"]) is None
+    assert unknown_override("train", ["hydra.run.dri=x"]) is None  # Hydra's own keys: Hydra's own message

@@ -9,14 +9,24 @@ its list of config groups comes from `${deeplab.config_groups:}` below, not from
 lists every group under configs/ (the training groups on predict.py's page too).
 """
 
-from collections.abc import Mapping, Sequence
+import difflib
+import functools
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from deeplab.errors import ConfigError
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")  # absolute: Hydra reads it as a folder
+
+# keys an older version read, and where they live now
+RENAMED = {"model.width_mult": "model.backbone.width_mult", "model.expand_ratio": "model.backbone.expand_ratio"}
 
 # config group -> the config key its options fill; each option names itself there (optim/sgd.yaml: `name: sgd`)
 NAMED_GROUPS = {"optim": "optim", "schedule": "schedule", "loss": "loss", "model/backbone": "model.backbone"}
@@ -65,3 +75,80 @@ def check_group_choices(cfg: DictConfig, overrides: Sequence[str], choices: Mapp
         raise ConfigError(f"{override}: {source} sets {key}.name={composed.get('name')}, and a recipe chosen by the "
                           f"dataset outranks a group chosen on the command line (Hydra cannot let it switch groups); "
                           f"to train with {option}, set its keys instead: {' '.join(fix)}")
+
+
+def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
+
+
+def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return close[0] if close else None
+
+
+def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
+    """One sentence for a command line that names a key the config lacks (`trainer.iteration=5`, the old
+    `model.width_mult=0.5`) or a group option that does not exist (`optim=sdg`), with the closest existing one; None
+    when the overrides compose, or fail otherwise (Hydra then reports it, as for flags such as --help and -m)."""
+    if any(arg.startswith("-") for arg in args):
+        return None
+    try:
+        _compose(config_name, args)
+        return None
+    except MissingConfigException as exc:
+        missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'", str(exc))
+        if not missing:
+            return None
+        group, option = missing.groups()
+        options = sorted(p.stem for p in (Path(CONFIGS) / group).glob("*.yaml"))
+        close = _did_you_mean(option, options)
+        return (f"{group}={option}: configs/{group}/ has no option {option}; "
+                + (f"did you mean {group}={close}? " if close else "") + f"(its options: {', '.join(options)})")
+    except ConfigCompositionException as exc:
+        missing = re.match(r"Could not override '([^']+)'", str(exc))
+    except Exception:  # noqa: BLE001 - not ours to word: the Hydra main that follows reports it
+        return None
+    if not missing:
+        return None
+    key = missing.group(1)
+    override = next((a for a in args if a.partition("=")[0] == key), None)
+    if override is None:
+        return None
+    value = override.partition("=")[2]
+    if key in RENAMED:
+        return f"{override}: {key} is now {RENAMED[key]}; write {RENAMED[key]}={value}"
+    if key.split(".")[0] == "hydra":  # Hydra's own settings: `--cfg hydra` lists them, and Hydra words it
+        return None
+    try:
+        node = _compose(config_name, [a for a in args if a != override])
+    except Exception:  # noqa: BLE001 - another override fails too: name this one without a suggestion
+        node = None
+    parts, known = key.split("."), []
+    for part in parts[:-1]:  # down to the first part the config lacks
+        if not isinstance(node, DictConfig) or part not in node:
+            break
+        node, known = node[part], [*known, part]
+    missing_part, keys = parts[len(known)], list(node.keys()) if isinstance(node, DictConfig) else []
+    close = _did_you_mean(missing_part, keys)
+    fix = f"did you mean {'.'.join([*known, close, *parts[len(known) + 1:]])}={value}?" if close else \
+        f"{'.'.join(known) or 'its top level'} holds {', '.join(map(str, keys))}" if keys else "check the spelling"
+    return (f"{override}: configs/{config_name}.yaml and its groups have no key {'.'.join([*known, missing_part])}; "
+            f"{fix} (--cfg job prints every key)")
+
+
+def command(config_name: str) -> Callable:
+    """hydra.main for a command of configs/<config_name>.yaml, after one check of the command line that Hydra words
+    less helpfully: an unknown key or group option ends the command in one sentence with the closest one."""
+    def decorate(body: Callable) -> Callable:
+        hydra_main = hydra.main(version_base="1.3", config_path=CONFIGS, config_name=config_name)(body)
+
+        @functools.wraps(body)
+        def main():
+            sentence = unknown_override(config_name, sys.argv[1:])
+            if sentence:
+                print(sentence, file=sys.stderr)
+                sys.exit(1)
+            return hydra_main()
+        return main
+    return decorate

@@ -6,14 +6,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from deeplab.bench import (SECTIONS, bench_inference, bench_loader, bench_models, bench_train, cpu_name,
                            format_inference, format_loader, format_train, synthetic_inputs)
 from deeplab.bench.modes import INFERENCE_MODES, TRAINING_MODES, check_modes, split_samples
-from deeplab.cli import CONFIGS
+from deeplab.cli import command
 from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe_cpu, resolve_device
 from deeplab.errors import ConfigError, user_errors
 from deeplab.model.summary import summarize
@@ -110,7 +109,7 @@ def run(cfg) -> dict:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="bench")
+@command("bench")
 def main(cfg: DictConfig) -> None:
     with user_errors("deeplab.bench"):  # the user's to fix: one clear sentence, exit 1
         run(cfg)

@@ -3,10 +3,9 @@ and the per-class pixel histogram, and exit 1 on any problem."""
 
 import sys
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deeplab.cli import CONFIGS
+from deeplab.cli import command
 from deeplab.data.check import check_dataset, format_report
 from deeplab.errors import user_errors
 
@@ -22,7 +21,7 @@ def run(cfg) -> int:
     return 1 if problems else 0
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="check")
+@command("check")
 def main(cfg: DictConfig) -> None:
     with user_errors("deeplab.data.check"):  # the user's to fix: one clear sentence, exit 1
         code = run(cfg)

@@ -3,10 +3,9 @@ repository's checkpoint as a deeplab checkpoint that evaluate, predict, export a
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from deeplab.cli import CONFIGS
+from deeplab.cli import command
 from deeplab.convert import SOURCES, convert_checkpoint
 from deeplab.errors import ConfigError, check_flags, user_errors
 
@@ -49,7 +48,7 @@ def run(cfg) -> Path:
     return done.path
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="convert")
+@command("convert")
 def main(cfg: DictConfig) -> None:
     with user_errors("deeplab.convert"):  # the user's to fix: one clear sentence, exit 1
         run(cfg)

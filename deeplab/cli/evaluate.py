@@ -4,11 +4,10 @@ import json
 from pathlib import Path
 
 import cv2
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from deeplab.cli import CONFIGS
+from deeplab.cli import command
 from deeplab.data import DataError, build_dataset
 from deeplab.data.transforms import eval_transform
 from deeplab.engine.checkpoint import CheckpointError
@@ -92,7 +91,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="evaluate")
+@command("evaluate")
 def main(cfg: DictConfig) -> None:
     with user_errors("deeplab.evaluate"):  # the user's to fix: one clear sentence, exit 1
         run(cfg, HydraConfig.get().runtime.output_dir)

@@ -4,11 +4,10 @@ format, verified against PyTorch (onnx) or scored against the float model (int8)
 import tempfile
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from deeplab.cli import CONFIGS
+from deeplab.cli import command
 from deeplab.engine.checkpoint import CheckpointError
 from deeplab.errors import ConfigError, check_flags, user_errors
 from deeplab.export import (FORMATS, check_output, default_output, export_onnx, export_pt2, quantize_onnx,
@@ -74,7 +73,7 @@ def run(cfg) -> Path:
     return output
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="export")
+@command("export")
 def main(cfg: DictConfig) -> None:
     with user_errors("deeplab.export"):  # the user's to fix: one clear sentence, exit 1
         run(cfg)

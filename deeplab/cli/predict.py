@@ -3,11 +3,10 @@
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deeplab.cli import CONFIGS
+from deeplab.cli import command
 from deeplab.data.dataset import DataError
 from deeplab.errors import ConfigError, check_flags, user_errors
 from deeplab.inference import Predictor
@@ -61,7 +60,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> int:
     return len(failed)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="predict")
+@command("predict")
 def main(cfg: DictConfig) -> None:
     with user_errors("deeplab.predict"):  # the user's to fix: one clear sentence, exit 1
         failed = run(cfg, HydraConfig.get().runtime.output_dir)

@@ -1,15 +1,14 @@
 """`python train.py [dataset=voc] [experiment=voc_os16] [key=value ...]`: train DeepLabV3+ from the composed config."""
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deeplab.cli import CONFIGS, check_group_choices
+from deeplab.cli import check_group_choices, command
 from deeplab.engine.trainer import train
 from deeplab.errors import user_errors
 
 
-@hydra.main(version_base="1.3", config_path=CONFIGS, config_name="train")
+@command("train")
 def main(cfg: DictConfig) -> float:
     with user_errors("deeplab.train"):  # the user's to fix: one clear sentence, exit 1
         job = HydraConfig.get()
