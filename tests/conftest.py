@@ -183,11 +183,11 @@ def compose(config_name: str, overrides: list[str]):
 
 # a narrower head and backbone for the tiny trainings: 0.5M parameters instead of 2.7M, a 7 MB checkpoint instead of
 # 33 MB, half the step time; every code path is the default model's
-TINY_MODEL = ["model.backbone.width_mult=0.5", "model.aspp_channels=32", "model.low_level_channels=16",
-              "model.decoder_channels=32"]
+TINY_MODEL = ("model.backbone.width_mult=0.5", "model.aspp_channels=32", "model.low_level_channels=16",
+              "model.decoder_channels=32")
 
 
-def tiny_train_overrides(root: Path, out: Path, iterations: int = 3, model=tuple(TINY_MODEL)) -> list[str]:
+def tiny_train_overrides(root: Path, out: Path, iterations: int = 3, model=TINY_MODEL) -> list[str]:
     """A training run that takes seconds on a CPU: tiny crops, batch 4, no workers, checkpoints every 2 iters, and no
     TensorBoard images (the matplotlib figures and image grid are half of such a run; test_train's smoke test turns
     them on). `model=()` trains the default model's widths (what a test about the default architecture needs)."""

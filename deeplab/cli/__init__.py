@@ -21,7 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, user_errors
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")  # absolute: Hydra reads it as a folder
 
@@ -32,13 +32,18 @@ RENAMED = {"model.width_mult": "model.backbone.width_mult", "model.expand_ratio"
 NAMED_GROUPS = {"optim": "optim", "schedule": "schedule", "loss": "loss", "model/backbone": "model.backbone"}
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group: the stems of configs/<group>/*.yaml, sorted."""
+    return sorted(p.stem for p in (Path(CONFIGS) / group).glob("*.yaml"))
+
+
 def config_groups(*, _root_: DictConfig) -> str:
     """The config groups this command's config composes (its defaults list, with the command line's choices), one
     line each: `group: option, option*, ...`, the option in use starred; read from configs/<group>/*.yaml."""
     choices = _root_.hydra.runtime.choices
     lines = []
     for group in sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/")):
-        options = sorted(p.stem for p in (Path(CONFIGS) / group).glob("*.yaml"))
+        options = group_options(group)
         chosen = choices[group]
         lines.append(f"{group}: " + ", ".join(f"{o}*" if o == chosen else o for o in options)
                      + ("  (none in use)" if chosen is None else ""))
@@ -87,39 +92,19 @@ def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
     return close[0] if close else None
 
 
-def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
-    """One sentence for a command line that names a key the config lacks (`trainer.iteration=5`, the old
-    `model.width_mult=0.5`) or a group option that does not exist (`optim=sdg`), with the closest existing one; None
-    when the overrides compose, or fail otherwise (Hydra then reports it, as for flags such as --help and -m)."""
-    if any(arg.startswith("-") for arg in args):
-        return None
-    try:
-        _compose(config_name, args)
-        return None
-    except MissingConfigException as exc:
-        missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'", str(exc))
-        if not missing:
-            return None
-        group, option = missing.groups()
-        options = sorted(p.stem for p in (Path(CONFIGS) / group).glob("*.yaml"))
-        close = _did_you_mean(option, options)
-        return (f"{group}={option}: configs/{group}/ has no option {option}; "
-                + (f"did you mean {group}={close}? " if close else "") + f"(its options: {', '.join(options)})")
-    except ConfigCompositionException as exc:
-        missing = re.match(r"Could not override '([^']+)'", str(exc))
-    except Exception:  # noqa: BLE001 - not ours to word: the Hydra main that follows reports it
-        return None
-    if not missing:
-        return None
-    key = missing.group(1)
-    override = next((a for a in args if a.partition("=")[0] == key), None)
-    if override is None:
-        return None
-    value = override.partition("=")[2]
+def _missing_option(group: str, option: str) -> str:
+    """`optim=sdg`: the group's options, the closest first."""
+    options = group_options(group)
+    close = _did_you_mean(option, options)
+    return (f"{group}={option}: configs/{group}/ has no option {option}; "
+            + (f"did you mean {group}={close}? " if close else "") + f"(its options: {', '.join(options)})")
+
+
+def _missing_key(config_name: str, args: Sequence[str], override: str) -> str:
+    """`trainer.iteration=5`: the closest key at the first level the config lacks, or that level's keys."""
+    key, _, value = override.partition("=")
     if key in RENAMED:
         return f"{override}: {key} is now {RENAMED[key]}; write {RENAMED[key]}={value}"
-    if key.split(".")[0] == "hydra":  # Hydra's own settings: `--cfg hydra` lists them, and Hydra words it
-        return None
     try:
         node = _compose(config_name, [a for a in args if a != override])
     except Exception:  # noqa: BLE001 - another override fails too: name this one without a suggestion
@@ -129,19 +114,51 @@ def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
         if not isinstance(node, DictConfig) or part not in node:
             break
         node, known = node[part], [*known, part]
-    missing_part, keys = parts[len(known)], list(node.keys()) if isinstance(node, DictConfig) else []
-    close = _did_you_mean(missing_part, keys)
-    fix = f"did you mean {'.'.join([*known, close, *parts[len(known) + 1:]])}={value}?" if close else \
-        f"{'.'.join(known) or 'its top level'} holds {', '.join(map(str, keys))}" if keys else "check the spelling"
-    return (f"{override}: configs/{config_name}.yaml and its groups have no key {'.'.join([*known, missing_part])}; "
+    missing, keys = parts[len(known)], list(node.keys()) if isinstance(node, DictConfig) else []
+    close = _did_you_mean(missing, keys)
+    if close:
+        fix = f"did you mean {'.'.join([*known, close, *parts[len(known) + 1:]])}={value}?"
+    elif keys:
+        fix = f"{'.'.join(known) or 'its top level'} holds {', '.join(map(str, keys))}"
+    else:
+        fix = "check the spelling"
+    return (f"{override}: configs/{config_name}.yaml and its groups have no key {'.'.join([*known, missing])}; "
             f"{fix} (--cfg job prints every key)")
 
 
-def command(config_name: str) -> Callable:
-    """hydra.main for a command of configs/<config_name>.yaml, after one check of the command line that Hydra words
-    less helpfully: an unknown key or group option ends the command in one sentence with the closest one."""
+def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
+    """One sentence for a command line that names a key the config lacks (`trainer.iteration=5`, the old
+    `model.width_mult=0.5`) or a group option that does not exist (`optim=sdg`), with the closest existing one; None
+    when the overrides compose, or fail otherwise (Hydra then reports it, as for flags such as --help and -m, and for
+    its own hydra.* keys)."""
+    if any(arg.startswith("-") for arg in args):
+        return None
+    try:
+        _compose(config_name, args)
+    except MissingConfigException as exc:
+        missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'", str(exc))
+        return _missing_option(*missing.groups()) if missing else None
+    except ConfigCompositionException as exc:
+        missing = re.match(r"Could not override '([^']+)'", str(exc))
+        key = missing.group(1) if missing else "hydra"
+        override = next((a for a in args if a.partition("=")[0] == key), None)
+        return _missing_key(config_name, args, override) if override and key.split(".")[0] != "hydra" else None
+    except Exception:  # noqa: BLE001 - not ours to word: the Hydra main that follows reports it
+        return None
+    return None
+
+
+def command(config_name: str, logger: str) -> Callable:
+    """hydra.main for a command of configs/<config_name>.yaml, its body run inside `user_errors(logger)` (a user's
+    mistake: one sentence, exit 1), after one check of the command line that Hydra words less helpfully: an unknown
+    key or group option ends the command in one sentence with the closest one."""
     def decorate(body: Callable) -> Callable:
-        hydra_main = hydra.main(version_base="1.3", config_path=CONFIGS, config_name=config_name)(body)
+        @functools.wraps(body)
+        def guarded(cfg: DictConfig):
+            with user_errors(logger):
+                return body(cfg)
+
+        hydra_main = hydra.main(version_base="1.3", config_path=CONFIGS, config_name=config_name)(guarded)
 
         @functools.wraps(body)
         def main():

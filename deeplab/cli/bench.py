@@ -14,7 +14,7 @@ from deeplab.bench import (SECTIONS, bench_inference, bench_loader, bench_models
 from deeplab.bench.modes import INFERENCE_MODES, TRAINING_MODES, check_modes, split_samples
 from deeplab.cli import command
 from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe_cpu, resolve_device
-from deeplab.errors import ConfigError, user_errors
+from deeplab.errors import ConfigError
 from deeplab.model.summary import summarize
 
 
@@ -109,7 +109,6 @@ def run(cfg) -> dict:
     return results
 
 
-@command("bench")
+@command("bench", logger="deeplab.bench")
 def main(cfg: DictConfig) -> None:
-    with user_errors("deeplab.bench"):  # the user's to fix: one clear sentence, exit 1
-        run(cfg)
+    run(cfg)

@@ -7,7 +7,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from deeplab.cli import command
 from deeplab.data.check import check_dataset, format_report
-from deeplab.errors import user_errors
 
 
 def run(cfg) -> int:
@@ -21,8 +20,7 @@ def run(cfg) -> int:
     return 1 if problems else 0
 
 
-@command("check")
+@command("check", logger="deeplab.data.check")
 def main(cfg: DictConfig) -> None:
-    with user_errors("deeplab.data.check"):  # the user's to fix: one clear sentence, exit 1
-        code = run(cfg)
+    code = run(cfg)
     sys.exit(code)

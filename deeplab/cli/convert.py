@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from deeplab.cli import command
 from deeplab.convert import SOURCES, convert_checkpoint
-from deeplab.errors import ConfigError, check_flags, user_errors
+from deeplab.errors import ConfigError, check_flags
 
 USAGE = "usage: python -m deeplab.convert source=FILE from=vainf|bubbliiiing dataset=voc|cityscapes [output=FILE]"
 
@@ -48,7 +48,6 @@ def run(cfg) -> Path:
     return done.path
 
 
-@command("convert")
+@command("convert", logger="deeplab.convert")
 def main(cfg: DictConfig) -> None:
-    with user_errors("deeplab.convert"):  # the user's to fix: one clear sentence, exit 1
-        run(cfg)
+    run(cfg)

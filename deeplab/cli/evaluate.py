@@ -15,7 +15,7 @@ from deeplab.engine.evaluator import evaluate, score_predictions
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.engine.tta import check_tta, is_channels_last
-from deeplab.errors import ConfigError, check_flags, user_errors
+from deeplab.errors import ConfigError, check_flags
 from deeplab.figures import MissingDependency, confusion_figure, iou_chart
 from deeplab.inference import model_from_checkpoint
 from deeplab.metrics import format_metrics
@@ -91,7 +91,6 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     return result
 
 
-@command("evaluate")
+@command("evaluate", logger="deeplab.evaluate")
 def main(cfg: DictConfig) -> None:
-    with user_errors("deeplab.evaluate"):  # the user's to fix: one clear sentence, exit 1
-        run(cfg, HydraConfig.get().runtime.output_dir)
+    run(cfg, HydraConfig.get().runtime.output_dir)

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from deeplab.cli import command
 from deeplab.engine.checkpoint import CheckpointError
-from deeplab.errors import ConfigError, check_flags, user_errors
+from deeplab.errors import ConfigError, check_flags
 from deeplab.export import (FORMATS, check_output, default_output, export_onnx, export_pt2, quantize_onnx,
                             verify_onnx)
 from deeplab.inference import model_from_checkpoint
@@ -73,7 +73,6 @@ def run(cfg) -> Path:
     return output
 
 
-@command("export")
+@command("export", logger="deeplab.export")
 def main(cfg: DictConfig) -> None:
-    with user_errors("deeplab.export"):  # the user's to fix: one clear sentence, exit 1
-        run(cfg)
+    run(cfg)

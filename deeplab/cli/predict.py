@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from deeplab.cli import command
 from deeplab.data.dataset import DataError
-from deeplab.errors import ConfigError, check_flags, user_errors
+from deeplab.errors import ConfigError, check_flags
 from deeplab.inference import Predictor
 from deeplab.prediction_files import batches, list_inputs, output_folder, plan_outputs, save_outputs
 from deeplab.progress import progress_bar
@@ -60,8 +60,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> int:
     return len(failed)
 
 
-@command("predict")
+@command("predict", logger="deeplab.predict")
 def main(cfg: DictConfig) -> None:
-    with user_errors("deeplab.predict"):  # the user's to fix: one clear sentence, exit 1
-        failed = run(cfg, HydraConfig.get().runtime.output_dir)
+    failed = run(cfg, HydraConfig.get().runtime.output_dir)
     sys.exit(1 if failed else 0)

@@ -5,12 +5,10 @@ from omegaconf import DictConfig
 
 from deeplab.cli import check_group_choices, command
 from deeplab.engine.trainer import train
-from deeplab.errors import user_errors
 
 
-@command("train")
+@command("train", logger="deeplab.train")
 def main(cfg: DictConfig) -> float:
-    with user_errors("deeplab.train"):  # the user's to fix: one clear sentence, exit 1
-        job = HydraConfig.get()
-        check_group_choices(cfg, job.overrides.task, job.runtime.choices)  # a recipe may not outrank optim=sgd
-        return train(cfg, job.runtime.output_dir, overrides=job.overrides.task)
+    job = HydraConfig.get()
+    check_group_choices(cfg, job.overrides.task, job.runtime.choices)  # a recipe may not outrank optim=sgd
+    return train(cfg, job.runtime.output_dir, overrides=job.overrides.task)

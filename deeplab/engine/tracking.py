@@ -99,10 +99,10 @@ def wait_to_sort_last(tb_dir: Path) -> None:
     run's file must sort after the files before it, or purge_step drops nothing and the killed run's steps come back
     after the new ones. Only a writer opened in the same second as the newest file (a resume in the same process,
     as in a notebook) has to wait for the next second."""
-    seconds = [int(part) for path in tb_dir.glob("events.out.tfevents.*")
-               if (part := path.name.split(".")[3]).isdigit()]
-    while seconds and time.time() < max(seconds) + 1:
-        time.sleep(max(seconds) + 1 - time.time())
+    newest = max((int(part) for path in tb_dir.glob("events.out.tfevents.*")
+                  if (part := path.name.split(".")[3]).isdigit()), default=None)
+    while newest is not None and time.time() < newest + 1:
+        time.sleep(newest + 1 - time.time())
 
 
 def _plain(value):
