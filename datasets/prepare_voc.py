@@ -87,14 +87,15 @@ def load_index_png(path: Path) -> np.ndarray:
         return np.array(img)
 
 
-def save_index_png(mask: np.ndarray, path: Path) -> None:
-    """Save class indices as a palette PNG with the VOC colours, atomically so a crash leaves no half file."""
+def save_index_png(mask: np.ndarray, path: Path, *, palette: list[int] | None = None) -> None:
+    """Save class indices as a palette PNG (the VOC colours unless `palette`, a flat [r, g, b, ...] list), atomically
+    so a crash leaves no half file."""
     img = Image.fromarray(mask, mode="P")
-    img.putpalette(voc_colour_map())
+    img.putpalette(palette or voc_colour_map())
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), durable=False)
 
 
-def put_mask(mask: np.ndarray, path: Path, *, force: bool, tally: Tally) -> None:
+def put_mask(mask: np.ndarray, path: Path, *, force: bool, tally: Tally, palette: list[int] | None = None) -> None:
     """Write a mask unless the file already holds the same indices; a differing file is a conflict unless force."""
     if path.exists():
         try:
@@ -107,7 +108,7 @@ def put_mask(mask: np.ndarray, path: Path, *, force: bool, tally: Tally) -> None
         if not force:
             tally.conflicts.append(path)
             return
-    save_index_png(mask, path)
+    save_index_png(mask, path, palette=palette)
     tally.written += 1
 
 

@@ -1,23 +1,52 @@
 """Training losses, chosen by name from `LOSSES`: cross-entropy (class weights, online hard example mining, dice)
 and focal loss; both skip pixels labelled with the ignore index."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def median_frequency(pixels: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Median-frequency balancing (Eigen & Fergus 2015; SegNet): freq_c = pixels of c / pixels of the images that
+    hold c, weight_c = median(freq) / freq_c. A class that never appears gets weight 0 (it has nothing to learn)."""
+    freq = np.divide(pixels, present, out=np.zeros(len(pixels)), where=present > 0)
+    seen = freq > 0
+    return np.divide(np.median(freq[seen]) if seen.any() else 0.0, freq, out=np.zeros(len(pixels)), where=seen)
+
+
+def enet_log(pixels: np.ndarray, present: np.ndarray, *, c: float = 1.02) -> np.ndarray:
+    """ENet's weighting (Paszke et al. 2016): weight_c = 1 / ln(c + p_c), p_c the class's share of labelled pixels;
+    bounded (at most 1 / ln 1.02, about 50) however rare the class."""
+    share = pixels / max(int(pixels.sum()), 1)
+    return np.where(pixels > 0, 1.0 / np.log(c + share), 0.0)
+
+
+# loss.class_weights (and focal loss.alpha) by name: computed from the training split's masks
+CLASS_WEIGHTINGS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "median_frequency": median_frequency, "enet": enet_log}
+
+
+def _numbers(weights: Sequence[float] | str, key: str) -> Sequence[float]:
+    """Per-class weights as numbers: a CLASS_WEIGHTINGS name is computed from the data by the trainer first."""
+    if isinstance(weights, str):
+        raise ValueError(f"{key}={weights!r} is computed from a training split (deeplab.data.statistics and "
+                         f"CLASS_WEIGHTINGS, as the trainer does); pass the numbers here")
+    return weights
+
+
 class CrossEntropyLoss(nn.Module):
     """Cross-entropy (ignoring `ignore_index`), optionally averaged over only the hardest pixels, plus dice."""
 
-    def __init__(self, *, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
+    def __init__(self, *, ignore_index: int = 255, class_weights: Sequence[float] | str | None = None,
                  ohem_fraction: float | None = None, ohem_min_pixels: int = 0, dice_weight: float = 0.0) -> None:
         super().__init__()
         if ohem_fraction is not None and not 0 < ohem_fraction <= 1:
             raise ValueError(f"ohem_fraction must be in (0, 1], got {ohem_fraction}")
         self.ignore_index = ignore_index
-        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        weights = torch.tensor(_numbers(class_weights, "class_weights"), dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.ohem_fraction = ohem_fraction
         self.ohem_min_pixels = ohem_min_pixels
@@ -63,13 +92,14 @@ class FocalLoss(nn.Module):
     It down-weights pixels the model already gets right; at gamma 0 without alpha it is cross-entropy.
     """
 
-    def __init__(self, *, ignore_index: int = 255, gamma: float = 2.0, alpha: Sequence[float] | None = None) -> None:
+    def __init__(self, *, ignore_index: int = 255, gamma: float = 2.0,
+                 alpha: Sequence[float] | str | None = None) -> None:
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.ignore_index = ignore_index
         self.gamma = gamma
-        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32) if alpha else None, persistent=False)
+        self.register_buffer("alpha", torch.tensor(_numbers(alpha, "alpha"), dtype=torch.float32) if alpha else None, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()  # the loss in fp32 even under autocast, as cross-entropy

@@ -237,6 +237,12 @@ def entry_point(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Split statistics (deeplab.data.statistics) are cached in a folder of this test session's, not the user's."""
+    monkeypatch.setenv("DEEPLAB_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "deeplab-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _thread_counts_restored():
     """Some code under test sets process-wide thread counts (the bench's loader section measures one worker with
     torch.set_num_threads(1)); every test gets back the counts it started with, so no later test runs on one thread."""

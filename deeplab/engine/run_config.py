@@ -18,7 +18,7 @@ from deeplab.data.transforms import train_transform
 from deeplab.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.errors import ConfigError, one_line
-from deeplab.losses import LOSSES, build_loss
+from deeplab.losses import CLASS_WEIGHTINGS, LOSSES, build_loss
 from deeplab.model import BACKBONES, OUTPUT_STRIDES, build_model, upgrade_model_config
 from deeplab.model.backbone import check_backbone_options, split_backbone
 from deeplab.model.deeplabv3plus import LEGACY_BACKBONE_KEYS
@@ -250,7 +250,11 @@ def _check_consistency(config: Mapping) -> None:
                           f"{data['num_classes']}; leave model.num_classes at ${{dataset.num_classes}}")
     for key in ("class_weights", "alpha"):  # cross-entropy's and focal loss's per-class weights
         weights = config["loss"].get(key)
-        if weights is not None and len(weights) != data["num_classes"]:
+        if isinstance(weights, str):
+            if weights not in CLASS_WEIGHTINGS:
+                raise ConfigError(f"loss.{key}={weights!r}: must be one of {', '.join(CLASS_WEIGHTINGS)} (computed "
+                                  f"from the training split) or a list of one weight per class")
+        elif weights is not None and len(weights) != data["num_classes"]:
             raise ConfigError(f"loss.{key} has {len(weights)} values for dataset.num_classes="
                               f"{data['num_classes']}; give one weight per class")
     if trainer["batch_size"] % trainer["grad_accum"]:

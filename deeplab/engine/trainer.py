@@ -15,8 +15,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deeplab.data import DataError, build_dataset
+from deeplab.data import DataError, SegmentationDataset, build_dataset
 from deeplab.data.check import preflight
+from deeplab.data.statistics import class_pixels
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
 from deeplab.engine.distributed import DistInfo, broadcast_object, cleanup, convert_to_global_bn, init_distributed
@@ -30,7 +31,7 @@ from deeplab.engine.run_dir import adopt_run_dir, resume_or_new, run_dir_lock
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
 from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
 from deeplab.errors import ConfigError, UserError, one_line
-from deeplab.losses import build_loss
+from deeplab.losses import CLASS_WEIGHTINGS, build_loss
 from deeplab.model import build_model, rebuild_model, upgrade_model_config
 from deeplab.model.backbone import backbone_architecture
 from deeplab.model.decoder import use_fast_convs
@@ -269,6 +270,29 @@ def probe_batch(dataset: torch.utils.data.Dataset, share: int) -> tuple[torch.Te
     return images[..., :192, :192], masks[..., :192, :192]
 
 
+def loss_options(config: dict, train_set: SegmentationDataset, world: DistInfo) -> dict:
+    """The loss section with per-class weights given by name (loss.class_weights=median_frequency, or focal
+    loss.alpha) turned into numbers from the training split's masks (counted by rank 0, cached per split), and
+    recorded in `config["class_weights"]`, so the checkpoint shows them and a resumed run keeps them as they were."""
+    options = dict(config["loss"])
+    key = next((k for k in ("class_weights", "alpha") if isinstance(options.get(k), str)), None)
+    if key is None:
+        return options
+    record = config.get("class_weights")
+    if not record or record.get("method") != options[key]:
+        pixels, present = broadcast_object(class_pixels(train_set) if world.is_main else None)
+        weights = CLASS_WEIGHTINGS[options[key]](pixels, present)
+        record = {"key": f"loss.{key}", "method": options[key], "split": config["dataset"]["train_split"],
+                  "weights": [round(float(w), 6) for w in weights],
+                  "pixel_share": [round(float(p), 6) for p in pixels / max(int(pixels.sum()), 1)]}
+        config["class_weights"] = record
+        names = config["dataset"].get("class_names") or [str(i) for i in range(len(weights))]
+        log.info("loss.%s=%s from split '%s' (%d masks): %s", key, options[key], record["split"], len(train_set),
+                 "  ".join(f"{n} {w:.3g}" for n, w in zip(names, record["weights"])))
+    options[key] = record["weights"]
+    return options
+
+
 def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: dict | None) -> Run:
     """Device, process group, data, model, optimizer, schedule, loss and loaders for one run."""
     torch.manual_seed(config["seed"])
@@ -308,7 +332,8 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
     wrapped = torch.compile(wrapped) if settings.compile else wrapped
     return Run(settings=settings, model=wrapped, optimizer=optimizer, scheduler=scheduler,
                scaler=grad_scaler(device.type, precision),
-               criterion=build_loss(ignore_index=config["dataset"]["ignore_index"], **config["loss"]).to(device),
+               criterion=build_loss(ignore_index=config["dataset"]["ignore_index"],
+                                    **loss_options(config, train_set, world)).to(device),
                train_batches=train_loader(train_set, batches, num_workers=settings.num_workers, pin_memory=pin),
                val_batches=val_loader(val_set, rank=world.rank, world_size=world.world_size,
                                       num_workers=min(settings.num_workers, 2), pin_memory=pin),
