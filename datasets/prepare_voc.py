@@ -12,7 +12,7 @@ import shutil
 import sys
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,7 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     report(args.root, sizes, tallies, copied)
-    conflicts = [p for t in tallies.values() for p in t.conflicts]
+    return conflicts_status(tallies.values())
+
+
+def conflicts_status(tallies: Iterable[Tally]) -> int:
+    """The exit status after writing: 1, with the conflicts named on stderr, when any existing file was left alone."""
+    conflicts = [p for t in tallies for p in t.conflicts]
     if conflicts:
         print(f"error: {len(conflicts)} existing file(s) differ from what this script would write and were left "
               f"untouched: {names(conflicts)}\n  inspect them, or run again with --force to overwrite them.",

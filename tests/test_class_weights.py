@@ -93,6 +93,7 @@ def test_a_run_records_the_weights_in_its_checkpoint_and_keeps_them_on_resume(tr
     assert record["method"] == method and record["key"] == key and record["split"] == "train"
     assert record["weights"] == pytest.approx(CLASS_WEIGHTINGS[method](pixels, present).tolist(), rel=1e-5)
     assert f"{key}={method} from split 'train'" in caplog.text
+    assert "16 class(es) have no pixels in split 'train' and get weight 0" in caplog.text  # the tree uses 5 of 21
     # the data changes after the run started: the resumed run keeps the weights it trained with
     for _, mask in _dataset(tree).samples:
         Image.fromarray(np.zeros_like(np.array(Image.open(mask))), mode="L").save(mask)

@@ -152,6 +152,14 @@ def test_a_source_without_camvid_and_no_arguments_are_refused(prep, tmp_path, ca
     assert "no such file or folder" in capsys.readouterr().err
     assert prep.main(["--root", str(tmp_path)]) == 2
     assert "--source" in capsys.readouterr().err
+    (tmp_path / "bare.git" / "objects").mkdir(parents=True)  # what `git clone --bare` or a mirror leaves
+    (tmp_path / "bare.git" / "HEAD").write_text("ref: refs/heads/master\n")
+    assert prep.main(["--source", str(tmp_path / "bare.git"), "--root", str(tmp_path)]) == 1
+    assert "bare git repository" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert prep.main(["--source", str(fake_camvid(tmp_path / "src")), "--root", str(tmp_path / "a-file")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write under --root" in err and "Traceback" not in err
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 broken")
     assert prep.main(["--source", str(tmp_path / "broken.zip"), "--root", str(tmp_path)]) == 1
     assert "not a readable zip or tar archive" in capsys.readouterr().err

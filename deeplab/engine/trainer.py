@@ -289,6 +289,10 @@ def loss_options(config: dict, train_set: SegmentationDataset, world: DistInfo) 
         names = config["dataset"].get("class_names") or [str(i) for i in range(len(weights))]
         log.info("loss.%s=%s from split '%s' (%d masks): %s", key, options[key], record["split"], len(train_set),
                  "  ".join(f"{n} {w:.3g}" for n, w in zip(names, record["weights"])))
+        absent = [n for n, p in zip(names, pixels) if p == 0]
+        if absent:
+            log.warning("loss.%s: %d class(es) have no pixels in split '%s' and get weight 0 (%s); check "
+                        "dataset.num_classes and the masks", key, len(absent), record["split"], ", ".join(absent[:5]))
     options[key] = record["weights"]
     return options
 
@@ -418,5 +422,12 @@ def report(run: Run, output_dir: Path) -> None:
     if m:
         print(f"\nfinal val: mIoU {m['mIoU']:.4f}  pixel acc {m['pixel_acc']:.4f}  mean class acc "
               f"{m['mean_class_acc']:.4f}  (best mIoU {run.best_miou:.4f})")
+        names = run.config["dataset"].get("class_names") or [str(i) for i in range(len(m["per_class_iou"]))]
+        share = run.config.get("class_weights", {}).get("pixel_share") or [None] * len(names)
+        # the rare classes (under 1% of the training pixels, when the class weights counted them) marked with *
+        print("per-class IoU: " + "  ".join(
+            f"{n}{'*' if s is not None and s < 0.01 else ''} {'-' if v is None else f'{v:.3f}'}"
+            for n, v, s in zip(names, m["per_class_iou"], share))
+            + ("   (* under 1% of the training pixels)" if any(s is not None and s < 0.01 for s in share) else ""))
     print(f"run dir:      {output_dir}\ncheckpoints:  {output_dir / 'best.pt'}  {output_dir / 'last.pt'}\n"
           f"TensorBoard:  tensorboard --logdir {output_dir / 'tb'}")
