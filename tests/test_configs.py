@@ -36,7 +36,9 @@ def _build_everything(cfg, tmp_path):
     assert model.num_classes == c["dataset"]["num_classes"] == len(c["dataset"]["class_names"])
     optimizer = build_optimizer(model, **c["optim"])
     build_scheduler(optimizer, total_iters=settings.iterations, **c["schedule"])
-    build_loss(ignore_index=c["dataset"]["ignore_index"], **c["loss"])
+    weights = {k: [1.0] * c["dataset"]["num_classes"] for k in ("class_weights", "alpha")  # the trainer computes
+               if isinstance(c["loss"].get(k), str)}  # a named weighting from the training split's masks
+    build_loss(ignore_index=c["dataset"]["ignore_index"], **{**c["loss"], **weights})
     data = c["dataset"]
     train_transform(mean=data["mean"], std=data["std"], ignore_index=data["ignore_index"], **c["augment"])
     if data["format"] != "demo":  # every dataset key is accepted by its format: a missing root, not a TypeError
@@ -53,8 +55,9 @@ def test_every_group_option_composes_and_builds(group, option, tmp_path):
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_composes_builds_and_names_its_target(experiment, tmp_path):
     c = _build_everything(compose("train", [f"experiment={experiment}"]), tmp_path)  # passes validate_config too
-    assert c["dataset"]["format"] != "demo" and c["model"]["backbone_weights"] == "imagenet"
     header = (REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text()
+    assert c["dataset"]["format"] != "demo"
+    assert c["model"]["backbone_weights"] == "imagenet" or "from scratch" in header.split("\n")[1]
     assert re.search(r"TARGET: >= \d+(\.\d+)? mIoU on \w+", header), \
         f"{experiment}.yaml must name the mIoU it targets (TARGET: >= <number> mIoU on <split>)"
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import compose, digest
-from deeplab.data import build_dataset
+from conftest import compose, digest, one_sentence
+from deeplab.data import DataError, build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "datasets" / "prepare_camvid.py"
@@ -163,3 +163,10 @@ def test_a_source_without_camvid_and_no_arguments_are_refused(prep, tmp_path, ca
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 broken")
     assert prep.main(["--source", str(tmp_path / "broken.zip"), "--root", str(tmp_path)]) == 1
     assert "not a readable zip or tar archive" in capsys.readouterr().err
+
+
+def test_training_on_camvid_before_preparing_it_names_the_command_that_makes_it(tmp_path):
+    data = compose("train", ["experiment=camvid_cpu", f"dataset.root={tmp_path / 'camvid_180x240'}"]).dataset
+    with pytest.raises(DataError) as exc:
+        build_dataset(split="train", **data)
+    one_sentence(exc, str(tmp_path / "camvid_180x240"), "python datasets/prepare_camvid.py --source")

@@ -226,7 +226,7 @@ def test_help_says_what_the_command_does_gives_examples_and_lists_only_its_group
 def test_help_stars_the_options_in_use_after_the_command_line(entry_point, capsys):
     assert entry_point(train.main, "dataset=voc", "optim=adamw", "--help") == 0
     groups = listed_groups(capsys.readouterr().out)
-    assert groups["dataset"] == "cityscapes, coco, demo, folder, voc*, voc_aug"
+    assert groups["dataset"] == "camvid, cityscapes, coco, demo, folder, voc*, voc_aug"
     assert groups["optim"] == "adamw*, sgd"
     assert groups["experiment"].endswith("(none in use)")
 

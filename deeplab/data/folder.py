@@ -25,14 +25,20 @@ def ratio_split(ids: list[str], *, split: str, val_ratio: float, seed: int) -> l
 
 
 def folder_samples(*, root: str | Path, split: str, image_dir: str = "images", mask_dir: str = "masks",
-                   split_dir: str = "splits", val_ratio: float = 0.1, seed: int = 0) -> list[tuple[Path, Path]]:
-    """(image, mask) pairs: ids from `root/split_dir/<split>.txt` if that folder exists, else a seeded ratio split."""
+                   split_dir: str = "splits", val_ratio: float = 0.1, seed: int = 0,
+                   prepare: str | None = None) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs: ids from `root/split_dir/<split>.txt` if that folder exists, else a seeded ratio split.
+
+    `prepare`: the command that makes this dataset (a prepared public one, such as CamVid), named when it is absent.
+    """
     root = Path(root).expanduser()
     images_path, masks_path, splits_path = root / image_dir, root / mask_dir, root / split_dir
     for folder in (images_path, masks_path):
         if not folder.is_dir():
             raise DataError(f"dataset not found: looked for {folder} under dataset.root={root}. A folder dataset is "
-                            f"{image_dir}/ (images) and {mask_dir}/ (PNG masks of class indices, same file stems).")
+                            f"{image_dir}/ (images) and {mask_dir}/ (PNG masks of class indices, same file stems)."
+                            + (f" Make it with `{prepare}`, or point dataset.root at a prepared copy." if prepare
+                               else ""))
     images, masks = find_by_stem(images_path), find_by_stem(masks_path, MASK_EXTENSIONS)
     if splits_path.is_dir():
         split_file = splits_path / f"{split}.txt"
