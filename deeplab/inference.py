@@ -21,7 +21,7 @@ from deeplab.onnx_model import OnnxModel
 log = logging.getLogger("deeplab.inference")
 
 
-def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu", fold_bn: bool = True,
+def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "auto", fold_bn: bool = True,
                           channels_last: bool = True, fast_convs: bool = True, compile: bool = False) -> nn.Module:
     """The fast inference form of a model: BatchNorm folded into the convs, channels_last weights, eval mode, and
     (fast_convs) the dense 3x3 decoder convs done with fewer multiplications where they run in fp32 on the CPU:
@@ -39,7 +39,7 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "cpu
     return torch.compile(model, dynamic=True) if compile else model
 
 
-def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,
+def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "auto", output_stride: int | None = None,
                           fast: bool = False, compile: bool = False, onnx: str | Path | None = None
                           ) -> tuple[nn.Module, dict]:
     """The model a checkpoint describes (its own saved config), with its weights, in eval mode; and that config.
@@ -86,7 +86,7 @@ class Predictor:
     """
 
     def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
-                 palette: Sequence[Sequence[int]] | None = None, device: str | torch.device = "cpu",
+                 palette: Sequence[Sequence[int]] | None = None, device: str | torch.device = "auto",
                  scales: Sequence[float] = (1.0,), flip: bool = False, window: Sequence[int] | None = None,
                  stride: Sequence[int] | None = None, precision: str = "auto") -> None:
         self.device = resolve_device(device)
@@ -99,7 +99,7 @@ class Predictor:
         self.tta = dict(scales=tuple(scales), flip=flip, window=window, stride=stride, precision=precision)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu", output_stride: int | None = None,
+    def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "auto", output_stride: int | None = None,
                         fast: bool = True, compile: bool = False, onnx: str | Path | None = None,
                         **tta) -> "Predictor":
         """Rebuild the model from the checkpoint's own config; nothing else is needed.

@@ -57,12 +57,25 @@ class CrossEntropyLoss(nn.Module):
         if self.class_weights is not None and len(self.class_weights) != logits.shape[1]:
             raise ValueError(f"{len(self.class_weights)} class_weights for {logits.shape[1]} classes")
         if self.ohem_fraction is None:
-            loss = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index)
+            loss = self._mean(logits, target)
         else:
             loss = self._ohem(logits, target)
         if self.dice_weight:
             loss = loss + self.dice_weight * self._dice(logits, target)
         return loss
+
+    def _mean(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy averaged over the valid pixels (weighted by their class weights), as F.cross_entropy's mean;
+        a batch whose pixels are all ignored gives 0 with zero gradients, not F.cross_entropy's NaN (0 / 0), which
+        would stop a run as diverged (small per-GPU batches, crops padded with the ignore index)."""
+        pixel = F.cross_entropy(logits, target, weight=self.class_weights, ignore_index=self.ignore_index,
+                                reduction="none")  # 0 at ignored pixels
+        valid = target != self.ignore_index
+        if self.class_weights is None:
+            denominator = valid.sum().to(pixel.dtype)
+        else:
+            denominator = (self.class_weights[target.masked_fill(~valid, 0)] * valid).sum()
+        return pixel.sum() / denominator.clamp(min=torch.finfo(pixel.dtype).tiny)
 
     def _ohem(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss of the top `ohem_fraction` of valid pixels (at least `ohem_min_pixels`): hard examples."""
@@ -99,7 +112,8 @@ class FocalLoss(nn.Module):
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         self.ignore_index = ignore_index
         self.gamma = gamma
-        self.register_buffer("alpha", torch.tensor(_numbers(alpha, "alpha"), dtype=torch.float32) if alpha else None, persistent=False)
+        alpha = torch.tensor(_numbers(alpha, "alpha"), dtype=torch.float32) if alpha else None
+        self.register_buffer("alpha", alpha, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()  # the loss in fp32 even under autocast, as cross-entropy

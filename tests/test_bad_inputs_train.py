@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import REPO, compose, make_voc_tree, tiny_train_overrides
 from deeplab.data import DataError
 from deeplab.engine.checkpoint import load_checkpoint
+from deeplab.torch_files import CheckpointError
 from deeplab.engine.step import TrainingDiverged
 from deeplab.engine.trainer import train
 from deeplab.errors import ConfigError, UserError
@@ -232,10 +233,11 @@ def test_resume_from_an_older_checkpoint_of_a_run_would_overwrite_its_last_pt_so
     assert _digest(run) == before
 
 
-def test_resume_auto_with_no_run_is_refused_naming_where_it_looked(voc_root, tmp_path):
-    with pytest.raises(ConfigError) as exc_info:
-        train(_cfg(voc_root, tmp_path / "nothing_here", "resume=auto"), tmp_path / "run")
-    _one_sentence(exc_info, f"output_root={tmp_path / 'nothing_here'}")
+def test_resume_path_with_nothing_there_is_refused_naming_it(voc_root, tmp_path):
+    with pytest.raises(CheckpointError) as exc_info:  # resume=auto with nothing to continue starts a new run instead
+        train(_cfg(voc_root, tmp_path / "outputs", f"resume={tmp_path / 'nothing_here'}"), tmp_path / "run")
+    _one_sentence(exc_info, str(tmp_path / "nothing_here"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_second_process_writing_the_same_run_dir_is_refused(run_copy, tmp_path):

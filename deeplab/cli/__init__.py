@@ -17,11 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import hydra
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from deeplab.errors import ConfigError, user_errors
+from deeplab.errors import ConfigError, UserError, user_errors
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")  # absolute: Hydra reads it as a folder
 
@@ -148,6 +149,15 @@ def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
     return None
 
 
+# what each command can lower when the GPU runs out of memory (the trainer words its own, with what it saved)
+OUT_OF_MEMORY = {
+    "train": "lower trainer.batch_size (trainer.grad_accum=2 keeps the global batch) or augment.crop_size",
+    "evaluate": "evaluate large images with window=[1024,1024] (sliding window), fewer scales, or device=cpu",
+    "predict": "predict with batch_size=1, and window=[1024,1024] for large photos, or device=cpu",
+    "export": "export with device=cpu", "bench": "bench with a smaller batch or size, or device=cpu",
+}
+
+
 def command(config_name: str, logger: str) -> Callable:
     """hydra.main for a command of configs/<config_name>.yaml, its body run inside `user_errors(logger)` (a user's
     mistake: one sentence, exit 1), after one check of the command line that Hydra words less helpfully: an unknown
@@ -156,7 +166,11 @@ def command(config_name: str, logger: str) -> Callable:
         @functools.wraps(body)
         def guarded(cfg: DictConfig):
             with user_errors(logger):
-                return body(cfg)
+                try:
+                    return body(cfg)
+                except torch.cuda.OutOfMemoryError as exc:  # one sentence naming what to lower, not a traceback
+                    raise UserError(f"the GPU ran out of memory ({str(exc).splitlines()[0].rstrip('.')}); "
+                                    f"{OUT_OF_MEMORY.get(config_name, 'use device=cpu')}") from None
 
         hydra_main = hydra.main(version_base="1.3", config_path=CONFIGS, config_name=config_name)(guarded)
 

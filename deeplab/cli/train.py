@@ -11,4 +11,5 @@ from deeplab.engine.trainer import train
 def main(cfg: DictConfig) -> float:
     job = HydraConfig.get()
     check_group_choices(cfg, job.overrides.task, job.runtime.choices)  # a recipe may not outrank optim=sgd
-    return train(cfg, job.runtime.output_dir, overrides=job.overrides.task)
+    named = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in job.overrides.hydra)
+    return train(cfg, job.runtime.output_dir, overrides=job.overrides.task, named_run_dir=named)

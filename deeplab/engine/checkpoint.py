@@ -86,17 +86,25 @@ def _mismatch_message(source: str, model: nn.Module, weights: dict, missing: lis
 
 
 def rng_state() -> dict:
-    """The torch RNG states (CPU, and CUDA when present): dropout draws from them."""
+    """The torch RNG states that dropout draws from: the CPU's, and the current CUDA device's when there is one (this
+    process's GPU only: a run resumed on a machine with fewer GPUs can restore it)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore `rng_state()`'s states; a checkpoint of an older version saved every GPU's (`cuda`): the current
+    device's is taken from that list when it is there."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif state.get("cuda"):
+        states = state["cuda"]
+        torch.cuda.set_rng_state(states[min(torch.cuda.current_device(), len(states) - 1)])
 
 
 def find_latest(root: str | Path, name: str = "last.pt") -> Path | None:

@@ -59,12 +59,21 @@ def describe_cpu(capabilities: dict[str, bool] | None = None) -> str:
 
 
 def auto_precisions(device_type: str, capabilities: dict[str, bool] | None = None) -> tuple[str, ...]:
-    """What precision=auto may run: fp16 on CUDA; fp32, and bf16 too where the CPU runs it natively (AVX-512 BF16
-    or AMX), else fp32 alone. With two, the faster for the model at hand is measured (`choose_fastest`)."""
-    if device_type == "cuda":
-        return ("fp16",)
+    """What precision=auto may run: on CUDA bf16 where the GPU runs it natively (Ampere and newer), else fp16 with a
+    GradScaler; on a CPU fp32, and bf16 too where the CPU runs it natively (AVX-512 BF16 or AMX), else fp32 alone.
+    With two, the faster for the model at hand is measured (`choose_fastest`)."""
+    if device_type == "cuda":  # bf16 where native: fp32's range, so no GradScaler and no overflow
+        return ("bf16",) if cuda_bf16_native() else ("fp16",)
     caps = cpu_capabilities() if capabilities is None else capabilities
     return ("fp32", "bf16") if device_type == "cpu" and (caps["avx512_bf16"] or caps["amx"]) else ("fp32",)
+
+
+def cuda_bf16_native() -> bool:
+    """Whether the current CUDA GPU computes in bf16 natively (compute capability 8.0, Ampere, or newer; ROCm too),
+    not by emulation."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 
 def resolve_precision(precision: str, device_type: str, *, key: str = "precision") -> str:
@@ -73,6 +82,9 @@ def resolve_precision(precision: str, device_type: str, *, key: str = "precision
         raise ConfigError(f"{key}={precision!r}: must be one of {list(PRECISIONS)}")
     if precision == "fp16" and device_type == "cpu":
         raise ConfigError(f"{key}=fp16: fp16 autocast is for CUDA GPUs; use {key}=bf16 (or fp32) on the CPU")
+    if precision == "bf16" and device_type == "cuda" and not cuda_bf16_native():
+        raise ConfigError(f"{key}=bf16: this GPU ({torch.cuda.get_device_name()}) has no native bf16 (that needs "
+                          f"compute capability 8.0, Ampere, or newer); use {key}=fp16 or {key}=auto")
     if precision != "auto":
         return precision
     options = auto_precisions(device_type)
@@ -118,7 +130,8 @@ def _say_once(key: Hashable, message: str) -> None:
 
 
 def _no_choice(device_type: str) -> str:
-    return "fp16 autocast on CUDA" if device_type == "cuda" else \
+    return ("bf16 autocast: this GPU runs bf16 natively" if cuda_bf16_native() else "fp16 autocast with a "
+            "GradScaler: this GPU has no native bf16") if device_type == "cuda" else \
         f"this CPU has no native bf16, so fp32; CPU {describe_cpu()}"
 
 
@@ -182,7 +195,8 @@ def training_plan(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, *
         if precision == "auto":
             _say_once(("training", device_type), f"auto for training precision: {resolved} "
                       f"({_no_choice(device_type)})")
-        return TrainingPlan(resolved, channels_last, fast_convs)
+        # the fast decoder convs are a CPU fp32 path: a GPU run neither uses nor claims them
+        return TrainingPlan(resolved, channels_last, fast_convs and device_type == "cpu")
     plans = [TrainingPlan("fp32", False, False)]
     plans += [TrainingPlan(p, True, fast_convs) for p in auto_precisions(device_type) if channels_last]
     if len(plans) == 1:  # trainer.channels_last=false on a CPU without native bf16: nothing to choose

@@ -19,17 +19,23 @@ log = logging.getLogger("deeplab.train")
 LOCK = ".train.lock"
 
 
-def resume_or_new(cfg: DictConfig, output_dir: Path,
-                  overrides: Sequence[str]) -> tuple[dict, Path, dict | None]:
-    """resume=auto|PATH continues a checkpoint in its own run dir, with its saved config and the safe overrides."""
+def resume_or_new(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *,
+                  named_run_dir: bool = False) -> tuple[dict, Path, dict | None]:
+    """resume=auto|PATH continues a checkpoint in its own run dir, with its saved config and the safe overrides.
+
+    resume=auto is what a scheduler's requeue repeats, so the first launch is the same command: it continues the
+    run dir this command writes to (`output_dir`) when that holds a last.pt, else, unless the command named its run
+    dir (hydra.run.dir=..., `named_run_dir`), the newest run under output_root; with nothing to continue it starts a
+    new run and says so. Only resume=PATH with nothing at PATH is an error."""
     if not cfg.get("resume"):
         return OmegaConf.to_container(cfg, resolve=True), output_dir, None
     if cfg.resume == "auto":
-        path = ckpt.find_latest(cfg.output_root)
+        path = output_dir / "last.pt" if (output_dir / "last.pt").is_file() else \
+            None if named_run_dir else ckpt.find_latest(cfg.output_root)
         if path is None:
-            raise ConfigError(f"resume=auto: no last.pt under output_root={cfg.output_root}; point output_root at "
-                              f"the folder that holds your runs (or resume=<run dir or its last.pt>), or drop "
-                              f"resume=auto to start a new run")
+            where = output_dir if named_run_dir else f"{output_dir} or under output_root={cfg.output_root}"
+            log.info("resume=auto: no last.pt in %s to continue, so this starts a new run in %s", where, output_dir)
+            return OmegaConf.to_container(cfg, resolve=True), output_dir, None
     else:
         path = Path(cfg.resume).expanduser()
         path = path / "last.pt" if path.is_dir() else path

@@ -17,9 +17,21 @@ class TrainingDiverged(UserError):
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP and/or torch.compile wrappers (what checkpoints hold)."""
-    model = model.module if isinstance(model, DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
+    """The plain model inside DDP and torch.compile wrappers, in either order (what checkpoints hold)."""
+    while True:
+        inner = model.module if isinstance(model, DistributedDataParallel) else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def ddp_of(model: nn.Module) -> DistributedDataParallel | None:
+    """The DDP wrapper in `model`'s wrappers (torch.compile(DDP(model)) hides it), or None."""
+    while not isinstance(model, DistributedDataParallel):
+        model = getattr(model, "_orig_mod", None)
+        if not isinstance(model, nn.Module):
+            return None
+    return model
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -38,14 +50,14 @@ def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: t
     ignore = getattr(criterion, "ignore_index", -100)
     valid = torch.stack([(masks != ignore).sum() for _, masks in micro_batches]).float()
     share = valid * len(valid) / all_reduce_mean(valid.sum().to(device)).cpu().clamp(min=1)
+    ddp = ddp_of(model)
     for i, (images, masks) in enumerate(micro_batches):
         images = images.to(device, non_blocking=True)
         masks = masks.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         last = i == len(micro_batches) - 1
-        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last \
-            else contextlib.nullcontext()
+        sync = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()  # reduce once, at the end
         with sync:
             with autocast(device.type, precision):
                 logits = model(images)

@@ -3,6 +3,9 @@
 import contextlib
 import dataclasses
 import logging
+import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +23,8 @@ from deeplab.data.check import preflight
 from deeplab.data.statistics import class_pixels
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
-from deeplab.engine.distributed import DistInfo, broadcast_object, cleanup, convert_to_global_bn, init_distributed
+from deeplab.engine.distributed import (DistInfo, all_reduce_mean, broadcast_object, cleanup, convert_to_global_bn,
+                                        init_distributed)
 from deeplab.engine.ema import ModelEma
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
@@ -81,11 +85,17 @@ def validate(run: Run, iteration: int) -> dict:
     trainer.ema_decay set it scores the moving average of the weights (so best.pt is the best EMA), not the raw
     ones."""
     data = run.config["dataset"]
-    model = run.ema.module if run.ema is not None else run.model
-    matrix, kept = evaluate(model, run.val_batches, num_classes=data["num_classes"], device=run.device,
-                            ignore_index=data["ignore_index"], precision=run.precision,
-                            channels_last=run.settings.channels_last, keep=run.settings.grid_images,
-                            progress=None if run.dist.is_main else False, desc="validate")  # under the train bar
+    # the plain model, not the DDP wrapper: DDP's forward broadcasts buffers, which hangs when the val split leaves a
+    # process without images; and no cuDNN autotuning for each new full-resolution size (a tuning per image)
+    model = run.ema.module if run.ema is not None else unwrap(run.model)
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    try:
+        matrix, kept = evaluate(model, run.val_batches, num_classes=data["num_classes"], device=run.device,
+                                ignore_index=data["ignore_index"], precision=run.precision,
+                                channels_last=run.settings.channels_last, keep=run.settings.grid_images,
+                                progress=None if run.dist.is_main else False, desc="validate")  # under the train bar
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
     metrics = matrix.compute()
     run.last_metrics = metrics
     improved = metrics["mIoU"] > run.best_miou
@@ -111,11 +121,41 @@ def keep_progress(run: Run, iteration: int, start_iter: int, exc: DataError) -> 
 
 
 class TrainingInterrupted(UserError):
-    """Ctrl-C: what was saved, and how to continue."""
+    """Ctrl-C or SIGTERM: what was saved, and how to continue."""
 
 
-def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool) -> TrainingInterrupted:
-    """Ctrl-C between steps saves last.pt of the iteration reached; during a step the last checkpoint is kept."""
+class TerminationRequest:
+    """SIGTERM (what a scheduler or `kill` sends before SIGKILL, and torchrun forwards to every process) noted while
+    training, so that the loop stops at the next step boundary with the weights consistent and last.pt saved."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "TerminationRequest":
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _note(self, signum, frame) -> None:
+        self.received = True
+
+    def agreed(self, world: DistInfo) -> bool:
+        """Whether any process got SIGTERM: every process stops at the same step (one stopping alone would leave the
+        others waiting in a collective)."""
+        if world.world_size == 1:
+            return self.received
+        return bool(all_reduce_mean(torch.tensor(float(self.received))).item() > 0)
+
+
+def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool,
+                how: str = "interrupted") -> TrainingInterrupted:
+    """Ctrl-C (or SIGTERM) between steps saves last.pt of the iteration reached; during a step the last checkpoint
+    is kept."""
     last = run.output_dir / "last.pt"
     if saved and iteration > start_iter and run.dist.is_main:
         ckpt.save_checkpoint(last, checkpoint_state(run, iteration))
@@ -123,8 +163,28 @@ def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool) -> Tr
     elif last.is_file():
         kept = f"last.pt of iteration {ckpt.load_checkpoint(last)['iteration']} kept"
     else:
-        return TrainingInterrupted(f"interrupted at iteration {iteration}, before any checkpoint was written")
-    return TrainingInterrupted(f"interrupted at iteration {iteration}: {kept}; continue with resume={last}")
+        return TrainingInterrupted(f"{how} at iteration {iteration}, before any checkpoint was written")
+    return TrainingInterrupted(f"{how} at iteration {iteration}: {kept}; continue with resume={last} (or the same "
+                               f"command with resume=auto)")
+
+
+class OutOfMemory(UserError):
+    """The GPU ran out of memory: what to lower, and what was saved."""
+
+
+def out_of_memory(run: Run, iteration: int, start_iter: int, exc: Exception) -> OutOfMemory:
+    """CUDA out of memory in a step or a validation: the steps done so far are saved (a step's optimizer state exists
+    after its first step, so the memory ran out in a forward or backward, before the weights changed), and one
+    sentence names what to lower: on resume only trainer.grad_accum may change, which keeps the global batch."""
+    last = run.output_dir / "last.pt"
+    if iteration > start_iter and run.dist.is_main:
+        torch.cuda.empty_cache()
+        ckpt.save_checkpoint(last, checkpoint_state(run, iteration))
+    kept = f"last.pt saved at iteration {iteration}" if iteration > start_iter else "nothing was lost"
+    accum = run.settings.grad_accum * 2
+    return OutOfMemory(f"the GPU ran out of memory at iteration {iteration + 1} ({str(exc).splitlines()[0]}); "
+                       f"{kept}: continue with resume={last} trainer.grad_accum={accum} (the same batch in {accum} "
+                       f"pieces), or start anew with a lower trainer.batch_size or augment.crop_size")
 
 
 def checkpoint_state(run: Run, iteration: int) -> dict:
@@ -148,7 +208,7 @@ def fit(run: Run, *, start_iter: int) -> float:
     window_start, window_iters = time.perf_counter(), 0
     # a log line to the console while the bar is drawn goes above it, not onto its line (tqdm.write)
     console_logs = logging_redirect_tqdm() if not progress.disable else contextlib.nullcontext()
-    with console_logs:
+    with console_logs, TerminationRequest() as termination:
         try:
             for batch in run.train_batches:
                 micro.append(batch)
@@ -181,10 +241,14 @@ def fit(run: Run, *, start_iter: int) -> float:
                     validate(run, iteration)
                 if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
                     ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
+                if iteration < s.iterations and termination.agreed(run.dist):
+                    raise interrupted(run, iteration, start_iter, saved=True, how="terminated (SIGTERM)")
         except DataError as exc:  # raised by the loader or validation, between steps: the weights are consistent
             raise keep_progress(run, iteration, start_iter, exc) from None
         except KeyboardInterrupt:
             raise interrupted(run, iteration, start_iter, saved=not stepping) from None
+        except torch.cuda.OutOfMemoryError as exc:
+            raise out_of_memory(run, iteration, start_iter, exc) from None
         finally:
             progress.close()  # also when an error ends the run: the error line starts on a line of its own
     return run.best_miou
@@ -297,15 +361,26 @@ def loss_options(config: dict, train_set: SegmentationDataset, world: DistInfo) 
     return options
 
 
+def process_device(device: torch.device, world: DistInfo) -> torch.device:
+    """This process's device: under torchrun each process takes the GPU of its local rank; a single process keeps
+    the one trainer.device names (cuda:1 trains on GPU 1)."""
+    if device.type == "cuda" and world.world_size > 1:
+        return torch.device("cuda", world.local_rank)
+    return device
+
+
 def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: dict | None) -> Run:
     """Device, process group, data, model, optimizer, schedule, loss and loaders for one run."""
     torch.manual_seed(config["seed"])
+    if settings.deterministic:  # cuBLAS reads it when its first handle is made, so before any CUDA work
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # warn_only: on CUDA bilinear upsampling's and adaptive average pooling's backward, and the 2-D NLL loss, have no
+    # deterministic kernels; they run with a warning rather than stop the run
     torch.use_deterministic_algorithms(settings.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not settings.deterministic
     device = resolve_device(settings.device, key="trainer.device")
     world = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", world.local_rank)
+    device = process_device(device, world)
     if settings.batch_size % (world.world_size * settings.grad_accum) or \
             settings.batch_size // (world.world_size * settings.grad_accum) < 2:
         raise ConfigError(f"trainer.batch_size={settings.batch_size} is not divisible by processes x "
@@ -369,13 +444,15 @@ def restore(run: Run, state: dict) -> int:
     return start
 
 
-def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()) -> float:
+def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = (), *,
+          named_run_dir: bool = False) -> float:
     """Train from the composed Hydra config; returns the best validation mIoU (what a sweeper optimises).
 
     `overrides` are the command line's key=value overrides: on resume, the safe ones are applied to the saved
-    config and the others refused (see run_config.resume_config).
+    config and the others refused (see run_config.resume_config). `named_run_dir`: the command set hydra.run.dir,
+    so resume=auto looks there only (run_dir.resume_or_new).
     """
-    config, run_dir, state = resume_or_new(cfg, Path(output_dir), overrides)
+    config, run_dir, state = resume_or_new(cfg, Path(output_dir), overrides, named_run_dir=named_run_dir)
     validate_config(config)
     if state is not None:
         adopt_run_dir(Path(output_dir), run_dir)
