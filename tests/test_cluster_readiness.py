@@ -256,3 +256,59 @@ def test_validation_runs_the_plain_model_without_cudnn_autotuning(tree, tmp_path
     train(compose("train", _overrides(tree, tmp_path, 2)), tmp_path / "run")
     assert seen == [("DeepLabV3Plus", False)]
     assert torch.backends.cudnn.benchmark is True  # the training setting, back after validating
+
+
+def _two_node_worker(rank, port, tree, root, results):
+    """One of two "nodes": its own Hydra run dir (the clocks differ), the same command line."""
+    import torch.distributed as dist_
+
+    from deeplab.engine import checkpoint as ckpt_
+    from deeplab.errors import UserError
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK="0",
+                      WORLD_SIZE="2", OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    outcome = []
+    for phase, iterations in (("first", 2), ("requeued", 3), ("unreadable", 4)):
+        stub = root / "outputs" / f"{phase}-node{rank}"
+        (stub / ".hydra").mkdir(parents=True)  # what Hydra leaves in the run dir it made on this node
+        if phase == "unreadable" and rank == 1:
+            def unreadable(path, **kwargs):
+                raise UserError(f"{path}: no such checkpoint file")
+            ckpt_.load_checkpoint = unreadable  # this node does not see rank 0's storage
+        command = ["dataset=voc", *tiny_train_overrides(tree, root / "outputs", iterations), "resume=auto",
+                   "trainer.precision=fp32"]
+        try:
+            train(compose("train", command), stub, command)
+            outcome.append((phase, "trained"))
+        except UserError as exc:
+            outcome.append((phase, str(exc)))
+        if dist_.is_initialized():
+            dist_.destroy_process_group()
+    results.put((rank, outcome))
+
+
+@pytest.mark.slow  # two spawned processes, three short trainings each
+def test_two_nodes_agree_on_the_run_dir_and_the_checkpoint_rank_0_chose(tmp_path):
+    import torch.multiprocessing as mp
+
+    tree = make_voc_tree(tmp_path / "VOC", n_train=8, n_val=2, size=(48, 64))
+    (tmp_path / "runs").mkdir()
+    results = mp.get_context("spawn").SimpleQueue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_two_node_worker, args=(port, tree, tmp_path / "runs", results), nprocs=2)
+    outcomes = dict(results.get() for _ in range(2))
+    for rank in (0, 1):
+        assert [o[1] for o in outcomes[rank][:2]] == ["trained", "trained"], outcomes[rank]
+    runs = tmp_path / "runs" / "outputs"
+    # both ranks trained in rank 0's dir, and resumed what rank 0 chose; rank 1's stubs (only .hydra) are gone
+    names = {p.name for p in runs.iterdir()}
+    assert "first-node0" in names and not names & {"first-node1", "requeued-node0", "requeued-node1"}, names
+    assert load_checkpoint(runs / "first-node0" / "last.pt")["iteration"] == 3  # the requeue continued it
+    for rank in (0, 1):  # a node that cannot read the checkpoint stops both, in one sentence
+        message = outcomes[rank][2][1]
+        assert "rank 1 cannot read the checkpoint rank 0 resumes" in message and "shared storage" in message
+        assert "\n" not in message
+    assert load_checkpoint(runs / "first-node0" / "last.pt")["iteration"] == 3  # nothing trained after the refusal

@@ -51,6 +51,15 @@ def broadcast_object(obj):
     return obj
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's value of a picklable object, in rank order ([obj] when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, obj)
+        return gathered
+    return [obj]
+
+
 def cleanup() -> None:
     global _BN_GROUP
     if dist.is_available() and dist.is_initialized():

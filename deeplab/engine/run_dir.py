@@ -11,8 +11,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from deeplab.engine import checkpoint as ckpt
+from deeplab.engine.distributed import DistInfo, all_gather_object, broadcast_object
 from deeplab.engine.run_config import resume_config
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, UserError, one_line
 from deeplab.torch_files import process_running
 
 log = logging.getLogger("deeplab.train")
@@ -20,22 +21,23 @@ LOCK = ".train.lock"
 
 
 def resume_or_new(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *,
-                  named_run_dir: bool = False) -> tuple[dict, Path, dict | None]:
+                  named_run_dir: bool = False) -> tuple[dict, Path, dict | None, Path | None]:
     """resume=auto|PATH continues a checkpoint in its own run dir, with its saved config and the safe overrides.
 
     resume=auto is what a scheduler's requeue repeats, so the first launch is the same command: it continues the
     run dir this command writes to (`output_dir`) when that holds a last.pt, else, unless the command named its run
     dir (hydra.run.dir=..., `named_run_dir`), the newest run under output_root; with nothing to continue it starts a
-    new run and says so. Only resume=PATH with nothing at PATH is an error."""
+    new run and says so. Only resume=PATH with nothing at PATH is an error. Returns the config, the run dir, and the
+    checkpoint's state and path (None for a new run)."""
     if not cfg.get("resume"):
-        return OmegaConf.to_container(cfg, resolve=True), output_dir, None
+        return OmegaConf.to_container(cfg, resolve=True), output_dir, None, None
     if cfg.resume == "auto":
         path = output_dir / "last.pt" if (output_dir / "last.pt").is_file() else \
             None if named_run_dir else ckpt.find_latest(cfg.output_root)
         if path is None:
             where = output_dir if named_run_dir else f"{output_dir} or under output_root={cfg.output_root}"
             log.info("resume=auto: no last.pt in %s to continue, so this starts a new run in %s", where, output_dir)
-            return OmegaConf.to_container(cfg, resolve=True), output_dir, None
+            return OmegaConf.to_container(cfg, resolve=True), output_dir, None, None
     else:
         path = Path(cfg.resume).expanduser()
         path = path / "last.pt" if path.is_dir() else path
@@ -49,7 +51,39 @@ def resume_or_new(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *
     config, changes = resume_config(state["config"], cfg, overrides)
     log.info("resuming %s at iteration %d with its saved config%s", path, state["iteration"],
              "; changed: " + ", ".join(changes) if changes else "")
-    return config, path.parent, state
+    return config, path.parent, state, path
+
+
+def decide_run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *, named_run_dir: bool,
+               world: DistInfo) -> tuple[dict, Path, dict | None]:
+    """`resume_or_new`, decided once for a torchrun job: rank 0 resolves resume=auto, Hydra's dated run dir (each
+    node's clock names its own) and the checkpoint, every rank takes its answer, and a rank that cannot read that
+    checkpoint stops every rank with one sentence (several machines need storage they all see)."""
+    if world.world_size == 1:
+        return resume_or_new(cfg, output_dir, overrides, named_run_dir=named_run_dir)[:3]
+    decided, error, state = None, None, None
+    if world.is_main:
+        try:
+            config, run_dir, state, path = resume_or_new(cfg, output_dir, overrides, named_run_dir=named_run_dir)
+            decided = (config, str(run_dir), path and str(path))
+        except UserError as exc:
+            error = one_line(exc)
+    decided, error = broadcast_object((decided, error))
+    if error:
+        raise UserError(error if world.is_main else f"rank 0 stopped the run: {error}")
+    config, run_dir, path = decided
+    problem = None
+    if path and not world.is_main:
+        try:
+            state = ckpt.load_checkpoint(path)
+        except UserError as exc:
+            problem = one_line(exc)
+    problems = [(rank, p) for rank, p in enumerate(all_gather_object(problem)) if p]
+    if problems:
+        rank, problem = problems[0]
+        raise UserError(f"rank {rank} cannot read the checkpoint rank 0 resumes ({problem}); every machine of a "
+                        f"multi-node run must see the same run folder: put it on shared storage")
+    return config, Path(run_dir), state
 
 
 def adopt_run_dir(stub: Path, run_dir: Path) -> None:

@@ -31,7 +31,7 @@ from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, training_plan
 from deeplab.engine.run_config import TrainerSettings, validate_config
-from deeplab.engine.run_dir import adopt_run_dir, resume_or_new, run_dir_lock
+from deeplab.engine.run_dir import adopt_run_dir, decide_run, run_dir_lock
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
 from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
 from deeplab.errors import ConfigError, UserError, one_line
@@ -452,9 +452,11 @@ def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()
     config and the others refused (see run_config.resume_config). `named_run_dir`: the command set hydra.run.dir,
     so resume=auto looks there only (run_dir.resume_or_new).
     """
-    config, run_dir, state = resume_or_new(cfg, Path(output_dir), overrides, named_run_dir=named_run_dir)
+    # under torchrun the process group starts here, so that rank 0 decides the run dir and what it resumes
+    world = init_distributed(resolve_device(cfg.trainer.device, key="trainer.device").type)
+    config, run_dir, state = decide_run(cfg, Path(output_dir), overrides, named_run_dir=named_run_dir, world=world)
     validate_config(config)
-    if state is not None:
+    if run_dir != Path(output_dir):  # a resumed run, or rank 0's run dir: the folder Hydra made here goes
         adopt_run_dir(Path(output_dir), run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(run_dir):
