@@ -312,3 +312,13 @@ def test_two_nodes_agree_on_the_run_dir_and_the_checkpoint_rank_0_chose(tmp_path
         assert "rank 1 cannot read the checkpoint rank 0 resumes" in message and "shared storage" in message
         assert "\n" not in message
     assert load_checkpoint(runs / "first-node0" / "last.pt")["iteration"] == 3  # nothing trained after the refusal
+
+
+def test_a_bad_sample_on_another_rank_claims_no_save_it_did_not_make(tmp_path):
+    from deeplab.data import DataError
+    from deeplab.engine.trainer import keep_progress
+
+    run = types.SimpleNamespace(output_dir=tmp_path, dist=DistInfo(rank=1, local_rank=1, world_size=2))
+    message = str(keep_progress(run, 7, 0, DataError("a.png: mask is 3x4 but its image is 4x3")))
+    assert "is saved" not in message and "rank 1 met it, and only rank 0 saves" in message
+    assert "no checkpoint was written yet" in message and not (tmp_path / "last.pt").exists()

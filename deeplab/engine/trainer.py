@@ -110,12 +110,19 @@ def validate(run: Run, iteration: int) -> dict:
 
 
 def keep_progress(run: Run, iteration: int, start_iter: int, exc: DataError) -> DataError:
-    """A bad sample met in training or validation: save the training done so far, and say so in the message."""
+    """A bad sample met in training or validation: save the training done so far, and say so in the message. Only
+    rank 0 writes checkpoints: another rank says what is on disk, not a save it did not make."""
     last = run.output_dir / "last.pt"
     if iteration > start_iter and run.dist.is_main:
         ckpt.save_checkpoint(last, checkpoint_state(run, iteration))
-    kept = f"the training up to iteration {iteration} is saved in {last}" if iteration > start_iter else \
-        f"no training was lost (it stopped before iteration {start_iter + 1})"
+        kept = f"the training up to iteration {iteration} is saved in {last}"
+    elif iteration <= start_iter:
+        kept = f"no training was lost (it stopped before iteration {start_iter + 1})"
+    elif last.is_file():
+        kept = (f"rank {run.dist.rank} met it, and only rank 0 saves: {last} holds iteration "
+                f"{ckpt.load_checkpoint(last)['iteration']}")
+    else:
+        kept = f"rank {run.dist.rank} met it, and only rank 0 saves: no checkpoint was written yet"
     return DataError(f"{one_line(exc)} (this stopped the run at iteration {iteration}; {kept}: fix the data, "
                      f"then continue with resume={last})")
 
