@@ -5,6 +5,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+from pathlib import Path
 import types
 
 import pytest
@@ -23,12 +25,16 @@ from deeplab.losses import build_loss
 from deeplab.model import build_model
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture
 def one_process_group():
     """A gloo process group of one process, as torchrun with --nproc_per_node=1 makes."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
@@ -295,9 +301,7 @@ def test_two_nodes_agree_on_the_run_dir_and_the_checkpoint_rank_0_chose(tmp_path
     tree = make_voc_tree(tmp_path / "VOC", n_train=8, n_val=2, size=(48, 64))
     (tmp_path / "runs").mkdir()
     results = mp.get_context("spawn").SimpleQueue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     mp.spawn(_two_node_worker, args=(port, tree, tmp_path / "runs", results), nprocs=2)
     outcomes = dict(results.get() for _ in range(2))
     for rank in (0, 1):
@@ -322,3 +326,45 @@ def test_a_bad_sample_on_another_rank_claims_no_save_it_did_not_make(tmp_path):
     message = str(keep_progress(run, 7, 0, DataError("a.png: mask is 3x4 but its image is 4x3")))
     assert "is saved" not in message and "rank 1 met it, and only rank 0 saves" in message
     assert "no checkpoint was written yet" in message and not (tmp_path / "last.pt").exists()
+
+
+def _torchrun_command(tree: Path, run: Path, iterations: int) -> list[str]:
+    port = _free_port()
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train.py",
+            "dataset=voc", *tiny_train_overrides(tree, run.parent, iterations), f"hydra.run.dir={run}", "resume=auto",
+            "trainer.checkpoint_every=1000", "trainer.val_every=1000", "trainer.deterministic=true",
+            "trainer.channels_last=false", "model.aspp_dropout=0"]
+
+
+@pytest.mark.slow  # three torchrun jobs of two processes
+def test_sigterm_under_torchrun_saves_once_and_the_requeued_command_continues_exactly(tmp_path):
+    import subprocess
+    import time
+
+    from conftest import REPO
+
+    tree = make_voc_tree(tmp_path / "VOC", n_train=8, n_val=2, size=(48, 64))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPLAB_PROGRESS": "0"}
+    straight = subprocess.run(_torchrun_command(tree, tmp_path / "straight", 40), cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    run = tmp_path / "job"
+    job = subprocess.Popen(_torchrun_command(tree, run, 40), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not ((run / "train.log").is_file() and
+                                               "iter 5 " in (run / "train.log").read_text()):
+        time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)  # what a scheduler sends to the job: torchrun forwards it to both processes
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode != 0, output[-2000:]
+    assert "terminated (SIGTERM) at iteration" in output and "Traceback" not in output.split("SIGTERM")[0]
+    stopped = load_checkpoint(run / "last.pt")["iteration"]
+    assert 5 <= stopped < 40
+    again = subprocess.run(_torchrun_command(tree, run, 40), cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)  # the requeued, identical command
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed, reference = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "straight" / "last.pt")
+    assert resumed["iteration"] == 40
+    for key, value in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
