@@ -368,3 +368,32 @@ def test_sigterm_under_torchrun_saves_once_and_the_requeued_command_continues_ex
     assert resumed["iteration"] == 40
     for key, value in reference["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def _rank_zero_first_worker(rank, port, folder, results):
+    import time
+
+    from deeplab.engine.distributed import rank_zero_first
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    seen = None
+    try:
+        with rank_zero_first(DistInfo(rank=rank, world_size=2)):
+            if rank == 0:
+                time.sleep(1.0)  # a slow cache build
+                (folder / "cache").write_text("built")
+                raise RuntimeError("rank 0's build failed after writing")  # it still releases the others
+            seen = (folder / "cache").read_text()
+    except RuntimeError:
+        seen = "failed"
+    results.put((rank, seen))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes
+def test_rank_zero_builds_first_and_the_others_read_after_it_even_when_it_fails(tmp_path):
+    import torch.multiprocessing as mp
+
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_rank_zero_first_worker, args=(_free_port(), tmp_path, results), nprocs=2)
+    assert dict(results.get() for _ in range(2)) == {0: "failed", 1: "built"}

@@ -1,7 +1,10 @@
 """torchrun-launched DistributedDataParallel: process-group set-up and the few collectives the loop needs."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -49,6 +52,26 @@ def broadcast_object(obj):
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
     return obj
+
+
+@contextlib.contextmanager
+def rank_zero_first(world: DistInfo, *, timeout: timedelta = timedelta(hours=2)) -> Iterator[None]:
+    """Rank 0 runs the block first (it builds what the others then read, such as COCO's mask cache), the other ranks
+    after it, past a barrier on a gloo group of its own with a long timeout: building may take longer than NCCL's
+    10-minute collective timeout. Rank 0 reaches the barrier even when its block fails, so no rank waits for it in
+    vain (the others then meet the same problem themselves)."""
+    if world.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    if not world.is_main:
+        dist.barrier(group=group)
+        yield
+        return
+    try:
+        yield
+    finally:
+        dist.barrier(group=group)
 
 
 def all_gather_object(obj) -> list:

@@ -24,7 +24,7 @@ from deeplab.data.statistics import class_pixels
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
 from deeplab.engine.distributed import (DistInfo, all_reduce_mean, broadcast_object, cleanup, convert_to_global_bn,
-                                        init_distributed)
+                                        init_distributed, rank_zero_first)
 from deeplab.engine.ema import ModelEma
 from deeplab.engine.evaluator import evaluate
 from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
@@ -394,8 +394,9 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
                           f"trainer.grad_accum ({world.world_size} x {settings.grad_accum}) into shares of 2 or more "
                           f"images; each process and accumulation step takes an equal share of the global batch, "
                           f"and BatchNorm needs at least 2 images")
-    train_set, val_set = build_datasets(config["dataset"], config["augment"],
-                                        preflight_samples=settings.preflight_samples)
+    with rank_zero_first(world):  # one process builds a dataset's cache (COCO's masks); the others then read it
+        train_set, val_set = build_datasets(config["dataset"], config["augment"],
+                                            preflight_samples=settings.preflight_samples)
     if len(train_set) < settings.batch_size:
         raise ConfigError(f"trainer.batch_size={settings.batch_size} is larger than the training split "
                           f"'{config['dataset']['train_split']}' ({len(train_set)} samples under "
