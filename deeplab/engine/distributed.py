@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -161,3 +163,31 @@ def convert_to_global_bn(module: torch.nn.Module) -> torch.nn.Module:
         else:
             convert_to_global_bn(child)
     return module
+
+
+class TerminationRequest:
+    """SIGTERM (what a scheduler or `kill` sends before SIGKILL, and torchrun forwards to every process) noted while
+    training, so that the loop stops at the next step boundary with the weights consistent and last.pt saved."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "TerminationRequest":
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _note(self, signum, frame) -> None:
+        self.received = True
+
+    def agreed(self, world: DistInfo) -> bool:
+        """Whether any process got SIGTERM: every process stops at the same step (one stopping alone would leave the
+        others waiting in a collective)."""
+        if world.world_size == 1:
+            return self.received
+        return bool(all_reduce_mean(torch.tensor(float(self.received))).item() > 0)

@@ -4,8 +4,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,12 +16,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deeplab.data import DataError, SegmentationDataset, build_dataset
+from deeplab.data import DataError, build_dataset
 from deeplab.data.check import preflight
-from deeplab.data.statistics import class_pixels
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
-from deeplab.engine.distributed import (DistInfo, all_reduce_mean, broadcast_object, cleanup, convert_to_global_bn,
+from deeplab.engine.class_weights import loss_options
+from deeplab.engine.distributed import (DistInfo, TerminationRequest, broadcast_object, cleanup, convert_to_global_bn,
                                         init_distributed, rank_zero_first)
 from deeplab.engine.ema import ModelEma
 from deeplab.engine.evaluator import evaluate
@@ -35,7 +33,7 @@ from deeplab.engine.run_dir import adopt_run_dir, decide_run, run_dir_lock
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
 from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
 from deeplab.errors import ConfigError, UserError, one_line
-from deeplab.losses import CLASS_WEIGHTINGS, build_loss
+from deeplab.losses import build_loss
 from deeplab.model import build_model, rebuild_model, upgrade_model_config
 from deeplab.model.backbone import backbone_architecture
 from deeplab.model.decoder import use_fast_convs
@@ -129,34 +127,6 @@ def keep_progress(run: Run, iteration: int, start_iter: int, exc: DataError) -> 
 
 class TrainingInterrupted(UserError):
     """Ctrl-C or SIGTERM: what was saved, and how to continue."""
-
-
-class TerminationRequest:
-    """SIGTERM (what a scheduler or `kill` sends before SIGKILL, and torchrun forwards to every process) noted while
-    training, so that the loop stops at the next step boundary with the weights consistent and last.pt saved."""
-
-    def __init__(self) -> None:
-        self.received = False
-        self._previous = None
-
-    def __enter__(self) -> "TerminationRequest":
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            self._previous = signal.signal(signal.SIGTERM, self._note)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _note(self, signum, frame) -> None:
-        self.received = True
-
-    def agreed(self, world: DistInfo) -> bool:
-        """Whether any process got SIGTERM: every process stops at the same step (one stopping alone would leave the
-        others waiting in a collective)."""
-        if world.world_size == 1:
-            return self.received
-        return bool(all_reduce_mean(torch.tensor(float(self.received))).item() > 0)
 
 
 def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool,
@@ -339,33 +309,6 @@ def probe_batch(dataset: torch.utils.data.Dataset, share: int) -> tuple[torch.Te
     samples = [dataset[(i, i)] for i in range(min(share, 2, len(dataset)))]
     images, masks = torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
     return images[..., :192, :192], masks[..., :192, :192]
-
-
-def loss_options(config: dict, train_set: SegmentationDataset, world: DistInfo) -> dict:
-    """The loss section with per-class weights given by name (loss.class_weights=median_frequency, or focal
-    loss.alpha) turned into numbers from the training split's masks (counted by rank 0, cached per split), and
-    recorded in `config["class_weights"]`, so the checkpoint shows them and a resumed run keeps them as they were."""
-    options = dict(config["loss"])
-    key = next((k for k in ("class_weights", "alpha") if isinstance(options.get(k), str)), None)
-    if key is None:
-        return options
-    record = config.get("class_weights")
-    if not record or record.get("method") != options[key]:
-        pixels, present = broadcast_object(class_pixels(train_set) if world.is_main else None)
-        weights = CLASS_WEIGHTINGS[options[key]](pixels, present)
-        record = {"key": f"loss.{key}", "method": options[key], "split": config["dataset"]["train_split"],
-                  "weights": [round(float(w), 6) for w in weights],
-                  "pixel_share": [round(float(p), 6) for p in pixels / max(int(pixels.sum()), 1)]}
-        config["class_weights"] = record
-        names = config["dataset"].get("class_names") or [str(i) for i in range(len(weights))]
-        log.info("loss.%s=%s from split '%s' (%d masks): %s", key, options[key], record["split"], len(train_set),
-                 "  ".join(f"{n} {w:.3g}" for n, w in zip(names, record["weights"])))
-        absent = [n for n, p in zip(names, pixels) if p == 0]
-        if absent:
-            log.warning("loss.%s: %d class(es) have no pixels in split '%s' and get weight 0 (%s); check "
-                        "dataset.num_classes and the masks", key, len(absent), record["split"], ", ".join(absent[:5]))
-    options[key] = record["weights"]
-    return options
 
 
 def process_device(device: torch.device, world: DistInfo) -> torch.device:
