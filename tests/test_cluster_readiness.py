@@ -117,6 +117,33 @@ def test_gpu_rng_state_is_this_devices_and_an_old_all_gpus_checkpoint_resumes_on
     assert restored == [7, 3]
 
 
+def _resumable_run(rank: int, world_size: int):
+    model = _tiny_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return types.SimpleNamespace(
+        model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
+        scaler=torch.amp.GradScaler("cpu", enabled=False), best_miou=0.5, last_metrics={}, ema=None, config={},
+        dist=DistInfo(rank=rank, world_size=world_size), settings=types.SimpleNamespace(iterations=10))
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_each_process_resumes_its_own_rng_state_when_as_many_processes_resume(monkeypatch, world_size):
+    from deeplab.engine.trainer import checkpoint_state, restore
+
+    states = []
+    for seed in (10, 11):  # what two processes' generators hold when the checkpoint is written
+        torch.manual_seed(seed)
+        states.append(ckpt.rng_state())
+    state = checkpoint_state(_resumable_run(0, 2), 4, states)
+    assert torch.equal(state["rng"]["torch"], states[0]["torch"]) and len(state["rng_ranks"]) == 2
+    state["config"] = {"trainer": {"iterations": 10}}
+    torch.manual_seed(99)
+    assert restore(_resumable_run(1, world_size), state) == 4
+    # rank 1 of the same 2 processes takes its own; of 3 (another job size), every process takes rank 0's
+    expected = states[1] if world_size == 2 else states[0]
+    assert torch.equal(torch.get_rng_state(), expected["torch"])
+
+
 @pytest.fixture
 def tree(tmp_path):
     return make_voc_tree(tmp_path / "VOC", n_train=8, n_val=3, size=(48, 64))
@@ -264,16 +291,33 @@ def test_validation_runs_the_plain_model_without_cudnn_autotuning(tree, tmp_path
     assert torch.backends.cudnn.benchmark is True  # the training setting, back after validating
 
 
-def _two_node_worker(rank, port, tree, root, results):
-    """One of two "nodes": its own Hydra run dir (the clocks differ), the same command line."""
-    import torch.distributed as dist_
-
-    from deeplab.engine import checkpoint as ckpt_
-    from deeplab.errors import UserError
-
+def _join_as(rank: int, port: int) -> None:
+    """The environment torchrun gives process `rank` of 2, one thread each."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK="0",
                       WORLD_SIZE="2", OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+
+
+def _train_outcome(command: list[str], run_dir: Path) -> str:
+    """One training in a spawned process: "trained", or the one sentence that stopped it; the group is left down."""
+    from deeplab.errors import UserError
+
+    try:
+        train(compose("train", command), run_dir, command)
+        return "trained"
+    except UserError as exc:
+        return str(exc)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _two_node_worker(rank, port, tree, root, results):
+    """One of two "nodes": its own Hydra run dir (the clocks differ), the same command line."""
+    from deeplab.engine import checkpoint as ckpt_
+    from deeplab.errors import UserError
+
+    _join_as(rank, port)
     outcome = []
     for phase, iterations in (("first", 2), ("requeued", 3), ("unreadable", 4)):
         stub = root / "outputs" / f"{phase}-node{rank}"
@@ -284,13 +328,7 @@ def _two_node_worker(rank, port, tree, root, results):
             ckpt_.load_checkpoint = unreadable  # this node does not see rank 0's storage
         command = ["dataset=voc", *tiny_train_overrides(tree, root / "outputs", iterations), "resume=auto",
                    "trainer.precision=fp32"]
-        try:
-            train(compose("train", command), stub, command)
-            outcome.append((phase, "trained"))
-        except UserError as exc:
-            outcome.append((phase, str(exc)))
-        if dist_.is_initialized():
-            dist_.destroy_process_group()
+        outcome.append((phase, _train_outcome(command, stub)))
     results.put((rank, outcome))
 
 
@@ -318,56 +356,111 @@ def test_two_nodes_agree_on_the_run_dir_and_the_checkpoint_rank_0_chose(tmp_path
     assert load_checkpoint(runs / "first-node0" / "last.pt")["iteration"] == 3  # nothing trained after the refusal
 
 
-def test_a_bad_sample_on_another_rank_claims_no_save_it_did_not_make(tmp_path):
-    from deeplab.data import DataError
-    from deeplab.engine.trainer import keep_progress
+def _bad_sample_worker(rank, port, tree, root, results):
+    """Two processes; rank 1 meets a bad sample in training (its 7th sample read) or in the first validation."""
+    from deeplab.data.dataset import DataError, SegmentationDataset
 
-    run = types.SimpleNamespace(output_dir=tmp_path, dist=DistInfo(rank=1, local_rank=1, world_size=2))
-    message = str(keep_progress(run, 7, 0, DataError("a.png: mask is 3x4 but its image is 4x3")))
-    assert "is saved" not in message and "rank 1 met it, and only rank 0 saves" in message
-    assert "no checkpoint was written yet" in message and not (tmp_path / "last.pt").exists()
+    _join_as(rank, port)
+    getitem, outcome = SegmentationDataset.__getitem__, []
+    for phase in ("train", "validation"):
+        seen = []
+
+        def flaky(self, index, phase=phase, seen=seen):
+            training = isinstance(index, tuple)
+            seen.append(training)
+            if rank == 1 and (phase == "train" and seen.count(True) == 7 or phase == "validation" and not training):
+                raise DataError(f"{phase}-bad.png: mask is 3x4 but its image is 4x3")
+            return getitem(self, index)
+        SegmentationDataset.__getitem__ = flaky
+        command = ["dataset=voc", *tiny_train_overrides(tree, root, 6), f"hydra.run.dir={root / phase}"]
+        outcome.append(_train_outcome(command, root / phase))
+    results.put((rank, outcome))
 
 
-def _torchrun_command(tree: Path, run: Path, iterations: int) -> list[str]:
-    port = _free_port()
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "train.py",
-            "dataset=voc", *tiny_train_overrides(tree, run.parent, iterations), f"hydra.run.dir={run}", "resume=auto",
-            "trainer.checkpoint_every=1000", "trainer.val_every=1000", "trainer.deterministic=true",
-            "trainer.channels_last=false", "model.aspp_dropout=0"]
-
-
-@pytest.mark.slow  # three torchrun jobs of two processes
-def test_sigterm_under_torchrun_saves_once_and_the_requeued_command_continues_exactly(tmp_path):
-    import subprocess
+@pytest.mark.slow  # two spawned processes, two short trainings each
+def test_a_bad_sample_on_rank_1_stops_both_ranks_at_the_same_step_and_rank_0_saves(tmp_path):
     import time
+
+    import torch.multiprocessing as mp
+
+    tree = make_voc_tree(tmp_path / "VOC", n_train=8, n_val=2, size=(48, 64))
+    results = mp.get_context("spawn").SimpleQueue()
+    job = mp.spawn(_bad_sample_worker, args=(_free_port(), tree, tmp_path / "runs", results), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not job.join(timeout=5):  # a rank left waiting in a collective would hang here until gloo's 30 minutes
+        if time.monotonic() > deadline:
+            for process in job.processes:
+                process.kill()
+            pytest.fail("a rank kept waiting after rank 1 met a bad sample")
+    outcomes = dict(results.get() for _ in range(2))
+    for phase, index in (("train", 0), ("validation", 1)):
+        stopped = load_checkpoint(tmp_path / "runs" / phase / "last.pt")["iteration"]  # saved by rank 0
+        assert 1 <= stopped < 6 and (phase == "train" or stopped == 2), (phase, stopped)
+        for rank in (0, 1):
+            message = outcomes[rank][index]
+            assert f"{phase}-bad.png: mask is 3x4" in message and "met by rank 1 of 2" in message, message
+            assert f"stopped the run at iteration {stopped}" in message and "is saved in" in message, message
+
+
+def _torchrun_commands(tree: Path, run: Path, iterations: int, nodes: int) -> list[list[str]]:
+    """The command each node runs: one node of 2 processes, or 2 "nodes" of one process each that meet through a
+    c10d rendezvous, as on a cluster (here both on this machine)."""
+    port = _free_port()
+    launch = ["--nproc_per_node=2", f"--master_port={port}"] if nodes == 1 else \
+        ["--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+         "--rdzv_id=job"]
+    command = [sys.executable, "-m", "torch.distributed.run", *launch, "train.py", "dataset=voc",
+               *tiny_train_overrides(tree, run.parent, iterations), f"hydra.run.dir={run}", "resume=auto",
+               "trainer.checkpoint_every=1000", "trainer.val_every=10", "trainer.deterministic=true",
+               "trainer.channels_last=false"]  # dropout on: each process resumes its own RNG
+    return [command] * nodes
+
+
+def _launch(commands: list[list[str]], env: dict) -> list:
+    import subprocess
 
     from conftest import REPO
 
+    return [subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for c in commands]
+
+
+def _finish(jobs: list, timeout: float = 300) -> list[tuple[int, str]]:
+    outputs = [job.communicate(timeout=timeout)[0] for job in jobs]
+    return [(job.returncode, output) for job, output in zip(jobs, outputs)]
+
+
+@pytest.mark.slow  # three torchrun jobs of two processes, on one "node" and on two
+@pytest.mark.parametrize("nodes", [1, 2])
+def test_sigterm_under_torchrun_saves_once_and_the_requeued_command_continues_exactly(tmp_path, nodes):
+    import time
+
     tree = make_voc_tree(tmp_path / "VOC", n_train=8, n_val=2, size=(48, 64))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DEEPLAB_PROGRESS": "0"}
-    straight = subprocess.run(_torchrun_command(tree, tmp_path / "straight", 40), cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    straight = _finish(_launch(_torchrun_commands(tree, tmp_path / "straight", 40, nodes=1), env))
+    assert straight[0][0] == 0, straight[0][1][-2000:]
     run = tmp_path / "job"
-    job = subprocess.Popen(_torchrun_command(tree, run, 40), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
+    jobs = _launch(_torchrun_commands(tree, run, 40, nodes), env)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not ((run / "train.log").is_file() and
-                                               "iter 5 " in (run / "train.log").read_text()):
-        time.sleep(0.2)
-    job.send_signal(signal.SIGTERM)  # what a scheduler sends to the job: torchrun forwards it to both processes
-    output, _ = job.communicate(timeout=120)
-    assert job.returncode != 0, output[-2000:]
-    assert "terminated (SIGTERM) at iteration" in output and "Traceback" not in output.split("SIGTERM")[0]
+                                               "iter 12 " in (run / "train.log").read_text()):
+        time.sleep(0.2)  # past a validation (iteration 10): training and validating across the nodes
+    for job in jobs:  # what a scheduler sends to the job on every node: torchrun forwards it to its processes
+        job.send_signal(signal.SIGTERM)
+    for code, output in _finish(jobs, timeout=120):
+        assert code != 0, output[-2000:]
+        assert "terminated (SIGTERM) at iteration" in output and "Traceback" not in output.split("SIGTERM")[0]
     stopped = load_checkpoint(run / "last.pt")["iteration"]
-    assert 5 <= stopped < 40
-    again = subprocess.run(_torchrun_command(tree, run, 40), cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=300)  # the requeued, identical command
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert 12 <= stopped < 40
+    assert {p.name for p in tmp_path.iterdir()} == {"VOC", "job", "straight"}  # one run folder, no stray ones
+    again = _finish(_launch(_torchrun_commands(tree, run, 40, nodes), env))  # the requeued, identical command
+    for code, output in again:
+        assert code == 0, output[-2000:]
     resumed, reference = load_checkpoint(run / "last.pt"), load_checkpoint(tmp_path / "straight" / "last.pt")
     assert resumed["iteration"] == 40
     for key, value in reference["model"].items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    assert resumed["best_miou"] == pytest.approx(reference["best_miou"], abs=1e-6)
 
 
 def _rank_zero_first_worker(rank, port, folder, results):

@@ -85,6 +85,24 @@ def all_gather_object(obj) -> list:
     return [obj]
 
 
+def any_process(device: torch.device, *flags: bool) -> list[bool]:
+    """Whether any process raised each flag: one small all-reduce on the run's device (NCCL reduces CUDA tensors
+    only), or the flags themselves in a single process. Processes stop together or not at all: one stopping alone
+    leaves the others waiting in the next collective until it times out."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [bool(f) for f in flags]
+    raised = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(raised, op=dist.ReduceOp.MAX)
+    return [v > 0 for v in raised.tolist()]
+
+
+def first_problem(problem: str | None) -> tuple[int, str] | None:
+    """(rank, message) of the lowest-numbered process that met a problem, on every process; call it on all of them
+    once `any_process` has said that one did."""
+    problems = [(rank, p) for rank, p in enumerate(all_gather_object(problem)) if p is not None]
+    return problems[0] if problems else None
+
+
 def cleanup() -> None:
     global _BN_GROUP
     if dist.is_available() and dist.is_initialized():
@@ -184,10 +202,3 @@ class TerminationRequest:
 
     def _note(self, signum, frame) -> None:
         self.received = True
-
-    def agreed(self, world: DistInfo) -> bool:
-        """Whether any process got SIGTERM: every process stops at the same step (one stopping alone would leave the
-        others waiting in a collective)."""
-        if world.world_size == 1:
-            return self.received
-        return bool(all_reduce_mean(torch.tensor(float(self.received))).item() > 0)

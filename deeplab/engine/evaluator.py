@@ -8,10 +8,20 @@ import torch
 from torch import nn
 
 from deeplab.data import DataError, SegmentationDataset, read_mask
+from deeplab.engine.distributed import any_process, first_problem
 from deeplab.engine.precision import autocast, inference_precision
 from deeplab.engine.tta import predict_probs
+from deeplab.errors import one_line
 from deeplab.metrics import ConfusionMatrix
 from deeplab.progress import progress_bar
+
+
+class ScoringProblem(DataError):
+    """A bad sample met while scoring a split that every process knows of: process `rank` met it."""
+
+    def __init__(self, message: str, rank: int = 0) -> None:
+        super().__init__(message)
+        self.message, self.rank = message, rank
 
 
 @torch.inference_mode()
@@ -25,15 +35,21 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
     (image tensor, mask, prediction) on the CPU, for the TensorBoard comparison grid. `progress`: a bar counting
     this process's images as `desc i/N` with rate and ETA (True/False; None follows DEEPLAB_PROGRESS, see
     deeplab.progress); opened under another bar (validation in training), it sits below it and is cleared when done.
+    A bad sample on any process stops every one of them with the same ScoringProblem (none is left waiting in the
+    reduction).
     """
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
     kept = []
     sampler = getattr(batches, "sampler", None)  # a DataLoader: this process's images; a plain iterable: unknown
+    problem = None
     with progress_bar(desc=desc, total=len(sampler) if sampler is not None else None, unit=" images",
                       progress=progress) as bar:
-        for images, masks in batches:
+        for images, masks in _until_a_problem(batches):
+            if isinstance(images, DataError):
+                problem = one_line(images)
+                break
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -48,9 +64,20 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
             for i in range(min(keep - len(kept), len(images))):
                 kept.append((images[i].cpu(), masks[i].cpu().numpy(), pred[i].cpu().numpy()))
             bar.update(len(images))
+    if any_process(device, problem is not None)[0]:
+        model.train(was_training)
+        raise ScoringProblem(*reversed(first_problem(problem)))
     matrix.reduce_from_all_processes()
     model.train(was_training)
     return matrix, kept
+
+
+def _until_a_problem(batches: Iterable) -> Iterable:
+    """The batches, ending with (DataError, None) where loading one fails."""
+    try:
+        yield from batches
+    except DataError as exc:
+        yield exc, None
 
 
 def score_predictions(dataset: SegmentationDataset, folder: str | Path, *,

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from deeplab.data import DataError
 from deeplab.errors import ConfigError
 
 
@@ -64,6 +65,23 @@ class ShardSampler(Sampler):
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
+
+
+def global_batches(loader: DataLoader, accum: int) -> Iterator[tuple[list, DataError | None]]:
+    """The micro-batches of each optimizer step, with the first bad sample met loading them (or None). A bad sample
+    is handed to the loop rather than raised, so that every process learns of it at the same step and all stop
+    together (a process stopping alone leaves the others waiting in a collective)."""
+    batches = iter(loader)
+    while True:
+        micro, problem = [], None
+        for _ in range(accum):
+            try:
+                micro.append(next(batches))
+            except StopIteration:
+                return
+            except DataError as exc:  # the loader goes on with the next batch after a worker's error
+                problem = problem or exc
+        yield micro, problem
 
 
 def train_loader(dataset: Dataset, batches: TrainBatches, *, num_workers: int, pin_memory: bool) -> DataLoader:

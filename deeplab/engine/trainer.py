@@ -21,11 +21,12 @@ from deeplab.data.check import preflight
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
 from deeplab.engine.class_weights import loss_options
-from deeplab.engine.distributed import (DistInfo, TerminationRequest, broadcast_object, cleanup, convert_to_global_bn,
-                                        init_distributed, rank_zero_first)
+from deeplab.engine.distributed import (DistInfo, TerminationRequest, all_gather_object, any_process, broadcast_object,
+                                        cleanup, convert_to_global_bn, first_problem, init_distributed,
+                                        rank_zero_first)
 from deeplab.engine.ema import ModelEma
-from deeplab.engine.evaluator import evaluate
-from deeplab.engine.loaders import TrainBatches, train_loader, val_loader
+from deeplab.engine.evaluator import ScoringProblem, evaluate
+from deeplab.engine.loaders import TrainBatches, global_batches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, training_plan
 from deeplab.engine.run_config import TrainerSettings, validate_config
@@ -102,26 +103,26 @@ def validate(run: Run, iteration: int) -> dict:
     if run.logger:
         run.logger.validation(iteration, metrics, kept, best=run.best_miou,  # trainer.log_figures: the figures
                               confusion=matrix.mat.cpu().numpy() if run.settings.log_figures else None)
-        if improved:
-            ckpt.save_checkpoint(run.output_dir / "best.pt", checkpoint_state(run, iteration))
+    if improved:  # every process's RNG (they all validate): each resumes its own
+        rngs = all_gather_object(ckpt.rng_state())
+        if run.dist.is_main:
+            ckpt.save_checkpoint(run.output_dir / "best.pt", checkpoint_state(run, iteration, rngs))
     return metrics
 
 
-def keep_progress(run: Run, iteration: int, start_iter: int, exc: DataError) -> DataError:
-    """A bad sample met in training or validation: save the training done so far, and say so in the message. Only
-    rank 0 writes checkpoints: another rank says what is on disk, not a save it did not make."""
+def keep_progress(run: Run, iteration: int, start_iter: int, problem: str, rank: int = 0) -> DataError:
+    """A bad sample met in training or validation by process `rank`, which every process has learnt of at the same
+    step: rank 0 saves the training done so far, and each process's message says so."""
     last = run.output_dir / "last.pt"
-    if iteration > start_iter and run.dist.is_main:
-        ckpt.save_checkpoint(last, checkpoint_state(run, iteration))
+    if iteration > start_iter:
+        rngs = all_gather_object(ckpt.rng_state())
+        if run.dist.is_main:
+            ckpt.save_checkpoint(last, checkpoint_state(run, iteration, rngs))
         kept = f"the training up to iteration {iteration} is saved in {last}"
-    elif iteration <= start_iter:
-        kept = f"no training was lost (it stopped before iteration {start_iter + 1})"
-    elif last.is_file():
-        kept = (f"rank {run.dist.rank} met it, and only rank 0 saves: {last} holds iteration "
-                f"{ckpt.load_checkpoint(last)['iteration']}")
     else:
-        kept = f"rank {run.dist.rank} met it, and only rank 0 saves: no checkpoint was written yet"
-    return DataError(f"{one_line(exc)} (this stopped the run at iteration {iteration}; {kept}: fix the data, "
+        kept = f"no training was lost (it stopped before iteration {start_iter + 1})"
+    met = f" by rank {rank} of {run.dist.world_size}" if run.dist.world_size > 1 else ""
+    return DataError(f"{problem} (met{met}; this stopped the run at iteration {iteration}; {kept}: fix the data, "
                      f"then continue with resume={last})")
 
 
@@ -129,13 +130,14 @@ class TrainingInterrupted(UserError):
     """Ctrl-C or SIGTERM: what was saved, and how to continue."""
 
 
-def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool,
-                how: str = "interrupted") -> TrainingInterrupted:
+def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool, how: str = "interrupted",
+                agreed: bool = False) -> TrainingInterrupted:
     """Ctrl-C (or SIGTERM) between steps saves last.pt of the iteration reached; during a step the last checkpoint
-    is kept."""
+    is kept. `agreed`: every process stops here together (SIGTERM), so each one's RNG state is saved."""
     last = run.output_dir / "last.pt"
+    rngs = all_gather_object(ckpt.rng_state()) if agreed and saved and iteration > start_iter else None
     if saved and iteration > start_iter and run.dist.is_main:
-        ckpt.save_checkpoint(last, checkpoint_state(run, iteration))
+        ckpt.save_checkpoint(last, checkpoint_state(run, iteration, rngs))
         kept = f"last.pt saved at iteration {iteration}"
     elif last.is_file():
         kept = f"last.pt of iteration {ckpt.load_checkpoint(last)['iteration']} kept"
@@ -164,13 +166,17 @@ def out_of_memory(run: Run, iteration: int, start_iter: int, exc: Exception) -> 
                        f"pieces), or start anew with a lower trainer.batch_size or augment.crop_size")
 
 
-def checkpoint_state(run: Run, iteration: int) -> dict:
+def checkpoint_state(run: Run, iteration: int, rngs: list[dict] | None = None) -> dict:
     """Everything needed to continue exactly, and to rebuild the model with no other file; with trainer.ema_decay
-    set, `ema` holds the averaged weights and their update count too (what inference and init_from prefer)."""
+    set, `ema` holds the averaged weights and their update count too (what inference and init_from prefer).
+    `rngs`: every process's RNG states in rank order (gathered by all of them), saved as `rng_ranks` so that each
+    process of a resumed run of the same size restores its own; `rng` is rank 0's (this process's without them)."""
     state = {"model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "iteration": iteration,
-             "best_miou": run.best_miou, "metrics": run.last_metrics, "rng": ckpt.rng_state(),
-             "config": run.config}
+             "best_miou": run.best_miou, "metrics": run.last_metrics,
+             "rng": rngs[0] if rngs else ckpt.rng_state(), "config": run.config}
+    if rngs and len(rngs) > 1:
+        state["rng_ranks"] = rngs
     if run.ema is not None:
         state["ema"] = run.ema.state_dict()
     return state
@@ -179,7 +185,7 @@ def checkpoint_state(run: Run, iteration: int) -> dict:
 def fit(run: Run, *, start_iter: int) -> float:
     """The loop: step, log, validate every `val_every`, checkpoint every `checkpoint_every`; returns best mIoU."""
     s = run.settings
-    iteration, micro, stepping = start_iter, [], False
+    iteration, stepping = start_iter, False
     progress = tqdm(total=s.iterations, initial=start_iter, mininterval=2, dynamic_ncols=True, desc="train",
                     disable=progress_disable() if run.dist.is_main else True)  # DEEPLAB_PROGRESS, as every bar
     window_start, window_iters = time.perf_counter(), 0
@@ -187,10 +193,14 @@ def fit(run: Run, *, start_iter: int) -> float:
     console_logs = logging_redirect_tqdm() if not progress.disable else contextlib.nullcontext()
     with console_logs, TerminationRequest() as termination:
         try:
-            for batch in run.train_batches:
-                micro.append(batch)
-                if len(micro) < s.grad_accum:
-                    continue
+            for micro, problem in global_batches(run.train_batches, s.grad_accum):
+                # one small all-reduce a step: every process stops at the same step, or none does
+                terminate, failed = any_process(run.device, termination.received, problem is not None)
+                if failed:
+                    rank, message = first_problem(one_line(problem) if problem else None)
+                    raise keep_progress(run, iteration, start_iter, message, rank)
+                if terminate:
+                    raise interrupted(run, iteration, start_iter, saved=True, how="terminated (SIGTERM)", agreed=True)
                 stepping = True  # a Ctrl-C from here until the schedule steps leaves the weights half updated
                 try:
                     loss = train_step(run, micro, freeze_backbone=iteration < s.freeze_backbone_iters)
@@ -202,7 +212,7 @@ def fit(run: Run, *, start_iter: int) -> float:
                         f"{exc} at iteration {iteration + 1}: training stopped, and {kept}. Lower optim.lr, set "
                         f"trainer.grad_clip, or check the data (python -m deeplab.data.check; dataset.mean/std)."
                     ) from None
-                micro, iteration, window_iters = [], iteration + 1, window_iters + 1
+                iteration, window_iters = iteration + 1, window_iters + 1
                 run.scheduler.step()
                 stepping = False
                 progress.update(1)
@@ -216,12 +226,12 @@ def fit(run: Run, *, start_iter: int) -> float:
                     window_start, window_iters = time.perf_counter(), 0
                 if iteration % s.val_every == 0 or iteration == s.iterations:
                     validate(run, iteration)
-                if run.dist.is_main and (iteration % s.checkpoint_every == 0 or iteration == s.iterations):
-                    ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration))
-                if iteration < s.iterations and termination.agreed(run.dist):
-                    raise interrupted(run, iteration, start_iter, saved=True, how="terminated (SIGTERM)")
-        except DataError as exc:  # raised by the loader or validation, between steps: the weights are consistent
-            raise keep_progress(run, iteration, start_iter, exc) from None
+                if iteration % s.checkpoint_every == 0 or iteration == s.iterations:
+                    rngs = all_gather_object(ckpt.rng_state())  # every process's: each resumes its own
+                    if run.dist.is_main:
+                        ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration, rngs))
+        except ScoringProblem as exc:  # every process met it at the same point, between steps
+            raise keep_progress(run, iteration, start_iter, exc.message, exc.rank) from None
         except KeyboardInterrupt:
             raise interrupted(run, iteration, start_iter, saved=not stepping) from None
         except torch.cuda.OutOfMemoryError as exc:
@@ -382,7 +392,8 @@ def restore(run: Run, state: dict) -> int:
     if state["scaler"] or not run.scaler.is_enabled():  # a CPU run's disabled scaler has no state to give a GPU's
         run.scaler.load_state_dict(state["scaler"])
     run.best_miou, run.last_metrics = state["best_miou"], state.get("metrics", {})
-    ckpt.set_rng_state(state["rng"])
+    ranks = state.get("rng_ranks") or []  # each process its own, when as many resume as saved; else rank 0's
+    ckpt.set_rng_state(ranks[run.dist.rank] if len(ranks) == run.dist.world_size else state["rng"])
     start, saved_total = state["iteration"], state["config"]["trainer"]["iterations"]
     # The schedule follows trainer.iterations: a longer or shorter run re-plans the poly decay from here on.
     before = [group["lr"] for group in run.optimizer.param_groups]
