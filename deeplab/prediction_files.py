@@ -121,6 +121,17 @@ def plan_outputs(paths: list[Path], base: Path, output: Path, *, kinds: list[str
     return plan
 
 
+def refuse_existing(plan: dict[Path, dict[str, Path]], *, overwrite: bool) -> None:
+    """Outputs that exist already (ground-truth masks in the folder named, an earlier prediction) are replaced only
+    with overwrite=true: otherwise one sentence names the first and the count, before any image is read."""
+    targets = [target for outputs in plan.values() for target in outputs.values()]
+    existing = [target for target in targets if target.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]}: exists already, as do {len(existing) - 1} more of the {len(targets)} output "
+                        f"file(s) this would write (ground truth? an earlier prediction?); predict into another "
+                        f"output=DIR, or set overwrite=true to replace them")
+
+
 def _refuse_unsafe_targets(plan: dict[Path, dict[str, Path]]) -> None:
     """No output may replace an input image (the same resolved path, or the same file through a hard link), and
     none may be a folder (an existing one, or one that other outputs go into)."""

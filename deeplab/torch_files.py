@@ -24,7 +24,8 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used: the message is one sentence naming the file and the problem."""
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: int = 0, durable: bool = True) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: int = 0, durable: bool = True,
+                 then: str = "run the command again") -> Path:
     """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.
 
     A crash or a kill mid-write leaves the previous file intact; the temp file a kill leaves behind
@@ -33,6 +34,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     (0666 less the umask), not mkstemp's owner-only 0600. A write that fails for lack of space raises a
     CheckpointError giving the free space and about what is needed (`size_hint` bytes, or the previous file's size).
     durable=False skips the fsync, for files that can be made again (cached masks): readers still never see half.
+    `then`: what to do once there is room, the end of that sentence (a training run: continue it with resume=...).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
         written = Path(tmp).stat().st_size if Path(tmp).is_file() else 0
         Path(tmp).unlink(missing_ok=True)
         needed = max(size_hint, written, _size(path))
-        full = isinstance(exc, Exception) and _disk_full_message(path, exc, needed=needed)
+        full = isinstance(exc, Exception) and _disk_full_message(path, exc, needed=needed, then=then)
         if full:
             raise CheckpointError(full) from exc
         raise
@@ -85,7 +87,7 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
 
-def _disk_full_message(path: Path, exc: BaseException, *, needed: int) -> str | None:
+def _disk_full_message(path: Path, exc: BaseException, *, needed: int, then: str) -> str | None:
     """One sentence if `exc` is a write that failed for lack of space, else None.
 
     torch.save reports a failed write as a RuntimeError ("PytorchStreamWriter failed writing file ...") without
@@ -104,7 +106,7 @@ def _disk_full_message(path: Path, exc: BaseException, *, needed: int) -> str | 
     kept = f"; the previous {path.name} is intact" if path.is_file() else ""
     room = f"{_human(free)} free in {path.parent}" if free is not None else f"free space in {path.parent} unknown"
     return (f"{path}: cannot write it, {FULL_DISK[code]} ({room}, about {_human(needed)} needed){kept}; free "
-            f"space or write to another folder, then run the command again")
+            f"space or write to another folder, then {then}")
 
 
 def _human(size: int) -> str:

@@ -197,29 +197,6 @@ def test_resume_below_the_reached_iteration_is_refused_and_equal_trains_nothing(
     assert _digest(run) == before
 
 
-def test_resume_leaves_no_stub_run_dir_and_logs_into_the_resumed_run(run_copy, tmp_path):
-    import logging
-
-    tree, run = run_copy
-    stub = tmp_path / "outputs" / "stub"
-    (stub / ".hydra").mkdir(parents=True)  # what Hydra makes for every command
-    (stub / ".hydra" / "config.yaml").write_text("{}\n")
-    handler = logging.FileHandler(stub / "train.log")
-    logging.getLogger().addHandler(handler)
-    try:
-        logging.getLogger("deeplab.train").warning("said before the run dir was known")
-        overrides = [f"resume={run}", "trainer.iterations=3"]
-        train(_cfg(tree, tmp_path / "outputs", *overrides), stub, overrides=overrides)
-    finally:
-        for h in list(logging.getLogger().handlers):
-            if isinstance(h, logging.FileHandler) and h.baseFilename.startswith(str(tmp_path)):
-                h.close()
-                logging.getLogger().removeHandler(h)
-    assert not stub.exists()
-    text = (run / "train.log").read_text()
-    assert "said before the run dir was known" in text and "resuming" in text
-
-
 def test_resume_from_an_older_checkpoint_of_a_run_would_overwrite_its_last_pt_so_is_refused(run_copy, tmp_path):
     tree, run = run_copy
     shutil.copy(run / "last.pt", run / "iter2.pt")  # e.g. a best.pt from before the run went on

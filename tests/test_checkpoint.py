@@ -150,7 +150,7 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_how_much_space_is_needed
     message = str(info.value)
     needed = f"{max(tensor_bytes(model.state_dict()), len(before)) / 1e6:.1f} MB needed"  # the new or the old size
     for words in (str(path), "the disk is full", f"5.0 kB free in {path.parent}", needed,
-                  "the previous last.pt is intact"):
+                  "the previous last.pt is intact", f"then continue the run with resume={path}"):
         assert words in message and "\n" not in message, (words, message)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["last.pt"], "no temp file left behind"

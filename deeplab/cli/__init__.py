@@ -13,6 +13,7 @@ import difflib
 import functools
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from deeplab.cli.record import Record
 from deeplab.errors import ConfigError, UserError, user_errors
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")  # absolute: Hydra reads it as a folder
@@ -158,24 +160,35 @@ OUT_OF_MEMORY = {
 }
 
 
-def command(config_name: str, logger: str) -> Callable:
+def command(config_name: str, logger: str, *, record: bool = False) -> Callable:
     """hydra.main for a command of configs/<config_name>.yaml, its body run inside `user_errors(logger)` (a user's
     mistake: one sentence, exit 1), after one check of the command line that Hydra words less helpfully: an unknown
-    key or group option ends the command in one sentence with the closest one."""
+    key or group option ends the command in one sentence with the closest one. `record`: the body is called as
+    body(cfg, record) and keeps its log and saved config in its run folder with `record.keep(folder)` once it has
+    decided to run there (deeplab.cli.record); a command that stops before leaves that folder as it was."""
     def decorate(body: Callable) -> Callable:
+        started = time.time()
+
         @functools.wraps(body)
         def guarded(cfg: DictConfig):
-            with user_errors(logger):
-                try:
-                    return body(cfg)
-                except torch.cuda.OutOfMemoryError as exc:  # one sentence naming what to lower, not a traceback
-                    raise UserError(f"the GPU ran out of memory ({str(exc).splitlines()[0].rstrip('.')}); "
-                                    f"{OUT_OF_MEMORY.get(config_name, 'use device=cpu')}") from None
+            kept = Record(cfg, started) if record else None
+            try:
+                with user_errors(logger):  # the error's sentence goes into the record too, once it is kept
+                    try:
+                        return body(cfg, kept) if record else body(cfg)
+                    except torch.cuda.OutOfMemoryError as exc:  # one sentence naming what to lower
+                        raise UserError(f"the GPU ran out of memory ({str(exc).splitlines()[0].rstrip('.')}); "
+                                        f"{OUT_OF_MEMORY.get(config_name, 'use device=cpu')}") from None
+            finally:
+                if kept is not None:
+                    kept.close()
 
         hydra_main = hydra.main(version_base="1.3", config_path=CONFIGS, config_name=config_name)(guarded)
 
         @functools.wraps(body)
         def main():
+            nonlocal started
+            started = time.time()
             sentence = unknown_override(config_name, sys.argv[1:])
             if sentence:
                 print(sentence, file=sys.stderr)

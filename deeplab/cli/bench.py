@@ -14,7 +14,7 @@ from deeplab.bench import (SECTIONS, bench_inference, bench_loader, bench_models
 from deeplab.bench.modes import INFERENCE_MODES, TRAINING_MODES, check_modes, split_samples
 from deeplab.cli import command
 from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe_cpu, resolve_device
-from deeplab.errors import ConfigError
+from deeplab.errors import ConfigError, check_flags
 from deeplab.model.summary import summarize
 
 
@@ -31,14 +31,17 @@ def check_sections(sections: object) -> list[str]:
     return list(dict.fromkeys(sections))
 
 
-def prepare_json(value: object) -> Path | None:
-    """Where the JSON goes, its folder made now: a path that cannot be written is refused before anything runs,
-    not after the whole benchmark."""
+def prepare_json(value: object, *, overwrite: bool = False) -> Path | None:
+    """Where the JSON goes, its folder made now: a path that cannot be written, or a file that exists (unless
+    overwrite=true), is refused before anything runs, not after the whole benchmark."""
     if not value:
         return None
     path = Path(str(value)).expanduser()
     if path.is_dir():
         raise ConfigError(f"json={value}: is a folder; give a file name, e.g. json={path / 'bench.json'}")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"json={value}: {path} exists already (an earlier benchmark?); choose another json= file, "
+                          "or set overwrite=true to replace it")
     blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ConfigError(f"json={value}: {blocking} is a file, not a folder, so the JSON cannot go inside it; "
@@ -66,7 +69,8 @@ def run(cfg) -> dict:
                                          INFERENCE_MODES)
     if "train" in sections:
         modes["train"] = check_modes("train.modes", cfg.train.modes, TRAINING_MODES)
-    json_path = prepare_json(cfg.get("json"))
+    check_flags(cfg, ("overwrite",) if "overwrite" in cfg else ())
+    json_path = prepare_json(cfg.get("json"), overwrite=cfg.get("overwrite", False))
     device = resolve_device(cfg.get("device", "auto"))
     results = {"device": {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda"
                          else cpu_name(), "threads": torch.get_num_threads(),

@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from deeplab.cli import command
+from deeplab.cli.record import Record
 from deeplab.data import DataError, build_dataset
 from deeplab.data.transforms import eval_transform
 from deeplab.engine.checkpoint import CheckpointError
@@ -36,8 +37,9 @@ def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str]) 
     return list(FIGURES)
 
 
-def run(cfg: DictConfig, output_dir: str | Path) -> dict:
-    """Evaluate `checkpoint` (or score `predictions`) on the validation split; write metrics.json and the figures."""
+def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -> dict:
+    """Evaluate `checkpoint` (or score `predictions`) on the validation split; write metrics.json and the figures.
+    `record` keeps evaluate.log and the config in the run folder once every check has passed."""
     output_dir = Path(output_dir)
     if cfg.checkpoint and cfg.predictions:
         raise ConfigError(f"checkpoint={cfg.checkpoint} and predictions={cfg.predictions}: give checkpoint= (a model "
@@ -45,11 +47,14 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     device = resolve_device(cfg.device)  # the settings first: nothing is loaded or written for a wrong one
     resolve_precision(cfg.precision, device.type)
     check_tta(scales=cfg.scales, window=cfg.window, stride=cfg.stride, flip=cfg.flip)
-    check_flags(cfg, ("fast", "compile"))
+    check_flags(cfg, ("fast", "compile", "overwrite"))
     if isinstance(cfg.num_workers, bool) or not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
         raise ConfigError(f"num_workers={cfg.num_workers!r}: must be a whole number >= 0 (0 reads images in this "
                           f"process)")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    existing = [output_dir / name for name in ("metrics.json", *FIGURES) if (output_dir / name).exists()]
+    if existing and not cfg.overwrite:
+        raise ConfigError(f"{existing[0]}: exists already (an earlier evaluation in this run folder); give this one "
+                          f"its own folder (another hydra.run.dir=..., or none for a dated one), or set overwrite=true")
     model = None
     if cfg.checkpoint:
         model, config = model_from_checkpoint(cfg.checkpoint, device=device, output_stride=cfg.output_stride,
@@ -69,6 +74,9 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
         raise CheckpointError(f"{cfg.checkpoint}: checkpoint is for {model.num_classes} classes but the dataset "
                               f"({data['format']}) has {data['num_classes']}; evaluate it on the data it was trained for")
     split = cfg.split or data["val_split"]
+    if record is not None:
+        record.keep(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     dataset = build_dataset(split=split, **data, transform=eval_transform(mean=data["mean"], std=data["std"]))
     if model is not None:
         tta = dict(scales=tuple(cfg.scales), flip=cfg.flip, window=cfg.window, stride=cfg.stride)
@@ -91,6 +99,6 @@ def run(cfg: DictConfig, output_dir: str | Path) -> dict:
     return result
 
 
-@command("evaluate", logger="deeplab.evaluate")
-def main(cfg: DictConfig) -> None:
-    run(cfg, HydraConfig.get().runtime.output_dir)
+@command("evaluate", logger="deeplab.evaluate", record=True)
+def main(cfg: DictConfig, record: Record) -> None:
+    run(cfg, HydraConfig.get().runtime.output_dir, record)

@@ -7,10 +7,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from deeplab.cli import command
+from deeplab.cli.record import Record
 from deeplab.data.dataset import DataError
 from deeplab.errors import ConfigError, check_flags
 from deeplab.inference import Predictor
-from deeplab.prediction_files import batches, list_inputs, output_folder, plan_outputs, save_outputs
+from deeplab.prediction_files import batches, list_inputs, output_folder, plan_outputs, refuse_existing, save_outputs
 from deeplab.progress import progress_bar
 from deeplab.visualization import palette_array
 
@@ -19,7 +20,8 @@ def check_settings(cfg: DictConfig) -> None:
     """The predict-only settings, checked before anything is loaded: one ConfigError naming the key."""
     if not cfg.checkpoint or not cfg.input:
         raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
-    check_flags(cfg, ("save_index", "save_color", "save_overlay", "allow_inside_input", "fast", "compile", "flip"))
+    check_flags(cfg, ("save_index", "save_color", "save_overlay", "allow_inside_input", "overwrite", "fast", "compile",
+                      "flip"))
     if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size}: must be a whole number of images, 1 or more (e.g. "
                           "batch_size=4)")
@@ -31,18 +33,22 @@ def check_settings(cfg: DictConfig) -> None:
                           "at least one to true")
 
 
-def run(cfg: DictConfig, output_dir: str | Path) -> int:
-    """Predict every input image; returns the number of images that could not be read (the exit code's cause)."""
+def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -> int:
+    """Predict every input image; returns the number of images that could not be read (the exit code's cause).
+    `record` keeps predict.log and the config in the run folder once every check has passed."""
     check_settings(cfg)
     base, paths = list_inputs(cfg.input)
     output = output_folder(cfg.output, run_dir=output_dir, base=base, allow_inside_input=cfg.allow_inside_input)
     kinds = [kind for kind, wanted in (("index", cfg.save_index), ("color", cfg.save_color),
                                        ("overlay", cfg.save_overlay)) if wanted]
     plan = plan_outputs(paths, base, output, kinds=kinds)
+    refuse_existing(plan, overwrite=cfg.overwrite)
     predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
                                           scales=cfg.scales, flip=cfg.flip, window=cfg.window, stride=cfg.stride,
                                           precision=cfg.precision, fast=cfg.fast, compile=cfg.compile,
                                           onnx=cfg.onnx)
+    if record is not None:
+        record.keep(output_dir)
     table = palette_array(predictor.palette)
     failed: list[str] = []
     with progress_bar(desc="predict", total=len(paths), unit=" images") as progress:
@@ -60,7 +66,7 @@ def run(cfg: DictConfig, output_dir: str | Path) -> int:
     return len(failed)
 
 
-@command("predict", logger="deeplab.predict")
-def main(cfg: DictConfig) -> None:
-    failed = run(cfg, HydraConfig.get().runtime.output_dir)
+@command("predict", logger="deeplab.predict", record=True)
+def main(cfg: DictConfig, record: Record) -> None:
+    failed = run(cfg, HydraConfig.get().runtime.output_dir, record)
     sys.exit(1 if failed else 0)

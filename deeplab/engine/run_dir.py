@@ -30,6 +30,7 @@ def resume_or_new(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *
     new run and says so. Only resume=PATH with nothing at PATH is an error. Returns the config, the run dir, and the
     checkpoint's state and path (None for a new run)."""
     if not cfg.get("resume"):
+        _refuse_replacing(output_dir, named_run_dir=named_run_dir)
         return OmegaConf.to_container(cfg, resolve=True), output_dir, None, None
     if cfg.resume == "auto":
         path = output_dir / "last.pt" if (output_dir / "last.pt").is_file() else \
@@ -86,23 +87,25 @@ def decide_run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *, n
     return config, Path(run_dir), state
 
 
-def adopt_run_dir(stub: Path, run_dir: Path) -> None:
-    """A resumed run logs to its own train.log; the run dir Hydra made for this command is removed if unused."""
+def remove_stub(stub: Path, run_dir: Path) -> None:
+    """The folder Hydra made for a command that continues another run dir (or, under torchrun, takes rank 0's) is
+    removed while it holds nothing (a folder of an older version's command: only .hydra and train.log)."""
     if stub.resolve() == run_dir.resolve() or not stub.is_dir():
         return
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == stub.resolve():
-            handler.close()
-            root.removeHandler(handler)
-            moved = logging.FileHandler(run_dir / Path(handler.baseFilename).name, mode="a")
-            moved.setFormatter(handler.formatter)
-            moved.setLevel(handler.level)
-            root.addHandler(moved)
-            with open(handler.baseFilename) as old, open(moved.baseFilename, "a") as new:
-                new.write(old.read())  # what this command logged before it knew the run dir
     if {p.name for p in stub.iterdir()} <= {".hydra", "train.log"}:
         shutil.rmtree(stub, ignore_errors=True)  # every process of a torchrun job may get here
+
+
+def _refuse_replacing(run_dir: Path, *, named_run_dir: bool) -> None:
+    """A new run never starts in a folder that holds a run's checkpoints: it would replace them. That folder is only
+    ever continued (resume=auto) or left alone."""
+    held = [name for name in ("last.pt", "best.pt") if (run_dir / name).is_file()]
+    if not held:
+        return
+    where = f"hydra.run.dir={run_dir}" if named_run_dir else f"the run folder {run_dir}"
+    raise ConfigError(f"{where} holds a training run ({' and '.join(held)}), and a new run there would replace it; "
+                      f"continue it with the same command plus resume=auto, or start a new run in another folder "
+                      f"(another hydra.run.dir=..., or none for a dated folder under output_root)")
 
 
 def _refuse_going_back(path: Path, state: dict) -> None:

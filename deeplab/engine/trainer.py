@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from deeplab.engine.loaders import TrainBatches, global_batches, train_loader, v
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, training_plan
 from deeplab.engine.run_config import TrainerSettings, validate_config
-from deeplab.engine.run_dir import adopt_run_dir, decide_run, run_dir_lock
+from deeplab.engine.run_dir import decide_run, remove_stub, run_dir_lock
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
 from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
 from deeplab.errors import ConfigError, UserError, one_line
@@ -407,21 +407,25 @@ def restore(run: Run, state: dict) -> int:
 
 
 def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = (), *,
-          named_run_dir: bool = False) -> float:
+          named_run_dir: bool = False, keep_record: Callable[[Path], None] | None = None) -> float:
     """Train from the composed Hydra config; returns the best validation mIoU (what a sweeper optimises).
 
     `overrides` are the command line's key=value overrides: on resume, the safe ones are applied to the saved
     config and the others refused (see run_config.resume_config). `named_run_dir`: the command set hydra.run.dir,
-    so resume=auto looks there only (run_dir.resume_or_new).
+    so resume=auto looks there only (run_dir.resume_or_new). `keep_record(run_dir)` is called once this process
+    owns the run dir (rank 0, holding its lock): the command's log and saved config go there from then on, and a
+    command refused before writes nothing into someone's run folder.
     """
     # under torchrun the process group starts here, so that rank 0 decides the run dir and what it resumes
     world = init_distributed(resolve_device(cfg.trainer.device, key="trainer.device").type)
     config, run_dir, state = decide_run(cfg, Path(output_dir), overrides, named_run_dir=named_run_dir, world=world)
     validate_config(config)
     if run_dir != Path(output_dir):  # a resumed run, or rank 0's run dir: the folder Hydra made here goes
-        adopt_run_dir(Path(output_dir), run_dir)
+        remove_stub(Path(output_dir), run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(run_dir):
+        if keep_record is not None and world.is_main:
+            keep_record(run_dir)
         return train_in(run_dir, config, state, overrides)
 
 

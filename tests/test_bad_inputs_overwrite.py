@@ -1,0 +1,137 @@
+"""Catalogue of the second sweep: nothing of the user's is ever overwritten or silently skipped. Each case runs the
+real command (Hydra included, since Hydra itself wrote into run folders before the command could refuse), ends in
+one line naming the file or key, and leaves every file that existed byte-identical."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, digest, make_voc_tree, tiny_train_overrides, write_image
+
+pytestmark = pytest.mark.slow  # each case launches the command as a process
+
+
+def _run(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEEPLAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _refusal(done: subprocess.CompletedProcess, *names) -> str:
+    """The one ERROR line of a refused command, naming each of `names`."""
+    out = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in out, out[-3000:]
+    errors = [line for line in out.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, out[-3000:]
+    for name in names:
+        assert str(name) in errors[0], f"{name!r} not in: {errors[0]}"
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A VOC tree and a run finished by the real train.py: last.pt, best.pt, train.log, .hydra."""
+    tmp = tmp_path_factory.mktemp("finished")
+    tree = make_voc_tree(tmp / "VOC", n_train=4, n_val=2, size=(48, 64))
+    run = tmp / "runs" / "run1"
+    done = _run("train.py", "dataset=voc", *tiny_train_overrides(tree, tmp / "runs", 2), f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tree, run
+
+
+def test_a_first_run_keeps_its_config_and_log_in_its_run_folder(finished):
+    _, run = finished
+    assert {p.name for p in (run / ".hydra").iterdir()} == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+    assert "trainer.iterations=2" in (run / ".hydra" / "overrides.yaml").read_text()
+    log = (run / "train.log").read_text()
+    assert "training on cpu" in log and "val @ iter 2" in log
+
+
+def test_a_new_run_into_a_folder_that_holds_a_run_is_refused_and_the_run_is_untouched(finished):
+    tree, run = finished
+    before = digest(run)
+    done = _run("train.py", "dataset=voc", *tiny_train_overrides(tree, run.parent, 2), f"hydra.run.dir={run}")
+    _refusal(done, f"hydra.run.dir={run}", "last.pt and best.pt", "resume=auto", "another hydra.run.dir")
+    assert digest(run) == before  # best.pt, last.pt, train.log, .hydra: byte-identical
+
+
+def test_a_command_refused_while_another_writes_the_run_leaves_its_record_alone(finished, tmp_path):
+    tree, run = finished
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # "the running training"
+    try:
+        (run / ".train.lock").write_text(str(holder.pid))
+        before = digest(run)
+        done = _run("train.py", "dataset=voc", *tiny_train_overrides(tree, run.parent, 3), f"hydra.run.dir={run}",
+                    "resume=auto")
+        _refusal(done, str(run), f"pid {holder.pid}")
+        assert digest(run) == before  # .hydra/config.yaml, overrides.yaml and train.log are the first run's
+    finally:
+        holder.kill()
+        (run / ".train.lock").unlink(missing_ok=True)
+
+
+def test_a_refused_command_leaves_no_folder_behind(tmp_path):
+    done = _run("train.py", "trainer.batch_size=0", f"output_root={tmp_path / 'runs'}")
+    _refusal(done, "trainer.batch_size")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()] and not list((tmp_path / "runs").glob("*"))
+
+
+def test_resume_logs_into_the_resumed_run_keeps_its_config_and_leaves_no_stub(finished, tmp_path):
+    import shutil
+
+    tree, finished_run = finished
+    run = tmp_path / "runs" / "run1"
+    shutil.copytree(finished_run, run)
+    config = (run / ".hydra" / "config.yaml").read_text()
+    done = _run("train.py", "dataset=voc", f"output_root={tmp_path / 'runs'}", f"resume={run / 'last.pt'}",
+                "trainer.iterations=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["run1"]  # no dated folder of this command
+    assert (run / ".hydra" / "config.yaml").read_text() == config
+    log = (run / "train.log").read_text()
+    assert "val @ iter 2" in log and "resuming" in log and "val @ iter 3" in log  # appended, in one log
+
+
+def test_evaluate_never_replaces_an_earlier_evaluations_results(finished, tmp_path):
+    _, run = finished
+    folder = tmp_path / "eval"
+    first = _run("evaluate.py", f"checkpoint={run / 'last.pt'}", f"hydra.run.dir={folder}", "precision=fp32")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = digest(folder)
+    done = _run("evaluate.py", f"checkpoint={run / 'last.pt'}", f"hydra.run.dir={folder}", "precision=fp32")
+    _refusal(done, folder / "metrics.json", "overwrite=true")
+    assert digest(folder) == before
+
+
+def test_predict_into_a_folder_of_masks_is_refused_before_any_image_and_overwrite_replaces(finished, tmp_path):
+    tree, run = finished
+    images, masks = tmp_path / "ds" / "images", tmp_path / "ds" / "masks"
+    masks.mkdir(parents=True)
+    for i in range(3):  # a dataset's images and its ground truth, named alike
+        write_image(images / f"im{i}.jpg", size=(48, 64), value=i)
+        Image.fromarray(np.full((48, 64), i, np.uint8)).save(masks / f"im{i}.png")
+    (masks / "a.png").write_bytes(b"the user's own file")
+    before = digest(tmp_path / "ds")
+    done = _run("predict.py", f"checkpoint={run / 'last.pt'}", f"input={images}", f"output={masks}",
+                "precision=fp32", "save_color=false", "save_overlay=false")
+    _refusal(done, masks / "im0.png", "2 more of the 3", "overwrite=true")
+    assert digest(tmp_path / "ds") == before
+    done = _run("predict.py", f"checkpoint={run / 'last.pt'}", f"input={images}", f"output={masks}",
+                "precision=fp32", "save_color=false", "save_overlay=false", "overwrite=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = digest(tmp_path / "ds")
+    assert after[masks / "a.png"] == before[masks / "a.png"]  # not one of the outputs: untouched
+    assert all(after[masks / f"im{i}.png"] != before[masks / f"im{i}.png"] for i in range(3))
+
+
+def test_bench_never_replaces_an_earlier_json(tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text('{"earlier": true}')
+    done = _run("-m", "deeplab.bench", "sections=model", f"json={path}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"json={path}" in done.stdout + done.stderr and "overwrite=true" in done.stdout + done.stderr
+    assert path.read_text() == '{"earlier": true}'
