@@ -28,21 +28,24 @@ SUFFIXES = {"index": ".png", "color": "_color.png", "overlay": "_overlay.jpg"}  
 EXTENSIONS = " ".join(IMAGE_EXTENSIONS)
 
 
-def list_inputs(spec: str) -> tuple[Path, list[Path]]:
-    """(base folder, image paths) for an image file, a folder (searched recursively) or a glob pattern.
+def list_inputs(spec: str) -> tuple[Path, list[Path], list[Path]]:
+    """(base folder, image paths, files skipped) for an image file, a folder (searched recursively) or a glob.
 
-    A folder or a glob gives its files with an image extension (IMAGE_EXTENSIONS, any case); a file named
+    A folder or a glob gives its files with an image extension (IMAGE_EXTENSIONS, any case); the other files (HEIC,
+    AVIF, GIF, text...; hidden files aside) are the skipped ones, which predict names at the end. A file named
     directly is read whatever its extension. No image at all is a DataError.
     """
     path = Path(spec).expanduser()
     if path.is_file():
-        return path.parent, [path]
+        return path.parent, [path], []
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = sorted(p for p in path.rglob("*") if p.is_file())
+        files = [p for p in found if p.suffix.lower() in IMAGE_EXTENSIONS]
         if not files:
             raise DataError(f"input={spec}: the folder (searched recursively) holds no image file ({EXTENSIONS}); "
                             "point input= at a folder, image or glob of images")
-        return path, files
+        return path, files, [p for p in found if p.suffix.lower() not in IMAGE_EXTENSIONS
+                             and not p.name.startswith(".")]
     matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not matches:
         raise DataError(f"input={spec}: no such file or folder, and no file matches it as a glob; check the path "
@@ -51,12 +54,37 @@ def list_inputs(spec: str) -> tuple[Path, list[Path]]:
     if not files:
         raise DataError(f"input={spec}: the glob matches {len(matches)} file(s) but no image ({EXTENSIONS}), e.g. "
                         f"{matches[0]}; point input= at images")
-    if len(files) < len(matches):
-        log.warning("input=%s: skipping %d file(s) without an image extension (%s), e.g. %s", spec,
-                    len(matches) - len(files), EXTENSIONS, next(p for p in matches if p not in files))
     parts = Path(spec).parts
     base = Path(*parts[:next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))])
-    return base, files
+    return base, files, [p for p in matches if p.suffix.lower() not in IMAGE_EXTENSIONS]
+
+
+def frame_count(path: Path) -> int:
+    """How many frames an input holds (an animated GIF, PNG or WebP, a multi-page TIFF: predict reads the first
+    only); 1 for the formats that hold one, or when it cannot tell."""
+    if path.suffix.lower() not in (".gif", ".png", ".webp", ".tif", ".tiff"):
+        return 1
+    try:
+        with Image.open(path) as img:
+            return int(getattr(img, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError):
+        return 1
+
+
+def summary(skipped: list[Path], multi_frame: list[Path]) -> list[str]:
+    """The lines predict prints at the end about what it did not predict in full: one for the files skipped as not
+    images it reads, one for the inputs of several frames of which it predicted the first."""
+    def shown(paths: list[Path]) -> str:
+        return ", ".join(str(p) for p in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+    lines = []
+    if skipped:
+        kinds = ", ".join(sorted({p.suffix.lower() or "(no extension)" for p in skipped}))
+        lines.append(f"{len(skipped)} file(s) skipped, not images predict reads ({kinds}; it reads {EXTENSIONS}; "
+                     f"convert them, e.g. to PNG): {shown(skipped)}")
+    if multi_frame:
+        lines.append(f"{len(multi_frame)} input(s) hold several frames (animated GIF/PNG/WebP, multi-page TIFF), and "
+                     f"only the first frame of each was predicted: {shown(multi_frame)}")
+    return lines
 
 
 def output_folder(output: str | Path | None, *, run_dir: str | Path, base: Path, allow_inside_input: bool = False

@@ -135,3 +135,28 @@ def test_bench_never_replaces_an_earlier_json(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert f"json={path}" in done.stdout + done.stderr and "overwrite=true" in done.stdout + done.stderr
     assert path.read_text() == '{"earlier": true}'
+
+
+def test_ctrl_c_before_the_first_checkpoint_saves_the_steps_done(tmp_path):
+    import signal
+    import time
+
+    from deeplab.engine.checkpoint import load_checkpoint
+
+    tree = make_voc_tree(tmp_path / "VOC", n_train=4, n_val=1, size=(48, 64))
+    run = tmp_path / "runs" / "run"
+    env = {**os.environ, "DEEPLAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen([sys.executable, "train.py", "dataset=voc", *tiny_train_overrides(tree, tmp_path / "runs",
+                            500), f"hydra.run.dir={run}", "trainer.checkpoint_every=1000", "trainer.val_every=1000",
+                            "trainer.num_workers=1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)  # a loader worker too: it leaves Ctrl-C to training
+    deadline = time.monotonic() + 200
+    while time.monotonic() < deadline and not ((run / "train.log").is_file() and
+                                               "iter 3 " in (run / "train.log").read_text()):
+        time.sleep(0.1)
+    job.send_signal(signal.SIGINT)  # what Ctrl-C in the terminal sends
+    output, _ = job.communicate(timeout=120)
+    assert job.returncode == 1 and "Traceback" not in output, output[-3000:]
+    stopped = load_checkpoint(run / "last.pt")["iteration"]
+    assert 3 <= stopped < 500
+    assert f"interrupted (Ctrl-C) at iteration {stopped}: last.pt saved at iteration {stopped}" in output, output[-3000:]

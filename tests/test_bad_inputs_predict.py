@@ -113,16 +113,32 @@ def test_no_images_to_predict_is_an_error_not_zero_written(checkpoint, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
-def test_a_non_image_file_in_a_glob_is_skipped(checkpoint, tmp_path, caplog):
+@pytest.mark.parametrize("glob", [False, True], ids=["folder", "glob"])
+def test_files_predict_cannot_read_are_named_in_one_line_at_the_end(checkpoint, tmp_path, capsys, glob):
     photos = tmp_path / "photos"
     write_image(photos / "a.jpg")
-    (photos / "notes.txt").write_text("not an image")
-    with caplog.at_level("WARNING"):
-        failed = run_predict(checkpoint, photos / "*", "save_color=false", "save_overlay=false",
-                             output=tmp_path / "out")
-    assert failed == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]
-    assert "skipping 1 file(s) without an image extension" in caplog.text and "notes.txt" in caplog.text
+    for name in ("IMG_1.HEIC", "IMG_2.avif", "notes.txt"):  # phone photos, and something else
+        (photos / "sub" / name).parent.mkdir(exist_ok=True)
+        (photos / "sub" / name).write_bytes(b"not read")
+    (photos / ".DS_Store").write_bytes(b"hidden: not mentioned")
+    failed = run_predict(checkpoint, photos / "**" / "*" if glob else photos, "save_color=false",
+                         "save_overlay=false", output=tmp_path / "out")
+    assert failed == 0 and sorted(p.name for p in (tmp_path / "out").rglob("*.png")) == ["a.png"]
+    line = [x for x in capsys.readouterr().out.splitlines() if "skipped" in x]
+    assert len(line) == 1 and line[0].startswith("3 file(s) skipped") and ".avif, .heic, .txt" in line[0], line
+    assert "IMG_1.HEIC" in line[0] and ".DS_Store" not in line[0]
+
+
+def test_an_input_of_several_frames_is_said_to_give_its_first_frame_only(checkpoint, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    frames = [Image.fromarray(np.full((24, 32, 3), v, np.uint8)) for v in (0, 120, 240)]
+    frames[0].save(photos / "pages.tif", save_all=True, append_images=frames[1:])  # a multi-page TIFF
+    write_image(photos / "single.png")
+    assert run_predict(checkpoint, photos, "save_color=false", "save_overlay=false", output=tmp_path / "out") == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if "several frames" in x]
+    assert len(line) == 1 and line[0].startswith("1 input(s)") and "pages.tif" in line[0], line
+    assert "single.png" not in line[0] and "first frame" in line[0]
 
 
 def test_only_unreadable_images_is_an_error(checkpoint, tmp_path):

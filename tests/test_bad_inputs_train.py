@@ -345,3 +345,33 @@ def test_user_error_base_class_covers_the_commands_errors():
     from deeplab.engine.checkpoint import CheckpointError
 
     assert all(issubclass(e, UserError) for e in (DataError, CheckpointError, ConfigError, TrainingDiverged))
+
+
+def test_a_run_stopped_during_its_final_validation_finishes_it_on_resume(tree_and_out, monkeypatch, capsys):
+    from deeplab.engine import trainer as trainer_module
+    from deeplab.engine.trainer import TrainingInterrupted
+
+    tree, out = tree_and_out
+    real_validate = trainer_module.validate
+    monkeypatch.setattr(trainer_module, "validate", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(TrainingInterrupted) as exc_info:  # Ctrl-C twice during the last validation
+        train(_cfg(tree, out, iterations=2), out / "run")
+    _one_sentence(exc_info, "last.pt saved at iteration 2", f"resume={out / 'run' / 'last.pt'}")
+    assert not (out / "run" / "best.pt").exists()
+    monkeypatch.setattr(trainer_module, "validate", real_validate)
+    overrides = [f"resume={out / 'run' / 'last.pt'}"]
+    train(_cfg(tree, out, *overrides, iterations=2), out / "stub", overrides=overrides)  # the printed command
+    assert "final val: mIoU" in capsys.readouterr().out
+    best, last = load_checkpoint(out / "run" / "best.pt"), load_checkpoint(out / "run" / "last.pt")
+    assert best["iteration"] == last["iteration"] == 2 and last["validated_at"] == 2 and last["metrics"]
+    before = _digest(out / "run")
+    train(_cfg(tree, out, *overrides, iterations=2), out / "stub", overrides=overrides)  # now nothing is owed
+    assert _digest(out / "run") == before
+
+
+def test_one_class_is_refused_naming_binary_segmentation_as_two(tree_and_out):
+    tree, out = tree_and_out
+    with pytest.raises(ConfigError) as exc_info:
+        train(_cfg(tree, out, "dataset.num_classes=1", "dataset.class_names=null", "dataset.palette=null"), out / "r")
+    _one_sentence(exc_info, "dataset.num_classes=1", "num_classes=2", "masks of 0 and 1")
+    assert not (out / "r").exists()

@@ -62,6 +62,20 @@ def test_zero_255_masks_are_detected_and_explained(tmp_path):
     preflight(fixed)
 
 
+def test_masks_that_are_entirely_ignore_are_counted_and_a_split_of_only_those_is_a_problem(voc_root):
+    masks = sorted((voc_root / "SegmentationClass").glob("*.png"))
+    val = (voc_root / "ImageSets/Segmentation/val.txt").read_text().split()
+    for path in masks:  # one training mask and every val mask: all ignore
+        if path.stem in val or path == masks[0]:
+            palette_png(path, np.full(np.array(Image.open(path)).shape, 255, np.uint8))
+    train, val_report = check_dataset(root=str(voc_root), **CFG)
+    assert not train.problems and any(n.startswith("1 of the") and "entirely the ignore index 255" in n and
+                                      masks[0].name in n for n in train.notes), train.notes
+    assert len(val_report.problems) == 1 and "every one of its" in val_report.problems[0], val_report.problems
+    # and so with dataset.allow_ignore_only_masks=true (meant for masks of 0 and 255), which says nothing of this
+    assert check_dataset(root=str(voc_root), allow_ignore_only_masks=True, **CFG)[1].problems
+
+
 def test_preflight_stops_on_a_bad_first_sample(voc_root):
     _break_everything(voc_root)
     with pytest.raises(DataError, match="2007_000000.jpg"):

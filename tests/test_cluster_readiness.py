@@ -122,7 +122,8 @@ def _resumable_run(rank: int, world_size: int):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     return types.SimpleNamespace(
         model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
-        scaler=torch.amp.GradScaler("cpu", enabled=False), best_miou=0.5, last_metrics={}, ema=None, config={},
+        scaler=torch.amp.GradScaler("cpu", enabled=False), best_miou=0.5, last_metrics={}, validated_at=4, ema=None,
+        config={},
         dist=DistInfo(rank=rank, world_size=world_size), settings=types.SimpleNamespace(iterations=10))
 
 

@@ -44,6 +44,24 @@ def test_auto_runs_bf16_only_where_the_cpu_has_it_natively(name, monkeypatch):
     assert resolve_precision("bf16", "cpu") == "bf16"  # asked for by name: as asked, native or not
 
 
+@pytest.mark.parametrize("name", CPU_CLASSES)
+def test_fp16_on_a_cpu_is_advised_by_its_real_bf16_and_forcing_emulated_bf16_warns_once(name, monkeypatch, caplog):
+    _fake_cpu(monkeypatch, name)
+    monkeypatch.setattr(precision, "_WARNED", set())
+    native = name in NATIVE_BF16
+    with pytest.raises(ConfigError) as info:
+        resolve_precision("fp16", "cpu", key="trainer.precision")
+    advice = str(info.value)
+    assert ("trainer.precision=bf16 (native on this CPU)" in advice) == native, advice
+    assert ("use trainer.precision=fp32 on this CPU (it has no native bf16" in advice) == (not native), advice
+    with caplog.at_level(logging.WARNING, logger="deeplab.precision"):
+        for _ in range(2):
+            assert resolve_precision("bf16", "cpu", key="trainer.precision") == "bf16"
+    warnings = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warnings) == (0 if native else 1), warnings
+    assert all("trainer.precision=bf16: this CPU has no native bf16" in w for w in warnings)
+
+
 def test_fp16_on_cpu_and_unknown_precisions_are_one_sentence():
     with pytest.raises(ConfigError, match=r"^trainer.precision=fp16: fp16 autocast is for CUDA GPUs"):
         resolve_precision("fp16", "cpu", key="trainer.precision")

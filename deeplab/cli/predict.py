@@ -11,7 +11,8 @@ from deeplab.cli.record import Record
 from deeplab.data.dataset import DataError
 from deeplab.errors import ConfigError, check_flags
 from deeplab.inference import Predictor
-from deeplab.prediction_files import batches, list_inputs, output_folder, plan_outputs, refuse_existing, save_outputs
+from deeplab.prediction_files import (batches, frame_count, list_inputs, output_folder, plan_outputs, refuse_existing,
+                                      save_outputs, summary)
 from deeplab.progress import progress_bar
 from deeplab.visualization import palette_array
 
@@ -37,7 +38,7 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     """Predict every input image; returns the number of images that could not be read (the exit code's cause).
     `record` keeps predict.log and the config in the run folder once every check has passed."""
     check_settings(cfg)
-    base, paths = list_inputs(cfg.input)
+    base, paths, skipped = list_inputs(cfg.input)
     output = output_folder(cfg.output, run_dir=output_dir, base=base, allow_inside_input=cfg.allow_inside_input)
     kinds = [kind for kind, wanted in (("index", cfg.save_index), ("color", cfg.save_color),
                                        ("overlay", cfg.save_overlay)) if wanted]
@@ -61,6 +62,8 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     if len(failed) == len(paths):
         raise DataError(f"input={cfg.input}: none of the {len(paths)} image(s) could be read, e.g. {failed[0]}")
     print(f"{len(paths) - len(failed)} image(s) written to {output}")
+    for line in summary(skipped, [p for p in paths if frame_count(p) > 1]):
+        print(line)
     if failed:
         print(f"{len(failed)} image(s) could not be read:\n" + "\n".join(f"  {msg}" for msg in failed))
     return len(failed)

@@ -42,8 +42,9 @@ def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, cl
     if unknown:
         raise ConfigError(f"dataset.{unknown[0]}: not an option of the {format} dataset format (its options: "
                           f"{', '.join(known) or 'none'}); check the spelling, or drop it")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= 255:
-        raise ConfigError(f"dataset.num_classes={num_classes!r}: must be an integer in 1-255 (masks are 8-bit)")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= 255:
+        raise ConfigError(f"dataset.num_classes={num_classes!r}: must be an integer in 2-255 (masks are 8-bit; "
+                          f"binary segmentation, an object on background, is num_classes=2 with masks of 0 and 1)")
     if not _is_byte(ignore_index) or ignore_index < num_classes:
         raise ConfigError(f"dataset.ignore_index={ignore_index!r}: must be an integer in {num_classes}-255 (masks are "
                           f"8-bit, and it must not be one of the dataset.num_classes={num_classes} class indices); "

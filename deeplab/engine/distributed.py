@@ -184,21 +184,34 @@ def convert_to_global_bn(module: torch.nn.Module) -> torch.nn.Module:
 
 
 class TerminationRequest:
-    """SIGTERM (what a scheduler or `kill` sends before SIGKILL, and torchrun forwards to every process) noted while
-    training, so that the loop stops at the next step boundary with the weights consistent and last.pt saved."""
+    """SIGTERM (what a scheduler or `kill` sends before SIGKILL, and torchrun forwards to every process) and a first
+    Ctrl-C noted while training, so that the loop stops at the next step boundary with the weights consistent and
+    last.pt saved, even before the first checkpoint. A second Ctrl-C stops at once (KeyboardInterrupt: the last
+    checkpoint is kept, or the weights saved when no step was under way)."""
+
+    SIGNALS = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGINT: "interrupted (Ctrl-C)"}
 
     def __init__(self) -> None:
-        self.received = False
-        self._previous = None
+        self.how: str | None = None  # how the run was asked to stop, once it was
+        self._previous: dict = {}
+
+    @property
+    def received(self) -> bool:
+        return self.how is not None
 
     def __enter__(self) -> "TerminationRequest":
         if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            self._previous = signal.signal(signal.SIGTERM, self._note)
+            self._previous = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
     def _note(self, signum, frame) -> None:
-        self.received = True
+        if signum == signal.SIGINT and self.how == self.SIGNALS[signal.SIGINT]:
+            raise KeyboardInterrupt  # the second Ctrl-C: at once
+        self.how = self.how or self.SIGNALS[signum]
+        if signum == signal.SIGINT:  # written straight to the terminal: a signal may arrive inside a log call
+            os.write(2, b"\nCtrl-C: stopping at the next step boundary with last.pt saved (Ctrl-C again stops at "
+                        b"once)\n")

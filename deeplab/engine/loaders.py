@@ -1,5 +1,6 @@
 """Iteration-based sampling that makes a run resumable to the exact sample, and the train/val DataLoaders."""
 
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -84,13 +85,21 @@ def global_batches(loader: DataLoader, accum: int) -> Iterator[tuple[list, DataE
         yield micro, problem
 
 
+def ignore_ctrl_c(worker_id: int) -> None:
+    """A loader worker leaves Ctrl-C to the training process, which stops at the next step boundary (a worker that
+    ended on it would fail the next batch instead)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def train_loader(dataset: Dataset, batches: TrainBatches, *, num_workers: int, pin_memory: bool) -> DataLoader:
     """The training loader; workers stay alive for the whole run and prefetch ahead of the step."""
     return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0))
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(0),
+                      worker_init_fn=ignore_ctrl_c)
 
 
 def val_loader(dataset: Dataset, *, rank: int, world_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
     """Full-resolution validation, one image per batch (sizes differ), no shuffle, nothing dropped."""
     return DataLoader(dataset, batch_size=1, sampler=ShardSampler(len(dataset), rank=rank, world_size=world_size),
-                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                      worker_init_fn=ignore_ctrl_c)

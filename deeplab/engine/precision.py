@@ -64,8 +64,16 @@ def auto_precisions(device_type: str, capabilities: dict[str, bool] | None = Non
     With two, the faster for the model at hand is measured (`choose_fastest`)."""
     if device_type == "cuda":  # bf16 where native: fp32's range, so no GradScaler and no overflow
         return ("bf16",) if cuda_bf16_native() else ("fp16",)
+    return ("fp32", "bf16") if device_type == "cpu" and cpu_bf16_native(capabilities) else ("fp32",)
+
+
+def cpu_bf16_native(capabilities: dict[str, bool] | None = None) -> bool:
+    """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX), not by oneDNN's emulation."""
     caps = cpu_capabilities() if capabilities is None else capabilities
-    return ("fp32", "bf16") if device_type == "cpu" and (caps["avx512_bf16"] or caps["amx"]) else ("fp32",)
+    return caps["avx512_bf16"] or caps["amx"]
+
+
+_WARNED: set = set()  # the keys warned about emulated bf16 in this process: once each
 
 
 def cuda_bf16_native() -> bool:
@@ -81,7 +89,14 @@ def resolve_precision(precision: str, device_type: str, *, key: str = "precision
     if precision not in PRECISIONS:
         raise ConfigError(f"{key}={precision!r}: must be one of {list(PRECISIONS)}")
     if precision == "fp16" and device_type == "cpu":
-        raise ConfigError(f"{key}=fp16: fp16 autocast is for CUDA GPUs; use {key}=bf16 (or fp32) on the CPU")
+        raise ConfigError(f"{key}=fp16: fp16 autocast is for CUDA GPUs; " + (
+            f"use {key}=bf16 (native on this CPU) or {key}=fp32" if cpu_bf16_native() else
+            f"use {key}=fp32 on this CPU (it has no native bf16: bf16 would be emulated, several times slower than "
+            f"fp32)"))
+    if precision == "bf16" and device_type == "cpu" and not cpu_bf16_native() and key not in _WARNED:
+        _WARNED.add(key)
+        log.warning("%s=bf16: this CPU has no native bf16 (%s), so bf16 is emulated and runs several times slower "
+                    "than fp32; %s=fp32 or auto is faster here", key, describe_cpu(), key)
     if precision == "bf16" and device_type == "cuda" and not cuda_bf16_native():
         raise ConfigError(f"{key}=bf16: this GPU ({torch.cuda.get_device_name()}) has no native bf16 (that needs "
                           f"compute capability 8.0, Ampere, or newer); use {key}=fp16 or {key}=auto")

@@ -96,7 +96,8 @@ RANGES: list[tuple[str, Callable[[typing.Any], bool], str]] = [
     ("augment.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("augment.color_jitter", lambda v: v >= 0, "a number >= 0"),
     ("dataset.ignore_index", lambda v: 0 <= v <= 255, "an integer in 0-255 (masks are 8-bit)"),
-    ("dataset.num_classes", lambda v: 1 <= v <= 255, "an integer in 1-255"),
+    ("dataset.num_classes", lambda v: 2 <= v <= 255,
+     "an integer in 2-255 (binary segmentation, an object on background, is num_classes=2 with masks of 0 and 1)"),
 ]
 
 

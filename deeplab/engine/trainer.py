@@ -65,6 +65,7 @@ class Run:
     ema: ModelEma | None = None  # trainer.ema_decay: the weights' moving average, validated and saved as well
     best_miou: float = -1.0
     last_metrics: dict = field(default_factory=dict)
+    validated_at: int = 0  # the iteration of the last validation completed (one interrupted is owed on resume)
 
 
 def train_step(run: Run, micro_batches: list, *, freeze_backbone: bool) -> torch.Tensor:
@@ -96,7 +97,7 @@ def validate(run: Run, iteration: int) -> dict:
     finally:
         torch.backends.cudnn.benchmark = benchmark
     metrics = matrix.compute()
-    run.last_metrics = metrics
+    run.last_metrics, run.validated_at = metrics, iteration
     improved = metrics["mIoU"] > run.best_miou
     if improved:
         run.best_miou = metrics["mIoU"]
@@ -115,9 +116,7 @@ def keep_progress(run: Run, iteration: int, start_iter: int, problem: str, rank:
     step: rank 0 saves the training done so far, and each process's message says so."""
     last = run.output_dir / "last.pt"
     if iteration > start_iter:
-        rngs = all_gather_object(ckpt.rng_state())
-        if run.dist.is_main:
-            ckpt.save_checkpoint(last, checkpoint_state(run, iteration, rngs))
+        save_last(run, iteration)
         kept = f"the training up to iteration {iteration} is saved in {last}"
     else:
         kept = f"no training was lost (it stopped before iteration {start_iter + 1})"
@@ -173,13 +172,27 @@ def checkpoint_state(run: Run, iteration: int, rngs: list[dict] | None = None) -
     process of a resumed run of the same size restores its own; `rng` is rank 0's (this process's without them)."""
     state = {"model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "iteration": iteration,
-             "best_miou": run.best_miou, "metrics": run.last_metrics,
+             "best_miou": run.best_miou, "metrics": run.last_metrics, "validated_at": run.validated_at,
              "rng": rngs[0] if rngs else ckpt.rng_state(), "config": run.config}
     if rngs and len(rngs) > 1:
         state["rng_ranks"] = rngs
     if run.ema is not None:
         state["ema"] = run.ema.state_dict()
     return state
+
+
+def save_last(run: Run, iteration: int) -> None:
+    """last.pt of `iteration`, with every process's RNG (gathered from all of them: each resumes its own)."""
+    rngs = all_gather_object(ckpt.rng_state())
+    if run.dist.is_main:
+        ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration, rngs))
+
+
+def owes_validation(run: Run, iteration: int) -> bool:
+    """Whether the run resumed at `iteration` stopped before finishing the validation due there."""
+    s = run.settings
+    return 0 < iteration and run.validated_at < iteration and (iteration % s.val_every == 0 or
+                                                               iteration == s.iterations)
 
 
 def fit(run: Run, *, start_iter: int) -> float:
@@ -193,6 +206,10 @@ def fit(run: Run, *, start_iter: int) -> float:
     console_logs = logging_redirect_tqdm() if not progress.disable else contextlib.nullcontext()
     with console_logs, TerminationRequest() as termination:
         try:
+            if owes_validation(run, start_iter):  # the run stopped during a validation it still owes
+                validate(run, start_iter)
+                if start_iter == s.iterations:  # and at its last iteration: nothing more to train
+                    save_last(run, start_iter)
             for micro, problem in global_batches(run.train_batches, s.grad_accum):
                 # one small all-reduce a step: every process stops at the same step, or none does
                 terminate, failed = any_process(run.device, termination.received, problem is not None)
@@ -200,7 +217,8 @@ def fit(run: Run, *, start_iter: int) -> float:
                     rank, message = first_problem(one_line(problem) if problem else None)
                     raise keep_progress(run, iteration, start_iter, message, rank)
                 if terminate:
-                    raise interrupted(run, iteration, start_iter, saved=True, how="terminated (SIGTERM)", agreed=True)
+                    raise interrupted(run, iteration, start_iter, saved=True, agreed=True,
+                                      how=termination.how or "terminated (SIGTERM)")  # another rank's signal
                 stepping = True  # a Ctrl-C from here until the schedule steps leaves the weights half updated
                 try:
                     loss = train_step(run, micro, freeze_backbone=iteration < s.freeze_backbone_iters)
@@ -227,9 +245,7 @@ def fit(run: Run, *, start_iter: int) -> float:
                 if iteration % s.val_every == 0 or iteration == s.iterations:
                     validate(run, iteration)
                 if iteration % s.checkpoint_every == 0 or iteration == s.iterations:
-                    rngs = all_gather_object(ckpt.rng_state())  # every process's: each resumes its own
-                    if run.dist.is_main:
-                        ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration, rngs))
+                    save_last(run, iteration)
         except ScoringProblem as exc:  # every process met it at the same point, between steps
             raise keep_progress(run, iteration, start_iter, exc.message, exc.rank) from None
         except KeyboardInterrupt:
@@ -392,6 +408,7 @@ def restore(run: Run, state: dict) -> int:
     if state["scaler"] or not run.scaler.is_enabled():  # a CPU run's disabled scaler has no state to give a GPU's
         run.scaler.load_state_dict(state["scaler"])
     run.best_miou, run.last_metrics = state["best_miou"], state.get("metrics", {})
+    run.validated_at = state.get("validated_at", state["iteration"])  # older checkpoints: as if validated
     ranks = state.get("rng_ranks") or []  # each process its own, when as many resume as saved; else rank 0's
     ckpt.set_rng_state(ranks[run.dist.rank] if len(ranks) == run.dist.world_size else state["rng"])
     start, saved_total = state["iteration"], state["config"]["trainer"]["iterations"]
@@ -433,7 +450,9 @@ def train_in(run_dir: Path, config: dict, state: dict | None, overrides: Sequenc
     """Train a checked config in its run dir, from scratch or from a checkpoint's state; `overrides` (the command
     line's) pick the hparams TensorBoard shows besides the core ones (tracking.run_hparams)."""
     settings = TrainerSettings(**config["trainer"])
-    if state is not None and state["iteration"] >= settings.iterations:
+    owed = state is not None and state.get("validated_at", state["iteration"]) < state["iteration"]
+    if state is not None and state["iteration"] >= settings.iterations and not (
+            owed and state["iteration"] == settings.iterations):  # a final validation owed is still done
         if state["iteration"] > settings.iterations:
             raise ConfigError(f"trainer.iterations={settings.iterations} is below the iteration this run reached "
                               f"({state['iteration']}); set trainer.iterations above it to train on")

@@ -82,16 +82,28 @@ def check_split(dataset: SegmentationDataset, split: str, *, workers: int = 0,
             results = ticked(pool.map(scan, range(len(dataset)), chunksize=8))
     else:
         results = ticked(map(scan, range(len(dataset))))
-    rotated = []
-    for (image_path, _), (problem, pixels, orientation) in zip(dataset.samples, results):
+    rotated, unlabelled = [], []
+    for (image_path, mask_path), (problem, pixels, orientation) in zip(dataset.samples, results):
         if problem:
             report.problems.append(problem)
         else:
             report.pixels += pixels
+            if not pixels[:dataset.num_classes].any():
+                unlabelled.append(str(mask_path))
         if orientation != 1:
             rotated.append((str(image_path), orientation))
     if rotated:
         report.notes.append(exif_note(rotated))
+    readable = len(dataset) - len(report.problems)
+    if unlabelled and len(unlabelled) == readable:
+        report.problems.append(f"split {split!r}: every one of its {readable} masks is entirely the ignore index "
+                               f"{dataset.ignore_index}, e.g. {unlabelled[0]}: nothing to learn or score; check how "
+                               f"the masks were saved (dataset.label_map, dataset.palette)")
+        return report
+    if unlabelled:
+        report.notes.append(f"{len(unlabelled)} of the {readable} masks are entirely the ignore index "
+                            f"{dataset.ignore_index} (no labelled pixel), e.g. {unlabelled[0]}: they add nothing to "
+                            f"training or to the score")
     zero_255 = None if dataset.allow_ignore_only_masks else zero_255_problem(
         report.pixels, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index, where=f"split {split!r}")
     if zero_255:
