@@ -6,6 +6,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import make_voc_tree, tiny_train_overrides
 from deeplab.cli import unknown_override
+from deeplab.cli.evaluate import main as evaluate_main
 from deeplab.cli.predict import main as predict_main
 from deeplab.cli.train import main as train_main
 from deeplab.engine.checkpoint import load_checkpoint
@@ -57,6 +58,16 @@ def test_focal_loss_and_cosine_schedule_train_from_the_command_line(tmp_path, en
                                            "model.backbone.width_mult=0.5"),
     (train_main, ["model/backbone=resnet50", "model.backbone.width_mult=0.5"], "model.backbone holds name"),
     (predict_main, ["checkpoint=x.pt", "inptu=images/"], "did you mean input=images/?"),
+    # values Hydra's grammar reads otherwise than meant, or not at all (the second sweep's own cases)
+    (predict_main, ["checkpoint=x.pt", "input=photos/img[1].jpg"],
+     "quote the value inside the argument: input='photos/img[1].jpg' (in a shell, \"input='photos/img[1].jpg'\")"),
+    (predict_main, ["checkpoint=x.pt", "input=photos/a,b.jpg"], "the comma makes Hydra read several values"),
+    (predict_main, ["checkpoint=x.pt", "input=photos/img[1].jpg"], "Hydra cannot read '[', ']' unquoted"),
+    (predict_main, ["checkpoint=~/x.pt", "input=a.jpg"], "Hydra cannot read '~' unquoted"),
+    (predict_main, ["checkpoint=x.pt", "input=фото"], "input='фото'"),
+    (predict_main, ["checkpoint=x.pt", "input=it's.jpg"], "input=\"it's.jpg\""),
+    (predict_main, ["checkpoint=x.pt", "input=${oops}/a.jpg"], "which the config cannot resolve"),
+    (train_main, ["output_root='~/runs'"], "output_root=~/runs: Hydra does not expand ~ in its run folder"),
 ])
 def test_an_unknown_key_or_option_is_one_sentence_with_the_closest_and_nothing_is_written(
         command, args, expected, entry_point, capsys, tmp_path, monkeypatch):
@@ -65,6 +76,17 @@ def test_an_unknown_key_or_option_is_one_sentence_with_the_closest_and_nothing_i
     err = capsys.readouterr().err
     assert code == 1 and expected in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []  # no run dir, no log: Hydra's main never started
+
+
+def test_a_run_folder_under_a_file_is_one_sentence_naming_the_key(entry_point, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"a checkpoint")
+    for args, key in ((["output_root=last.pt/runs"], "output_root=last.pt/runs"),
+                      (["checkpoint=x.pt", "hydra.run.dir=last.pt"], "hydra.run.dir=last.pt")):
+        code = entry_point(train_main if args[0].startswith("output") else evaluate_main, *args)
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"{key}: last.pt is a file, not a folder") and err.count("\n") == 1, err
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_overrides_that_compose_and_flags_are_left_to_hydra():

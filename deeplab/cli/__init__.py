@@ -20,8 +20,10 @@ from pathlib import Path
 import hydra
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from deeplab.cli.record import Record
 from deeplab.errors import ConfigError, UserError, user_errors
@@ -85,9 +87,9 @@ def check_group_choices(cfg: DictConfig, overrides: Sequence[str], choices: Mapp
                           f"to train with {option}, set its keys instead: {' '.join(fix)}")
 
 
-def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
+def _compose(config_name: str, overrides: Sequence[str], *, hydra_config: bool = False) -> DictConfig:
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose(config_name, overrides=list(overrides))
+        return compose(config_name, overrides=list(overrides), return_hydra_config=hydra_config)
 
 
 def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
@@ -129,15 +131,85 @@ def _missing_key(config_name: str, args: Sequence[str], override: str) -> str:
             f"{fix} (--cfg job prints every key)")
 
 
-def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
-    """One sentence for a command line that names a key the config lacks (`trainer.iteration=5`, the old
-    `model.width_mult=0.5`) or a group option that does not exist (`optim=sdg`), with the closest existing one; None
-    when the overrides compose, or fail otherwise (Hydra then reports it, as for flags such as --help and -m, and for
-    its own hydra.* keys)."""
-    if any(arg.startswith("-") for arg in args):
-        return None
+def _readable_unquoted(parser: OverridesParser, char: str) -> bool:
     try:
-        _compose(config_name, args)
+        parser.parse_override(f"k=a{char}b")
+        return True
+    except HydraException:
+        return False
+
+
+def grammar_problem(args: Sequence[str]) -> str | None:
+    """One sentence for an argument Hydra's override grammar cannot read as the user meant: a value holding one of
+    its special characters unquoted (a path with [ ] ~ or a comma: a comma reads as a sweep of several runs)."""
+    parser = OverridesParser.create()
+    multirun = any(arg in ("-m", "--multirun") for arg in args)
+    for arg in (a for a in args if not a.startswith("-")):
+        key, _, value = arg.partition("=")
+        quoted, shell = (f"{key}='{value}'", f"\"{key}='{value}'\"") if "'" not in value else \
+            (f'{key}="{value}"', f'"{key}=\\"{value}\\""')
+        try:
+            override = parser.parse_override(arg)
+        except HydraException:
+            unread = sorted({c for c in value if not _readable_unquoted(parser, c)})
+            what = ", ".join(repr(c) for c in unread) or "this value"
+            return (f"{arg}: Hydra cannot read {what} unquoted in a value (letters outside ASCII and "
+                    f"characters such as [ ] , ~ # ; ' = are special or unknown to its overrides); quote the value "
+                    f"inside the argument: {quoted} (in a shell, {shell})")
+        if override.is_sweep_override() and not multirun:
+            return (f"{arg}: the comma makes Hydra read several values, a sweep of runs (that needs -m); quote a "
+                    f"value that holds a comma: {quoted} (in a shell, \"{quoted}\"), or give a list as {key}=[...]")
+    return None
+
+
+def run_dir_problem(cfg: DictConfig, args: Sequence[str]) -> str | None:
+    """One sentence when the run folder Hydra would make is a file or lies under one (Hydra's own error is a
+    traceback), naming the key that sets it: hydra.run.dir, or output_root that it is made under."""
+    try:
+        given = str(cfg.hydra.run.dir)
+    except Exception:  # noqa: BLE001 - a value only Hydra's own run can resolve: its check
+        return None
+    named = any(a.partition("=")[0].lstrip("+") == "hydra.run.dir" for a in args)
+    key = f"hydra.run.dir={given}" if named or "output_root" not in cfg else f"output_root={cfg.output_root}"
+    run_dir = Path(given).expanduser()
+    if given.startswith("~"):  # Hydra makes the folder as written: one named "~" here, a trap for `rm -rf ~`
+        return (f"{key}: Hydra does not expand ~ in its run folder and would make a folder named '~' here; write "
+                f"the full path, e.g. {key.partition('=')[0]}={Path(key.partition('=')[2]).expanduser()}")
+    blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is None:
+        return None
+    return f"{key}: {blocking} is a file, not a folder, so the run folder {run_dir} cannot be made; choose a folder"
+
+
+def interpolation_problem(cfg: DictConfig, args: Sequence[str]) -> str | None:
+    """One sentence for an override whose value refers to ${...} that the config cannot resolve (often a literal $
+    in a path)."""
+    for arg in args:
+        key = arg.partition("=")[0].lstrip("+")
+        if "${" not in arg or key.startswith("hydra"):
+            continue
+        try:
+            node = OmegaConf.select(cfg, key)
+            if isinstance(node, (DictConfig, ListConfig)):
+                OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as exc:
+            return (f"{arg}: the value refers to ${{...}}, which the config cannot resolve ({str(exc).splitlines()[0]}); a $ meant "
+                    f"literally is written \\$, e.g. {key}='\\${{...}}'")
+    return None
+
+
+def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
+    """One sentence for a command line that Hydra would answer with a traceback or a less helpful message: a key the
+    config lacks (`trainer.iteration=5`, the old `model.width_mult=0.5`) or a group option that does not exist
+    (`optim=sdg`), with the closest existing one; a value its grammar cannot read, an unresolvable ${...}, a run
+    folder that cannot be made. None when the overrides compose, or fail otherwise (Hydra then reports it, as for
+    flags such as --help and -m, and for its own hydra.* keys)."""
+    problem = grammar_problem(args)
+    if problem or any(arg.startswith("-") for arg in args):
+        return problem
+    try:
+        cfg = _compose(config_name, args, hydra_config=True)
+        return interpolation_problem(cfg, args) or run_dir_problem(cfg, args)
     except MissingConfigException as exc:
         missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'", str(exc))
         return _missing_option(*missing.groups()) if missing else None
