@@ -55,7 +55,8 @@ def test_a_new_run_into_a_folder_that_holds_a_run_is_refused_and_the_run_is_unto
     tree, run = finished
     before = digest(run)
     done = _run("train.py", "dataset=voc", *tiny_train_overrides(tree, run.parent, 2), f"hydra.run.dir={run}")
-    _refusal(done, f"hydra.run.dir={run}", "last.pt and best.pt", "resume=auto", "another hydra.run.dir")
+    _refusal(done, f"hydra.run.dir={run}", "(last.pt, best.pt, metrics.jsonl, tb)", "resume=auto",
+             "another hydra.run.dir")
     assert digest(run) == before  # best.pt, last.pt, train.log, .hydra: byte-identical
 
 

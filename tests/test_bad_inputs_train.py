@@ -375,3 +375,17 @@ def test_one_class_is_refused_naming_binary_segmentation_as_two(tree_and_out):
         train(_cfg(tree, out, "dataset.num_classes=1", "dataset.class_names=null", "dataset.palette=null"), out / "r")
     _one_sentence(exc_info, "dataset.num_classes=1", "num_classes=2", "masks of 0 and 1")
     assert not (out / "r").exists()
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_not_replaced_by_a_new_run_but_restarts_on_requeue(tree_and_out):
+    tree, out = tree_and_out
+    run = out / "run"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"kind": "train", "iteration": 1}\n')  # all a SIGKILL before a save leaves
+    before = _digest(run)
+    with pytest.raises(ConfigError) as exc_info:
+        train(_cfg(tree, out), run, named_run_dir=True)
+    _one_sentence(exc_info, f"hydra.run.dir={run}", "(metrics.jsonl)", "resume=auto")
+    assert _digest(run) == before
+    train(_cfg(tree, out, "resume=auto"), run, named_run_dir=True)  # the requeued command: its own run, from 0
+    assert load_checkpoint(run / "last.pt")["iteration"] == 2

@@ -97,13 +97,14 @@ def remove_stub(stub: Path, run_dir: Path) -> None:
 
 
 def _refuse_replacing(run_dir: Path, *, named_run_dir: bool) -> None:
-    """A new run never starts in a folder that holds a run's checkpoints: it would replace them. That folder is only
-    ever continued (resume=auto) or left alone."""
-    held = [name for name in ("last.pt", "best.pt") if (run_dir / name).is_file()]
+    """A new run never starts in a folder that holds a run (its checkpoints, or the history and TensorBoard logs of
+    one killed before its first checkpoint): it would replace them. That folder is only ever continued (resume=auto,
+    which restarts a run that never saved from 0) or left alone."""
+    held = [name for name in ("last.pt", "best.pt", "metrics.jsonl", "tb") if (run_dir / name).exists()]
     if not held:
         return
     where = f"hydra.run.dir={run_dir}" if named_run_dir else f"the run folder {run_dir}"
-    raise ConfigError(f"{where} holds a training run ({' and '.join(held)}), and a new run there would replace it; "
+    raise ConfigError(f"{where} holds a training run ({', '.join(held)}), and a new run there would replace it; "
                       f"continue it with the same command plus resume=auto, or start a new run in another folder "
                       f"(another hydra.run.dir=..., or none for a dated folder under output_root)")
 
