@@ -89,6 +89,20 @@ def test_a_run_folder_under_a_file_is_one_sentence_naming_the_key(entry_point, c
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["trainer.iteration=5"], "did you mean trainer.iterations=5?"),
+    (["optim=sdg"], "did you mean optim=sgd?"),
+    (["model/backbone=resnet5"], "did you mean model/backbone=resnet50?"),
+    (["dataset=voc", "optim=adamw", "optim.momentum=0.9"], "have no key optim.momentum; optim holds name, lr, betas"),
+])
+def test_suggestions_come_from_the_configs_not_from_the_wording_of_hydras_errors(args, expected, monkeypatch):
+    import hydra.errors
+
+    for error in (hydra.errors.ConfigCompositionException, hydra.errors.MissingConfigException):
+        monkeypatch.setattr(error, "__str__", lambda self: "a later Hydra words this otherwise")
+    assert expected in unknown_override("train", args)
+
+
 def test_overrides_that_compose_and_flags_are_left_to_hydra():
     assert unknown_override("train", ["dataset=voc", "trainer.iterations=5", "model/backbone=resnet50"]) is None
     assert unknown_override("train", ["+trainer.iteration=5"]) is None  # an addition: the trainer names it

@@ -11,7 +11,6 @@ lists every group under configs/ (the training groups on predict.py's page too).
 
 import difflib
 import functools
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +20,8 @@ import hydra
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from hydra.core.override_parser.types import OverrideType
+from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -207,20 +207,42 @@ def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
     problem = grammar_problem(args)
     if problem or any(arg.startswith("-") for arg in args):
         return problem
+    return missing_problem(config_name, args) or _composed_problem(config_name, args)
+
+
+def missing_problem(config_name: str, args: Sequence[str]) -> str | None:
+    """A group option that configs/<group>/ lacks, or a key the composed config lacks, found from the configs
+    themselves (the group folders, and the config composed with the command line's group choices), never from the
+    wording of Hydra's errors."""
+    overrides = OverridesParser.create().parse_overrides(list(args))
+    changes = [(o, arg) for o, arg in zip(overrides, args)
+               if o.type == OverrideType.CHANGE and not o.key_or_group.startswith("hydra")]
+    chosen = [arg for o, arg in changes if (Path(CONFIGS) / o.key_or_group).is_dir()]
+    for o, arg in changes:
+        if arg in chosen and str(o.value()) not in group_options(o.key_or_group):
+            return _missing_option(o.key_or_group, str(o.value()))
     try:
-        cfg = _compose(config_name, args, hydra_config=True)
-        return interpolation_problem(cfg, args) or run_dir_problem(cfg, args)
-    except MissingConfigException as exc:
-        missing = re.search(r"Could not find '([\w/]+)/([^'/]+)'", str(exc))
-        return _missing_option(*missing.groups()) if missing else None
-    except ConfigCompositionException as exc:
-        missing = re.match(r"Could not override '([^']+)'", str(exc))
-        key = missing.group(1) if missing else "hydra"
-        override = next((a for a in args if a.partition("=")[0] == key), None)
-        return _missing_key(config_name, args, override) if override and key.split(".")[0] != "hydra" else None
+        base = _compose(config_name, [*chosen, *(a for o, a in zip(overrides, args) if a not in
+                                                 {arg for _, arg in changes})])
     except Exception:  # noqa: BLE001 - not ours to word: the Hydra main that follows reports it
         return None
+    for o, arg in changes:
+        if arg not in chosen and OmegaConf.select(base, o.key_or_group, default=_ABSENT) is _ABSENT:
+            return _missing_key(config_name, args, arg)
     return None
+
+
+_ABSENT = object()
+
+
+def _composed_problem(config_name: str, args: Sequence[str]) -> str | None:
+    """What only the whole command line, composed with Hydra's own settings, shows: an unresolvable ${...}, a run
+    folder that cannot be made."""
+    try:
+        cfg = _compose(config_name, args, hydra_config=True)
+    except Exception:  # noqa: BLE001 - not ours to word: the Hydra main that follows reports it
+        return None
+    return interpolation_problem(cfg, args) or run_dir_problem(cfg, args)
 
 
 # what each command can lower when the GPU runs out of memory (the trainer words its own, with what it saved)
