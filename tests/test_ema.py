@@ -59,6 +59,27 @@ def test_update_averages_parameters_and_bn_statistics_and_copies_the_batch_count
     assert not ema.module.training and not any(p.requires_grad for p in ema.module.parameters())
 
 
+def test_averaged_model_gives_exactly_what_the_hand_written_average_gave():
+    """The EMA through torch's AveragedModel against the loop it replaced (deeplab before 2026-12-02), bit for bit."""
+    model = _net()
+    ema = ModelEma(model, decay=0.99)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for n in range(5):
+        model.train()(torch.randn(2, 3, 8, 8))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(0.9).add_(0.1)
+        ema.update(model)
+        floats = [k for k, v in reference.items() if v.is_floating_point()]
+        torch._foreach_lerp_([reference[k] for k in floats], [model.state_dict()[k] for k in floats],
+                             1.0 - ema_decay_at(0.99, n))
+        for k, v in model.state_dict().items():
+            if not v.is_floating_point():
+                reference[k].copy_(v)
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+
+
 def test_state_round_trips_through_a_weights_only_file(tmp_path):
     model = _net()
     ema = ModelEma(model, decay=0.99)

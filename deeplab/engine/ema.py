@@ -13,10 +13,9 @@ weights update k of n roughly in proportion to (k / n)^8, which puts about 86% o
 training, whatever `decay` is.
 """
 
-import copy
-
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from deeplab.engine.checkpoint import load_model_weights
 
@@ -27,37 +26,44 @@ def ema_decay_at(decay: float, updates: int) -> float:
 
 
 class ModelEma:
-    """A frozen copy of a model (`module`, kept in eval mode) holding the moving average of its weights.
+    """A frozen copy of a model (`module`, kept in eval mode) holding the moving average of its weights: torch's
+    `AveragedModel` over parameters and buffers (`use_buffers=True`), with the warmed-up decay above as its
+    `multi_avg_fn` (torch's `get_ema_multi_avg_fn` has a fixed decay, and averages integer buffers, which are copied
+    here).
 
     Built from the plain model (not a DDP or torch.compile wrapper) once its starting weights are loaded and it is
-    on its device and in its memory format; the copy starts equal to it.
+    on its device and in its memory format; the copy starts equal to it (AveragedModel's first update copies).
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
-        self.updates = 0
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0  # kept here, not read from AveragedModel's n_averaged: no GPU sync to choose the decay
+        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
+        self.averaged.update_parameters(model)  # the starting copy: n_averaged 0 -> 1
+        self.module = self.averaged.module.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def _average(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _) -> None:
+        """One group of tensors (one device and dtype): ema = d_n * ema + (1 - d_n) * weights, or a copy for
+        integer buffers (`num_batches_tracked`)."""
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(self.decay, self.updates))
+        else:
+            torch._foreach_copy_(averaged, current)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        """Fold the model's current weights into the average: ema = d_n * ema + (1 - d_n) * weights."""
-        weight = 1.0 - ema_decay_at(self.decay, self.updates)
-        averaged, current = [], []
-        for mine, theirs in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
-            if mine.is_floating_point():
-                averaged.append(mine)
-                current.append(theirs.detach())
-            else:
-                mine.copy_(theirs)
-        if averaged:
-            torch._foreach_lerp_(averaged, current, weight)  # as torch's own get_ema_multi_avg_fn does
+        """Fold the model's current weights into the average."""
+        self.averaged.update_parameters(model)
         self.updates += 1
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps (`ema`): the averaged weights, the number of updates and the decay."""
+        """What a checkpoint keeps (`ema`): the averaged weights, the number of updates and the decay (the format
+        of checkpoints written before AveragedModel was used, which load unchanged)."""
         return {"model": self.module.state_dict(), "updates": self.updates, "decay": self.decay}
 
     def load_state_dict(self, state: dict, *, source: str) -> None:
         """Continue from a checkpoint's `ema` entry exactly (weights and update count)."""
         load_model_weights(self.module, state["model"], source=f"{source} (its EMA weights)")
         self.updates = int(state["updates"])
+        self.averaged.n_averaged.fill_(self.updates + 1)
