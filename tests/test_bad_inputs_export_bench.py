@@ -10,7 +10,7 @@ import torch
 
 from conftest import compose, digest, one_sentence
 from deeplab import export
-from deeplab.bench.modes import inference_mode, training_step
+from deeplab.bench.modes import inference_runner, training_step
 from deeplab.cli import bench as bench_cli
 from deeplab.cli import export as export_cli
 from deeplab.engine.checkpoint import CheckpointError
@@ -125,7 +125,7 @@ def test_bench_refuses_unknown_sections_and_modes_before_any_work(tmp_path, caps
 def test_speed_modes_name_their_config_key():
 
     with pytest.raises(ConfigError) as info:
-        inference_mode("turbo", None, device=torch.device("cpu"), workdir=None)
+        inference_runner("turbo", None, device=torch.device("cpu"), workdir=None)
     one_sentence(info, "inference.modes", "turbo", "eager_fp32", "onnxruntime_int8")
     with pytest.raises(ConfigError) as info:
         training_step("turbo", None, device=torch.device("cpu"))

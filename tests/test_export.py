@@ -138,3 +138,10 @@ def test_predictor_and_evaluate_run_an_exported_model(trained, tmp_path, capsys)
                                                     "precision=fp32"]), tmp_path / "ev_pt")
     assert result["images"] == pytorch["images"] == 3
     assert result["mIoU"] == pytest.approx(pytorch["mIoU"], abs=0.01), "the exported model scores as the checkpoint"
+
+
+def test_every_export_format_has_one_exporter_in_the_table():
+    from deeplab.cli.export import EXPORTERS
+    from deeplab.export import FORMATS
+
+    assert sorted(EXPORTERS) == sorted(FORMATS)

@@ -24,7 +24,8 @@ import torchvision.transforms.functional as TF
 from omegaconf import OmegaConf
 from PIL import Image
 
-from deeplab.bench.modes import inference_mode, label_quality, peak_memory_mib, scratch_dir, synchronize, training_step
+from deeplab.bench.modes import (inference_runner, label_quality, peak_memory_mib, scratch_dir, synchronize,
+                                 training_step)
 from deeplab.data.dataset import read_image, read_mask
 from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from deeplab.inference import model_from_checkpoint
@@ -132,7 +133,7 @@ def bench_inference(model: torch.nn.Module, *, device: torch.device, size: tuple
         for prefix, net, names in (("", model, modes), ("separable_", separable_model, separable_modes)):
             for name in names if net is not None else []:
                 (work / f"{prefix}{name}").mkdir()
-                forwards[prefix + name], precisions[prefix + name] = inference_mode(
+                forwards[prefix + name], precisions[prefix + name] = inference_runner(
                     name, net, device=device, workdir=work / f"{prefix}{name}", calibration=calibration, example=x,
                     key=f"inference.{prefix}modes")
         # peak memory of the first call: it includes what a mode allocates once (ONNX Runtime's arena, caches)

@@ -59,7 +59,7 @@ def _torch_forward(model: nn.Module, *, device: torch.device, precision: str, ch
     return forward
 
 
-def inference_mode(name: str, model: nn.Module, *, device: torch.device, workdir: Path,
+def inference_runner(name: str, model: nn.Module, *, device: torch.device, workdir: Path,
                    calibration: Iterable[np.ndarray] = (), example: torch.Tensor | None = None,
                    key: str = "inference.modes") -> tuple[Forward, str]:
     """The forward function of one inference mode, and what precision it runs in.

@@ -193,7 +193,8 @@ def interpolation_problem(cfg: DictConfig, args: Sequence[str]) -> str | None:
             if isinstance(node, (DictConfig, ListConfig)):
                 OmegaConf.to_container(node, resolve=True)
         except OmegaConfBaseException as exc:
-            return (f"{arg}: the value refers to ${{...}}, which the config cannot resolve ({str(exc).splitlines()[0]}); a $ meant "
+            reason = str(exc).splitlines()[0]
+            return (f"{arg}: the value refers to ${{...}}, which the config cannot resolve ({reason}); a $ meant "
                     f"literally is written \\$, e.g. {key}='\\${{...}}'")
     return None
 

@@ -15,7 +15,7 @@ from deeplab.export import (FORMATS, check_output, default_output, export_onnx, 
 from deeplab.inference import model_from_checkpoint
 from deeplab.onnx_model import OnnxModel
 from deeplab.progress import progress_bar
-from deeplab.bench.modes import inference_mode, label_quality, split_samples
+from deeplab.bench.modes import inference_runner, label_quality, split_samples
 
 
 def check_settings(cfg) -> None:
@@ -48,29 +48,40 @@ def run(cfg) -> Path:
     data = config["dataset"]
     print(f"{cfg.checkpoint}: {model.num_classes} classes; input: float32 N x 3 x H x W normalised with mean "
           f"{data['mean']} and std {data['std']} (RGB, 0-1 scale); output: N x {model.num_classes} x H x W logits")
-    if cfg.format == "pt2":
-        export_pt2(model, output, overwrite=cfg.overwrite)
-    elif cfg.format == "onnx":
-        export_onnx(model, output, opset=cfg.opset, overwrite=cfg.overwrite)
-        if cfg.verify:
-            print(f"ONNX Runtime vs PyTorch: max |logit difference| {verify_onnx(output, model):.2e}")
-    else:
-        calibration = [x.numpy() for x, _ in split_samples(data, "train_split", cfg.calibration_images)]
-        with tempfile.TemporaryDirectory() as work:
-            float_path = export_onnx(model, Path(work) / "float.onnx", opset=cfg.opset)
-            quantize_onnx(float_path, output, calibration, overwrite=cfg.overwrite)
-        print(f"int8 model calibrated on {len(calibration)} images of split '{data['train_split']}'")
-        if cfg.verify:
-            samples = split_samples(data, "val_split", cfg.val_images)
-            eager, _ = inference_mode("eager_fp32", model, device=torch.device("cpu"), workdir=output.parent)
-            int8 = OnnxModel(output)
-            float_q, int8_q = (label_quality(f, eager, progress_bar(samples, desc=f"{name} mIoU", unit=" images"),
-                                             model.num_classes) for name, f in (("float", eager), ("int8", int8)))
-            print(f"on {len(samples)} images of split '{data['val_split']}': mIoU float {float_q['mIoU']:.4f}, "
-                  f"int8 {int8_q['mIoU']:.4f} ({(int8_q['mIoU'] - float_q['mIoU']) * 100:+.2f} points); "
-                  f"{int8_q['agreement'] * 100:.2f}% of pixels labelled as the float model labels them")
+    EXPORTERS[cfg.format](model, output, cfg, data)
     print(f"written: {output}")
     return output
+
+
+def _pt2(model, output: Path, cfg, data: dict) -> None:
+    export_pt2(model, output, overwrite=cfg.overwrite)
+
+
+def _onnx(model, output: Path, cfg, data: dict) -> None:
+    export_onnx(model, output, opset=cfg.opset, overwrite=cfg.overwrite)
+    if cfg.verify:
+        print(f"ONNX Runtime vs PyTorch: max |logit difference| {verify_onnx(output, model):.2e}")
+
+
+def _int8(model, output: Path, cfg, data: dict) -> None:
+    calibration = [x.numpy() for x, _ in split_samples(data, "train_split", cfg.calibration_images)]
+    with tempfile.TemporaryDirectory() as work:
+        float_path = export_onnx(model, Path(work) / "float.onnx", opset=cfg.opset)
+        quantize_onnx(float_path, output, calibration, overwrite=cfg.overwrite)
+    print(f"int8 model calibrated on {len(calibration)} images of split '{data['train_split']}'")
+    if cfg.verify:
+        samples = split_samples(data, "val_split", cfg.val_images)
+        eager, _ = inference_runner("eager_fp32", model, device=torch.device("cpu"), workdir=output.parent)
+        int8 = OnnxModel(output)
+        float_q, int8_q = (label_quality(f, eager, progress_bar(samples, desc=f"{name} mIoU", unit=" images"),
+                                         model.num_classes) for name, f in (("float", eager), ("int8", int8)))
+        print(f"on {len(samples)} images of split '{data['val_split']}': mIoU float {float_q['mIoU']:.4f}, "
+              f"int8 {int8_q['mIoU']:.4f} ({(int8_q['mIoU'] - float_q['mIoU']) * 100:+.2f} points); "
+              f"{int8_q['agreement'] * 100:.2f}% of pixels labelled as the float model labels them")
+
+
+# format= -> how a checkpoint's model is written (and verified) in it: one entry per deeplab.export.FORMATS
+EXPORTERS = {"pt2": _pt2, "onnx": _onnx, "int8": _int8}
 
 
 @command("export", logger="deeplab.export")

@@ -13,4 +13,5 @@ def main(cfg: DictConfig, record: Record) -> float:
     job = HydraConfig.get()
     check_group_choices(cfg, job.overrides.task, job.runtime.choices)  # a recipe may not outrank optim=sgd
     named = any(o.split("=", 1)[0].lstrip("+") == "hydra.run.dir" for o in job.overrides.hydra)
-    return train(cfg, job.runtime.output_dir, overrides=job.overrides.task, named_run_dir=named, keep_record=record.keep)
+    return train(cfg, job.runtime.output_dir, overrides=job.overrides.task, named_run_dir=named,
+                 keep_record=record.keep)
