@@ -80,7 +80,7 @@ def row_percentages(matrix) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Layout:
+class FigureLayout:
     """How a figure of `classes` rows is set: the pitch of one class (inches), the class-name font (points),
     every `label_step`-th name written, and whether the cells carry their numbers."""
     classes: int
@@ -90,22 +90,22 @@ class Layout:
     numbers: bool
 
 
-def _layout(classes: int, *, spread: float, widest: float, narrowest: float, longest: float) -> Layout:
+def _layout(classes: int, *, spread: float, widest: float, narrowest: float, longest: float) -> FigureLayout:
     # `spread` inches shared by the classes, each class between `narrowest` and `widest`, the whole at most `longest`
     pitch = min(widest, max(spread / classes, narrowest))
     pitch = min(pitch, longest / classes)
     font = min(10.0, max(MIN_FONT, 0.75 * pitch * 72))
     step = max(1, math.ceil(1.2 * font / 72 / pitch))  # a name needs ~1.2 font heights of room
-    return Layout(classes, pitch, font, step, classes <= NUMBERS_UP_TO)
+    return FigureLayout(classes, pitch, font, step, classes <= NUMBERS_UP_TO)
 
 
-def confusion_layout(classes: int) -> Layout:
+def confusion_layout(classes: int) -> FigureLayout:
     """The matrix is ~7.5 in for few classes and grows past ~70 so that every name fits at 6 pt (150: 16.5 in),
     up to 24 in; only past ~220 classes are the names thinned to every k-th."""
     return _layout(classes, spread=7.5, widest=0.45, narrowest=0.11, longest=24.0)
 
 
-def bar_layout(classes: int) -> Layout:
+def bar_layout(classes: int) -> FigureLayout:
     """A bar is 0.3 in tall for few classes, down to 0.11 in (150 classes: 16.5 in), the chart at most 30 in."""
     return _layout(classes, spread=6.0, widest=0.3, narrowest=0.11, longest=30.0)
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplab.convert.layouts import CLASSIFIER_KEYS, EXAMPLE_KEYS, LAYOUTS, ConvertError, Layout
+from deeplab.convert.layouts import CLASSIFIER_KEYS, EXAMPLE_KEYS, LAYOUTS, ConvertError, PeerLayout
 from deeplab.data import check_dataset_config
 from deeplab.engine.checkpoint import load_model_weights, save_checkpoint
 from deeplab.engine.run_config import DATASET_KEYS
@@ -88,7 +88,7 @@ def _rename(key: str, renames) -> str | None:
     return None
 
 
-def _their_name(ours: str, layout: Layout) -> str:
+def _their_name(ours: str, layout: PeerLayout) -> str:
     """The peer key that maps onto our key `ours` (for a missing one)."""
     for theirs, mine in layout.renames:
         if ours.startswith(mine):
@@ -96,7 +96,7 @@ def _their_name(ours: str, layout: Layout) -> str:
     return ours
 
 
-def convert_state_dict(state: Mapping, source: str, *, output_stride: int = 16) -> tuple[Layout, dict]:
+def convert_state_dict(state: Mapping, source: str, *, output_stride: int = 16) -> tuple[PeerLayout, dict]:
     """The layout of a peer state dict and our model's state dict from it, every tensor mapped: a ConvertError (its
     message to follow the file name) for the first peer key that has no place in our model or another shape, then for
     the first of ours that nothing filled (BatchNorm's num_batches_tracked, a counter, starts at 0 if absent)."""

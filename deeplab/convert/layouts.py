@@ -15,7 +15,7 @@ class ConvertError(CheckpointError):
 
 
 @dataclass(frozen=True)
-class Layout:
+class PeerLayout:
     """How one peer architecture's tensors become ours.
 
     renames: (peer prefix, our prefix) pairs, the first whose peer prefix starts a key renames it (the rest of the key
@@ -93,7 +93,7 @@ CLASSIFIER_KEYS = {"vainf": "classifier.classifier.3.weight", "bubbliiiing": "cl
 EXAMPLE_KEYS = {"vainf": "classifier.aspp.convs.0.0.weight", "bubbliiiing": "aspp.branch1.0.weight"}
 
 
-def vainf_layout(state: Mapping, *, output_stride: int = 16) -> Layout:
+def vainf_layout(state: Mapping, *, output_stride: int = 16) -> PeerLayout:
     """VainF's DeepLabV3+ on MobileNetV2 or ResNet-50/101 (`deeplabv3plus_mobilenet`, `_resnet50`, `_resnet101`)."""
     keys = list(state)
     if any(".body." in k for k in keys):
@@ -123,10 +123,10 @@ def vainf_layout(state: Mapping, *, output_stride: int = 16) -> Layout:
                            "has none of the backbone keys of VainF's MobileNetV2 (backbone.low_level_features.*) "
                            "or ResNet (backbone.layer1-4.*); is it a VainF DeepLabV3+ checkpoint?")
     model = _model_config(num_classes, backbone, decoder_convs=1, align_corners=False, output_stride=output_stride)
-    return Layout(f"VainF DeepLabV3+ {name}", model, (*renames, *VAINF_HEAD), reorders=VAINF_REORDERS)
+    return PeerLayout(f"VainF DeepLabV3+ {name}", model, (*renames, *VAINF_HEAD), reorders=VAINF_REORDERS)
 
 
-def bubbliiiing_layout(state: Mapping, *, output_stride: int = 16) -> Layout:
+def bubbliiiing_layout(state: Mapping, *, output_stride: int = 16) -> PeerLayout:
     """bubbliiiing's DeepLab on its MobileNetV2 (`DeepLab(backbone="mobilenet")`, deeplab_mobilenetv2.pth)."""
     keys = list(state)
     if not any(k.startswith("backbone.features.") for k in keys):
@@ -137,7 +137,7 @@ def bubbliiiing_layout(state: Mapping, *, output_stride: int = 16) -> Layout:
                            "bubbliiiing DeepLabV3+ checkpoint?")
     model = _model_config(_classes(state, "bubbliiiing"), {**MOBILENET_V2, "padding": "conv"}, decoder_convs=2,
                           align_corners=True, output_stride=output_stride)
-    return Layout("bubbliiiing DeepLabV3+ MobileNetV2", model, BUBBLIIIING_RENAMES, folds=BUBBLIIIING_FOLDS)
+    return PeerLayout("bubbliiiing DeepLabV3+ MobileNetV2", model, BUBBLIIIING_RENAMES, folds=BUBBLIIIING_FOLDS)
 
 
 LAYOUTS = {"vainf": vainf_layout, "bubbliiiing": bubbliiiing_layout}

@@ -114,7 +114,7 @@ def _describe(annotation) -> str:
     return "a mapping" if typing.get_origin(annotation) in (dict, Mapping) else str(annotation)
 
 
-def _fits(value, annotation) -> bool:
+def _matches_type(value, annotation) -> bool:
     """Whether a config value fits a parameter's type hint (the hints this project uses; others pass)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is type(None):
@@ -128,13 +128,13 @@ def _fits(value, annotation) -> bool:
     if annotation is str:
         return isinstance(value, str)
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
+        return any(_matches_type(value, a) for a in args)
     if origin in (list, tuple, Sequence):
         if not isinstance(value, (list, tuple)):
             return False
         if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args))
-        return not args or all(_fits(v, args[0]) for v in value)
+            return len(value) == len(args) and all(_matches_type(v, a) for v, a in zip(value, args))
+        return not args or all(_matches_type(v, args[0]) for v in value)
     if origin in (dict, Mapping):
         return isinstance(value, dict)
     return True
@@ -155,7 +155,7 @@ def check_section(name: str, values: Mapping, fn: Callable, *, passed: Sequence[
             raise ConfigError(f"{name}.{key}: no such key in the {name} section{where} (known: "
                               f"{', '.join(sorted(params))}); check the spelling, or drop it{switch}")
         hint = hints.get(key, params[key].annotation)
-        if hint is not inspect.Parameter.empty and not _fits(value, hint):
+        if hint is not inspect.Parameter.empty and not _matches_type(value, hint):
             raise ConfigError(f"{name}.{key}={value!r}: must be {_describe(hint)}")
 
 

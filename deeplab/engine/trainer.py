@@ -111,7 +111,7 @@ def validate(run: Run, iteration: int) -> dict:
     return metrics
 
 
-def keep_progress(run: Run, iteration: int, start_iter: int, problem: str, rank: int = 0) -> DataError:
+def bad_sample_error(run: Run, iteration: int, start_iter: int, problem: str, rank: int = 0) -> DataError:
     """A bad sample met in training or validation by process `rank`, which every process has learnt of at the same
     step: rank 0 saves the training done so far, and each process's message says so."""
     last = run.output_dir / "last.pt"
@@ -129,7 +129,7 @@ class TrainingInterrupted(UserError):
     """Ctrl-C or SIGTERM: what was saved, and how to continue."""
 
 
-def interrupted(run: Run, iteration: int, start_iter: int, *, saved: bool, how: str = "interrupted",
+def interruption_error(run: Run, iteration: int, start_iter: int, *, saved: bool, how: str = "interrupted",
                 agreed: bool = False) -> TrainingInterrupted:
     """Ctrl-C (or SIGTERM) between steps saves last.pt of the iteration reached; during a step the last checkpoint
     is kept. `agreed`: every process stops here together (SIGTERM), so each one's RNG state is saved."""
@@ -150,7 +150,7 @@ class OutOfMemory(UserError):
     """The GPU ran out of memory: what to lower, and what was saved."""
 
 
-def out_of_memory(run: Run, iteration: int, start_iter: int, exc: Exception) -> OutOfMemory:
+def out_of_memory_error(run: Run, iteration: int, start_iter: int, exc: Exception) -> OutOfMemory:
     """CUDA out of memory in a step or a validation: the steps done so far are saved (a step's optimizer state exists
     after its first step, so the memory ran out in a forward or backward, before the weights changed), and one
     sentence names what to lower: on resume only trainer.grad_accum may change, which keeps the global batch."""
@@ -215,9 +215,9 @@ def fit(run: Run, *, start_iter: int) -> float:
                 terminate, failed = any_process(run.device, termination.received, problem is not None)
                 if failed:
                     rank, message = first_problem(one_line(problem) if problem else None)
-                    raise keep_progress(run, iteration, start_iter, message, rank)
+                    raise bad_sample_error(run, iteration, start_iter, message, rank)
                 if terminate:
-                    raise interrupted(run, iteration, start_iter, saved=True, agreed=True,
+                    raise interruption_error(run, iteration, start_iter, saved=True, agreed=True,
                                       how=termination.how or "terminated (SIGTERM)")  # another rank's signal
                 stepping = True  # a Ctrl-C from here until the schedule steps leaves the weights half updated
                 try:
@@ -247,11 +247,11 @@ def fit(run: Run, *, start_iter: int) -> float:
                 if iteration % s.checkpoint_every == 0 or iteration == s.iterations:
                     save_last(run, iteration)
         except ScoringProblem as exc:  # every process met it at the same point, between steps
-            raise keep_progress(run, iteration, start_iter, exc.message, exc.rank) from None
+            raise bad_sample_error(run, iteration, start_iter, exc.message, exc.rank) from None
         except KeyboardInterrupt:
-            raise interrupted(run, iteration, start_iter, saved=not stepping) from None
+            raise interruption_error(run, iteration, start_iter, saved=not stepping) from None
         except torch.cuda.OutOfMemoryError as exc:
-            raise out_of_memory(run, iteration, start_iter, exc) from None
+            raise out_of_memory_error(run, iteration, start_iter, exc) from None
         finally:
             progress.close()  # also when an error ends the run: the error line starts on a line of its own
     return run.best_miou

@@ -130,7 +130,7 @@ def _read_state_dict(path: Path) -> dict:
     return state
 
 
-def _fits(cls: type[nn.Module], keys: set, state: Mapping) -> bool:
+def _holds_backbone_keys(cls: type[nn.Module], keys: set, state: Mapping) -> bool:
     """Whether `state` holds exactly the backbone keys `keys` of `cls`, besides its classifier's."""
     return keys <= set(state) and all(k in keys or str(k).startswith(cls.ignored_prefixes) for k in state)
 
@@ -140,7 +140,7 @@ def _family_of(state: Mapping) -> str | None:
     for name, cls in BACKBONES.items():
         with torch.device("meta"):  # key names only: nothing is allocated or initialised
             keys = set(cls().state_dict())
-        if _fits(cls, keys, state):
+        if _holds_backbone_keys(cls, keys, state):
             return name
     return None
 
@@ -158,7 +158,7 @@ def _what_it_is(state: Mapping) -> str:
 def _load_torchvision_state(backbone: nn.Module, state: dict, source: str) -> None:
     """Load the backbone's tensors from a torchvision state dict, with one clear error if it does not fit."""
     own = backbone.state_dict()
-    if not _fits(type(backbone), set(own), state):
+    if not _holds_backbone_keys(type(backbone), set(own), state):
         missing = [k for k in own if k not in state]
         extra = [k for k in state if k not in own and not str(k).startswith(backbone.ignored_prefixes)]
         raise ConfigError(
