@@ -76,3 +76,34 @@ def test_unknown_names_and_misspelt_options_fail():
         build_optimizer(model, name="sdg", lr=0.1)
     with pytest.raises(TypeError, match="momentm"):
         build_optimizer(model, name="sgd", lr=0.1, momentm=0.9)
+
+
+def _small_model():
+    torch.manual_seed(1)
+    return build_model(num_classes=3, backbone={"name": "mobilenet_v2", "width_mult": 0.25}, backbone_weights=None,
+                       separable=True, aspp_channels=16, low_level_channels=8, decoder_channels=16,
+                       aspp_dropout=0.0).eval()
+
+
+def test_two_accumulated_micro_batches_make_the_step_of_one_batch_twice_the_size():
+    """trainer.grad_accum=2 is one batch of twice the size: the same loss and update (BatchNorm in eval mode, since
+    its batch statistics are the one thing that differs by design), with halves of unequal labelled pixels."""
+    from deeplab.engine.step import optimizer_step
+    from deeplab.losses import build_loss
+
+    torch.manual_seed(0)
+    images, masks = torch.randn(4, 3, 32, 32), torch.randint(0, 3, (4, 32, 32))
+    masks[0, :12] = 255  # the first half holds fewer labelled pixels: its share of the mean is smaller
+    results = []
+    for micro in ([(images, masks)], [(images[:2], masks[:2]), (images[2:], masks[2:])]):
+        model = _small_model()
+        loss = optimizer_step(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                              torch.amp.GradScaler("cpu", enabled=False), build_loss(ignore_index=255), micro,
+                              device=torch.device("cpu"))
+        results.append((loss, model.state_dict()))
+    (whole_loss, whole), (accum_loss, accum) = results
+    torch.testing.assert_close(accum_loss, whole_loss, rtol=1e-5, atol=1e-6)
+    for key, value in whole.items():
+        torch.testing.assert_close(accum[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    start = _small_model().state_dict()
+    assert not torch.equal(whole["decoder.classifier.weight"], start["decoder.classifier.weight"])  # it stepped

@@ -96,13 +96,17 @@ def test_init_from_another_class_count_reinitialises_the_classifier(tree, tmp_pa
     source = tmp_path / "outputs" / "src"
     train(_cfg(tree, tmp_path, iterations=2), source)
     cfg = _cfg(tree, tmp_path, f"init_from={source / 'last.pt'}", "dataset.num_classes=6",
-               "dataset.class_names=[a,b,c,d,e,f]", iterations=2)
+               "dataset.class_names=[a,b,c,d,e,f]", "trainer.freeze_backbone_iters=2", iterations=2)
     with caplog.at_level("WARNING"):
         train(cfg, tmp_path / "outputs" / "finetune")
     assert "classifier starts fresh" in caplog.text
-    tuned = _weights(tmp_path / "outputs" / "finetune" / "last.pt")
+    tuned, started = _weights(tmp_path / "outputs" / "finetune" / "last.pt"), _weights(source / "last.pt")
     assert tuned["decoder.classifier.weight"].shape[0] == 6
-    assert tuned["backbone.features.0.0.weight"].shape == _weights(source / "last.pt")["backbone.features.0.0.weight"].shape
+    # the frozen backbone's weights are the source run's, value for value (its BatchNorm statistics move on)
+    backbone = [k for k in started if k.startswith("backbone.") and not k.endswith(
+        ("running_mean", "running_var", "num_batches_tracked"))]
+    assert backbone and all(torch.equal(tuned[k], started[k]) for k in backbone)
+    assert not torch.equal(tuned["decoder.classifier.bias"][:3], started["decoder.classifier.bias"][:3])
 
 
 def test_grad_accumulation_and_frozen_backbone(tree, tmp_path):
