@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
+from deeplab.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights, preferred_weights
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.engine.tta import check_tta, predict_probs
 from deeplab.model import rebuild_model, upgrade_model_config
@@ -64,11 +64,9 @@ def model_from_checkpoint(path: str | Path, *, device: str | torch.device = "aut
                                   f"is for {config['dataset']['num_classes']}; export it from that checkpoint")
         return model, config
     model = rebuild_model(config["model"])
-    weights = state["model"]
-    if "ema" in state:
-        weights = state["ema"]["model"]
-        log.info("%s: using its EMA weights (trainer.ema_decay=%g, %d updates), not the last raw ones", path,
-                 state["ema"]["decay"], state["ema"]["updates"])
+    weights, which = preferred_weights(state)
+    if which:
+        log.info("%s: using %s, not the last raw ones", path, which)
     load_model_weights(model, weights, source=str(path))
     if output_stride:
         model.set_output_stride(output_stride)

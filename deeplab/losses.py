@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deeplab.errors import ConfigError
+
 
 def median_frequency(pixels: np.ndarray, present: np.ndarray) -> np.ndarray:
     """Median-frequency balancing (Eigen & Fergus 2015; SegNet): freq_c = pixels of c / pixels of the images that
@@ -37,14 +39,20 @@ def _numbers(weights: Sequence[float] | str, key: str) -> Sequence[float]:
     return weights
 
 
+def check_ohem_fraction(fraction: float | None) -> None:
+    """loss.ohem_fraction: null (every pixel) or the share of the hardest labelled pixels kept, in (0, 1]."""
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0 < fraction <= 1):
+        raise ConfigError(f"loss.ohem_fraction={fraction!r}: must be null or a number in (0, 1]")
+
+
 class CrossEntropyLoss(nn.Module):
     """Cross-entropy (ignoring `ignore_index`), optionally averaged over only the hardest pixels, plus dice."""
 
     def __init__(self, *, ignore_index: int = 255, class_weights: Sequence[float] | str | None = None,
                  ohem_fraction: float | None = None, ohem_min_pixels: int = 0, dice_weight: float = 0.0) -> None:
         super().__init__()
-        if ohem_fraction is not None and not 0 < ohem_fraction <= 1:
-            raise ValueError(f"ohem_fraction must be in (0, 1], got {ohem_fraction}")
+        check_ohem_fraction(ohem_fraction)
         self.ignore_index = ignore_index
         weights = torch.tensor(_numbers(class_weights, "class_weights"), dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from deeplab.errors import UserError, exception_chain
+from deeplab.errors import DISK_ERRORS, UserError, exception_chain
 
 LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
-FULL_DISK = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded"}
+FULL_DISK = {code: DISK_ERRORS[code] for code in (errno.ENOSPC, errno.EDQUOT)}  # the errors a write meets for space
 
 
 class CheckpointError(UserError):

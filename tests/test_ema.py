@@ -188,7 +188,7 @@ def test_init_from_starts_from_the_ema_weights(ema_run, tmp_path, monkeypatch, c
     with caplog.at_level(logging.INFO), pytest.raises(_Stop):
         train(_cfg(tree, tmp_path / "outputs", f"init_from={run / 'last.pt'}", iterations=1),
               tmp_path / "outputs" / "tuned")
-    assert f"init_from {run / 'last.pt'}: starting from its EMA weights (decay 0.9, 3 updates)" in caplog.text
+    assert f"init_from {run / 'last.pt'}: starting from its EMA weights (trainer.ema_decay=0.9, 3 updates)" in caplog.text
     ema = load_checkpoint(run / "last.pt")["ema"]["model"]
     assert len(loaded) == 1 and loaded[0].keys() == ema.keys()
     assert all(torch.equal(loaded[0][k], v) for k, v in ema.items())

@@ -89,6 +89,16 @@ def _mismatch_message(source: str, model: nn.Module, weights: dict, missing: lis
             f"separable, aspp_channels...): rebuild the model from the checkpoint's own config")
 
 
+def preferred_weights(state: dict) -> tuple[dict, str | None]:
+    """The weights to use a training checkpoint with (inference, export, init_from): its moving average of the
+    weights when the run kept one (trainer.ema_decay: what its validation scored), else its weights; with a phrase
+    saying which when it is the average (for the log), else None."""
+    if "ema" not in state:
+        return state["model"], None
+    ema = state["ema"]
+    return ema["model"], f"its EMA weights (trainer.ema_decay={ema['decay']:g}, {ema['updates']} updates)"
+
+
 def rng_state() -> dict:
     """The torch RNG states that dropout draws from: the CPU's, and the current CUDA device's when there is one (this
     process's GPU only: a run resumed on a machine with fewer GPUs can restore it)."""

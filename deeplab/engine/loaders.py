@@ -16,6 +16,21 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return hash((seed, epoch, position)) & 0xFFFFFFFF  # int tuples hash the same in every process
 
 
+def check_batch_split(batch_size: int, *, accum: int, world_size: int = 1, min_share: int = 2) -> None:
+    """trainer.batch_size is the global batch: it must split evenly over the processes and accumulation steps, into
+    shares of `min_share` images or more (2 for training: BatchNorm, and the ASPP's image pooling with one value per
+    channel and image)."""
+    over = f"processes x trainer.grad_accum ({world_size} x {accum})" if world_size > 1 else \
+        f"trainer.grad_accum={accum}"
+    if batch_size % (world_size * accum):
+        raise ConfigError(f"trainer.batch_size={batch_size} is not divisible by {over}; make it a multiple of "
+                          f"{world_size * accum}, so that each takes an equal share of the batch")
+    if batch_size // (world_size * accum) < min_share:
+        raise ConfigError(f"trainer.batch_size={batch_size} over {over} gives {batch_size // (world_size * accum)} "
+                          f"image per step; BatchNorm needs at least 2 (the ASPP's image pooling has one value per "
+                          f"channel and image), so use a batch of {2 * world_size * accum} or more")
+
+
 class TrainBatches(Sampler):
     """Micro-batches of (index, augmentation seed) for iterations start..total.
 
@@ -31,9 +46,7 @@ class TrainBatches(Sampler):
             raise ConfigError(f"the training split has {size} samples, fewer than trainer.batch_size={batch_size} "
                               f"(one optimizer step's batch); lower trainer.batch_size to at most {size}, or add "
                               "training samples")
-        if batch_size % (world_size * accum):
-            raise ConfigError(f"trainer.batch_size={batch_size} is not divisible by processes x trainer.grad_accum "
-                              f"({world_size} x {accum}); make it a multiple of {world_size * accum}")
+        check_batch_split(batch_size, accum=accum, world_size=world_size, min_share=1)  # the sampler's own need
         self.size, self.batch_size, self.total, self.start = size, batch_size, total_iters, start_iter
         self.seed, self.rank, self.world, self.accum = seed, rank, world_size, accum
 

@@ -15,10 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from deeplab.data import check_dataset_config
 from deeplab.data.transforms import train_transform
+from deeplab.engine.loaders import check_batch_split
 from deeplab.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.errors import ConfigError, one_line
-from deeplab.losses import CLASS_WEIGHTINGS, LOSSES, build_loss
+from deeplab.losses import CLASS_WEIGHTINGS, LOSSES, build_loss, check_ohem_fraction
 from deeplab.model import BACKBONES, OUTPUT_STRIDES, build_model, upgrade_model_config
 from deeplab.model.backbone import check_backbone_options, split_backbone
 from deeplab.model.deeplabv3plus import LEGACY_BACKBONE_KEYS
@@ -95,9 +96,6 @@ RANGES: list[tuple[str, Callable[[typing.Any], bool], str]] = [
     ("loss.ohem_min_pixels", lambda v: v >= 0, "an integer >= 0"),
     ("augment.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     ("augment.color_jitter", lambda v: v >= 0, "a number >= 0"),
-    ("dataset.ignore_index", lambda v: 0 <= v <= 255, "an integer in 0-255 (masks are 8-bit)"),
-    ("dataset.num_classes", lambda v: 2 <= v <= 255,
-     "an integer in 2-255 (binary segmentation, an object on background, is num_classes=2 with masks of 0 and 1)"),
 ]
 
 
@@ -258,17 +256,8 @@ def _check_consistency(config: Mapping) -> None:
         elif weights is not None and len(weights) != data["num_classes"]:
             raise ConfigError(f"loss.{key} has {len(weights)} values for dataset.num_classes="
                               f"{data['num_classes']}; give one weight per class")
-    if trainer["batch_size"] % trainer["grad_accum"]:
-        raise ConfigError(f"trainer.batch_size={trainer['batch_size']} is not divisible by trainer.grad_accum="
-                          f"{trainer['grad_accum']}; each accumulation step takes an equal share of the batch")
-    if trainer["batch_size"] // trainer["grad_accum"] < 2:
-        raise ConfigError(f"trainer.batch_size={trainer['batch_size']} with trainer.grad_accum={trainer['grad_accum']} "
-                          f"gives {trainer['batch_size'] // trainer['grad_accum']} image per step; BatchNorm needs at "
-                          f"least 2 (the ASPP's image pooling has one value per channel and image), so use a batch "
-                          f"of 2 or more per accumulation step")
-    fraction = config["loss"].get("ohem_fraction")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ConfigError(f"loss.ohem_fraction={fraction!r}: must be null or a number in (0, 1]")
+    check_batch_split(trainer["batch_size"], accum=trainer["grad_accum"])  # and again with the process count
+    check_ohem_fraction(config["loss"].get("ohem_fraction"))
     crop = config["augment"].get("crop_size")
     if crop is not None and any(int(c) < 1 for c in ([crop] if isinstance(crop, int) else crop)):
         raise ConfigError(f"augment.crop_size={crop!r}: must be a size >= 1, e.g. [513, 513]")

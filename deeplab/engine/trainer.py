@@ -26,7 +26,7 @@ from deeplab.engine.distributed import (DistInfo, TerminationRequest, all_gather
                                         rank_zero_first)
 from deeplab.engine.ema import ModelEma
 from deeplab.engine.evaluator import ScoringProblem, evaluate
-from deeplab.engine.loaders import TrainBatches, global_batches, train_loader, val_loader
+from deeplab.engine.loaders import TrainBatches, check_batch_split, global_batches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, training_plan
 from deeplab.engine.run_config import TrainerSettings, validate_config
@@ -282,11 +282,9 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
     elif config.get("init_from"):
         source = ckpt.load_checkpoint(config["init_from"])
         _same_architecture(config["init_from"], upgrade_model_config(source["config"]["model"]), config["model"])
-        weights = source["model"]
-        if "ema" in source:
-            weights = source["ema"]["model"]
-            log.info("init_from %s: starting from its EMA weights (decay %g, %d updates)", config["init_from"],
-                     source["ema"]["decay"], source["ema"]["updates"])
+        weights, which = ckpt.preferred_weights(source)
+        if which:
+            log.info("init_from %s: starting from %s", config["init_from"], which)
         fresh = ckpt.load_model_weights(model, weights, source=config["init_from"], reinit_classifier=True)
         if fresh:
             log.warning("init_from %s: it has another number of classes; the classifier starts fresh (%s)",
@@ -357,12 +355,7 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
     device = resolve_device(settings.device, key="trainer.device")
     world = init_distributed(device.type)
     device = process_device(device, world)
-    if settings.batch_size % (world.world_size * settings.grad_accum) or \
-            settings.batch_size // (world.world_size * settings.grad_accum) < 2:
-        raise ConfigError(f"trainer.batch_size={settings.batch_size} is not divisible by processes x "
-                          f"trainer.grad_accum ({world.world_size} x {settings.grad_accum}) into shares of 2 or more "
-                          f"images; each process and accumulation step takes an equal share of the global batch, "
-                          f"and BatchNorm needs at least 2 images")
+    check_batch_split(settings.batch_size, accum=settings.grad_accum, world_size=world.world_size)
     with rank_zero_first(world):  # one process builds a dataset's cache (COCO's masks); the others then read it
         train_set, val_set = build_datasets(config["dataset"], config["augment"],
                                             preflight_samples=settings.preflight_samples)
