@@ -61,6 +61,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     return path
 
 
+def output_file_problem(path: Path, *, source: Path | None, overwrite: bool, example: str) -> str | None:
+    """The rule every command that writes one file from another keeps (export, convert): never over its source,
+    never over a folder, over another existing file only with overwrite=true. The sentence saying what is wrong with
+    `path` as that output (`example`: a file name to suggest), or None."""
+    if source is not None and path.exists() and source.exists() and path.resolve() == source.resolve():
+        return f"output={path} is the source file itself, which is never replaced; choose another output=FILE (e.g. "
+                f"{example})"
+    if path.is_dir():
+        return f"output={path} is a folder; give a file name, e.g. output={path / example}"
+    if path.exists() and not overwrite:
+        return f"{path} exists; choose another output=FILE or set overwrite=true"
+    return None
+
+
 def remove_stale_temp_files(path: Path) -> list[Path]:
     """Remove the temp files (`.<name>.<pid>.XXXXXXXX.tmp`) that a killed write of `path` left beside it: those of
     processes that no longer run, and this process's own (it writes one file at a time)."""

@@ -124,7 +124,7 @@ def test_refusals_are_one_sentence_and_write_nothing(tmp_path, vainf_peer, bubbl
     assert _refused(tmp_path, vainf, "vainf", dataset=cityscapes) == (
         f"{vainf}: its model gives 21 classes but the dataset (voc) has dataset.num_classes=19; choose dataset=voc")
 
-    assert "is the source checkpoint, which converting never replaces" in _refused(tmp_path, vainf, "vainf",
+    assert "is the source file itself, which is never replaced" in _refused(tmp_path, vainf, "vainf",
                                                                                    output=vainf)
     taken = tmp_path / "taken.pt"
     taken.write_bytes(b"")

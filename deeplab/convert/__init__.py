@@ -47,7 +47,7 @@ from deeplab.engine.checkpoint import load_model_weights, save_checkpoint
 from deeplab.engine.run_config import DATASET_KEYS
 from deeplab.errors import exception_chain
 from deeplab.model import OUTPUT_STRIDES, rebuild_model
-from deeplab.torch_files import CheckpointError, is_torch_file, read_torch_file
+from deeplab.torch_files import CheckpointError, is_torch_file, output_file_problem, read_torch_file
 
 try:  # numpy >= 2
     from numpy._core.multiarray import scalar as _numpy_scalar
@@ -209,13 +209,10 @@ def check_output(output: str | Path, source: str | Path, *, overwrite: bool) -> 
     """Where a converted checkpoint may go: never over the source, never over a folder, over another existing file
     only with overwrite=true."""
     output, source = Path(output).expanduser(), Path(source).expanduser()
-    if output.exists() and source.exists() and output.resolve() == source.resolve():
-        raise ConvertError(f"output={output} is the source checkpoint, which converting never replaces; choose "
-                           f"another output=FILE (e.g. {source.with_name(source.stem + '_deeplab.pt').name})")
-    if output.is_dir():
-        raise ConvertError(f"output={output} is a folder; give a file name, e.g. output={output / 'model.pt'}")
-    if output.exists() and not overwrite:
-        raise ConvertError(f"{output} exists; choose another output=FILE or set overwrite=true")
+    problem = output_file_problem(output, source=source, overwrite=overwrite,
+                                  example=source.with_name(source.stem + "_deeplab.pt").name)
+    if problem:
+        raise ConvertError(problem)
     return output
 
 

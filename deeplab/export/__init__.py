@@ -24,7 +24,7 @@ from deeplab.model.decoder import use_fast_convs
 from deeplab.model.fuse import fold_batchnorm
 from deeplab.onnx_model import INPUT_NAME, OUTPUT_NAME, OnnxModel
 from deeplab.progress import progress_bar
-from deeplab.torch_files import atomic_write, is_torch_file, tensor_bytes
+from deeplab.torch_files import atomic_write, is_torch_file, output_file_problem, tensor_bytes
 
 FORMATS = ("onnx", "int8", "pt2")
 
@@ -51,13 +51,12 @@ def check_output(path: str | Path, *, overwrite: bool, checkpoint: str | Path | 
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         raise ExportError(f"output={path}: {path.suffix} names a PyTorch checkpoint, and an export never writes one "
                           "(nor replaces one); choose output=FILE.onnx (onnx, int8) or FILE.pt2 (pt2)")
-    if path.is_dir():
-        raise ExportError(f"output={path} is a folder; give a file name, e.g. output={path / 'model.onnx'}")
     if path.is_file() and is_torch_file(path):
         raise ExportError(f"output={path} is a PyTorch checkpoint, and an export never replaces one whatever "
                           "overwrite says; choose another output=FILE")
-    if path.exists() and not overwrite:
-        raise ExportError(f"{path} exists; choose another output=FILE or set overwrite=true")
+    problem = output_file_problem(path, source=None, overwrite=overwrite, example="model.onnx")  # the source: above
+    if problem:
+        raise ExportError(problem)
     return path
 
 
