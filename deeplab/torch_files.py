@@ -66,8 +66,8 @@ def output_file_problem(path: Path, *, source: Path | None, overwrite: bool, exa
     never over a folder, over another existing file only with overwrite=true. The sentence saying what is wrong with
     `path` as that output (`example`: a file name to suggest), or None."""
     if source is not None and path.exists() and source.exists() and path.resolve() == source.resolve():
-        return f"output={path} is the source file itself, which is never replaced; choose another output=FILE (e.g. "
-                f"{example})"
+        return (f"output={path} is the source file itself, which is never replaced; choose another output=FILE "
+                f"(e.g. {example})")
     if path.is_dir():
         return f"output={path} is a folder; give a file name, e.g. output={path / example}"
     if path.exists() and not overwrite:
