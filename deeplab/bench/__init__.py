@@ -30,6 +30,7 @@ from deeplab.data.dataset import read_image, read_mask
 from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from deeplab.inference import model_from_checkpoint
 from deeplab.model import build_model, rebuild_model
+from deeplab.timing import interleaved
 
 SECTIONS = ("model", "inference", "train", "loader")
 
@@ -76,18 +77,6 @@ def pil_pipeline(crop: int, scale_range: tuple[float, float]) -> Callable:
         tensor = TF.normalize(TF.pil_to_tensor(image).float() / 255.0, IMAGENET_MEAN, IMAGENET_STD)
         return tensor, torch.as_tensor(np.array(mask), dtype=torch.int64)
     return run
-
-
-def interleaved(contenders: dict[str, Callable[[], None]], *, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call of each contender, alternating the order every round so drift hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    names = list(contenders)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def bench_loader(*, crop: int = 513, scale_range: tuple[float, float] = (0.5, 2.0), images: int = 16,

@@ -4,7 +4,6 @@ and one code path for mixed and full precision (autocast and GradScaler, enabled
 import contextlib
 import copy
 import logging
-import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from torch import nn
 
 from deeplab.errors import ConfigError
 from deeplab.model.decoder import use_fast_convs
+from deeplab.timing import interleaved
 
 log = logging.getLogger("deeplab.precision")
 
@@ -122,12 +122,7 @@ def choose_fastest(candidates: dict[str, Callable[[], object]], *, key: Hashable
         return _CHOSEN[key]
     outputs = {name: call() for name, call in candidates.items()}
     first = next(iter(candidates))
-    times = {name: [] for name in candidates}
-    for _ in range(rounds):
-        for name, call in candidates.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+    times = interleaved(candidates, rounds=rounds)
     allowed = [n for n in candidates if n == first or admissible is None or admissible(n, outputs[n], outputs[first])]
     best = min(allowed, key=lambda n: min(times[n]))
     shown = ", ".join(f"{n} {min(t) * 1000:.0f} ms{'' if n in allowed else ' (refused: labels differ)'}"
