@@ -123,7 +123,7 @@ def _resumable_run(rank: int, world_size: int):
     return types.SimpleNamespace(
         model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
         scaler=torch.amp.GradScaler("cpu", enabled=False), best_miou=0.5, last_metrics={}, validated_at=4, ema=None,
-        config={},
+        saved_config={},
         dist=DistInfo(rank=rank, world_size=world_size), settings=types.SimpleNamespace(iterations=10))
 
 

@@ -44,9 +44,20 @@ from deeplab.visualization import palette_array
 log = logging.getLogger("deeplab.train")
 
 
+@dataclass(frozen=True)
+class Classes:
+    """What validation and the final report know of the dataset's classes (set once from the config)."""
+
+    count: int
+    ignore_index: int
+    names: list[str]
+    pixel_share: list[float | None]  # of the training pixels, when the class weights counted them
+
+
 @dataclass
 class Run:
-    """Everything the loop touches, built once by `train`."""
+    """Everything the loop touches, built once by `train`. The loop reads typed settings (`settings`, `classes`);
+    `saved_config` is written into every checkpoint as it is, and nothing below `build_run` reads it."""
 
     settings: TrainerSettings
     model: nn.Module
@@ -60,7 +71,8 @@ class Run:
     precision: str
     dist: DistInfo
     output_dir: Path
-    config: dict
+    classes: Classes
+    saved_config: dict
     logger: RunLogger | None = None
     ema: ModelEma | None = None  # trainer.ema_decay: the weights' moving average, validated and saved as well
     best_miou: float = -1.0
@@ -84,14 +96,13 @@ def validate(run: Run, iteration: int) -> dict:
     """Full-resolution validation on the whole split; logs, and saves best.pt on a new best mIoU. With
     trainer.ema_decay set it scores the moving average of the weights (so best.pt is the best EMA), not the raw
     ones."""
-    data = run.config["dataset"]
     # the plain model, not the DDP wrapper: DDP's forward broadcasts buffers, which hangs when the val split leaves a
     # process without images; and no cuDNN autotuning for each new full-resolution size (a tuning per image)
     model = run.ema.module if run.ema is not None else unwrap(run.model)
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     try:
-        matrix, kept = evaluate(model, run.val_batches, num_classes=data["num_classes"], device=run.device,
-                                ignore_index=data["ignore_index"], precision=run.precision,
+        matrix, kept = evaluate(model, run.val_batches, num_classes=run.classes.count, device=run.device,
+                                ignore_index=run.classes.ignore_index, precision=run.precision,
                                 channels_last=run.settings.channels_last, keep=run.settings.grid_images,
                                 progress=None if run.dist.is_main else False, desc="validate")  # under the train bar
     finally:
@@ -173,7 +184,7 @@ def checkpoint_state(run: Run, iteration: int, rngs: list[dict] | None = None) -
     state = {"model": unwrap(run.model).state_dict(), "optimizer": run.optimizer.state_dict(),
              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "iteration": iteration,
              "best_miou": run.best_miou, "metrics": run.last_metrics, "validated_at": run.validated_at,
-             "rng": rngs[0] if rngs else ckpt.rng_state(), "config": run.config}
+             "rng": rngs[0] if rngs else ckpt.rng_state(), "config": run.saved_config}
     if rngs and len(rngs) > 1:
         state["rng_ranks"] = rngs
     if run.ema is not None:
@@ -379,14 +390,18 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
     wrapped = DistributedDataParallel(model, device_ids=[device.index] if pin else None) \
         if world.world_size > 1 else model
     wrapped = torch.compile(wrapped) if settings.compile else wrapped
+    data = config["dataset"]
+    criterion = build_loss(ignore_index=data["ignore_index"], **loss_options(config, train_set, world)).to(device)
+    names = data.get("class_names") or [str(i) for i in range(data["num_classes"])]
+    classes = Classes(data["num_classes"], data["ignore_index"], list(names),  # pixel_share: set by loss_options
+                      config.get("class_weights", {}).get("pixel_share") or [None] * len(names))
     return Run(settings=settings, model=wrapped, optimizer=optimizer, scheduler=scheduler,
-               scaler=grad_scaler(device.type, precision),
-               criterion=build_loss(ignore_index=config["dataset"]["ignore_index"],
-                                    **loss_options(config, train_set, world)).to(device),
+               scaler=grad_scaler(device.type, precision), criterion=criterion,
                train_batches=train_loader(train_set, batches, num_workers=settings.num_workers, pin_memory=pin),
                val_batches=val_loader(val_set, rank=world.rank, world_size=world.world_size,
                                       num_workers=min(settings.num_workers, 2), pin_memory=pin),
-               device=device, precision=precision, dist=world, output_dir=output_dir, config=config, ema=ema)
+               device=device, precision=precision, dist=world, output_dir=output_dir, classes=classes,
+               saved_config=config, ema=ema)
 
 
 def restore(run: Run, state: dict) -> int:
@@ -479,8 +494,7 @@ def report(run: Run, output_dir: Path) -> None:
     if m:
         print(f"\nfinal val: mIoU {m['mIoU']:.4f}  pixel acc {m['pixel_acc']:.4f}  mean class acc "
               f"{m['mean_class_acc']:.4f}  (best mIoU {run.best_miou:.4f})")
-        names = run.config["dataset"].get("class_names") or [str(i) for i in range(len(m["per_class_iou"]))]
-        share = run.config.get("class_weights", {}).get("pixel_share") or [None] * len(names)
+        names, share = run.classes.names, run.classes.pixel_share
         # the rare classes (under 1% of the training pixels, when the class weights counted them) marked with *
         print("per-class IoU: " + "  ".join(
             f"{n}{'*' if s is not None and s < 0.01 else ''} {'-' if v is None else f'{v:.3f}'}"
