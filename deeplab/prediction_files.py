@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab.data.dataset import IMAGE_EXTENSIONS, DataError, read_image
+from deeplab.torch_files import atomic_write
 from deeplab.visualization import colourize
 
 log = logging.getLogger("deeplab.predict")
@@ -199,15 +200,18 @@ def batches(paths: list[Path], batch_size: int, failed: list) -> Iterator[list[t
 
 def save_outputs(image: np.ndarray, labels: np.ndarray, targets: dict[str, Path], table: np.ndarray, *,
                  alpha: float) -> None:
-    """Write the planned outputs (`plan_outputs`): index (palette PNG of class indices), color, overlay."""
-    next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
+    """Write the planned outputs (`plan_outputs`): index (palette PNG of class indices), color, overlay. Each is
+    written whole or not at all (a temp file renamed): a Ctrl-C or a kill leaves no half image behind."""
+    def write(kind: str, img: Image.Image, **options) -> None:
+        atomic_write(targets[kind], lambda tmp: img.save(tmp, **options), durable=False, sweep=False)
+
     if "index" in targets:
         img = Image.fromarray(labels.astype(np.uint8), mode="P")
         img.putpalette(table.ravel().tolist())
-        img.save(targets["index"])
+        write("index", img, format="PNG")
     coloured = colourize(labels, table)
     if "color" in targets:
-        Image.fromarray(coloured).save(targets["color"])
+        write("color", Image.fromarray(coloured), format="PNG")
     if "overlay" in targets:
-        blend = cv2.addWeighted(image, 1 - alpha, coloured, alpha, 0)
-        Image.fromarray(blend).save(targets["overlay"], quality=92)
+        write("overlay", Image.fromarray(cv2.addWeighted(image, 1 - alpha, coloured, alpha, 0)), format="JPEG",
+              quality=92)

@@ -25,7 +25,7 @@ class CheckpointError(UserError):
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: int = 0, durable: bool = True,
-                 then: str = "run the command again") -> Path:
+                 then: str = "run the command again", sweep: bool = True) -> Path:
     """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.
 
     A crash or a kill mid-write leaves the previous file intact; the temp file a kill leaves behind
@@ -35,10 +35,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     CheckpointError giving the free space and about what is needed (`size_hint` bytes, or the previous file's size).
     durable=False skips the fsync, for files that can be made again (cached masks): readers still never see half.
     `then`: what to do once there is room, the end of that sentence (a training run: continue it with resume=...).
+    sweep=False skips the search for a killed write's temp files (a folder of thousands of outputs: predict).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path)
+    if sweep:
+        remove_stale_temp_files(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

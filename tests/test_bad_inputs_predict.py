@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +257,32 @@ def test_predict_command_exits_1_with_one_sentence(checkpoint, tmp_path, case):
     assert expected in text, text[-3000:]
     assert {p: h for p, h in digest(tmp_path).items() if p.relative_to(tmp_path).parts[0] != "run"} == before
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_during_predict_is_one_line_and_leaves_no_half_written_image(checkpoint, tmp_path, entry_point,
+                                                                             monkeypatch, capsys):
+    from deeplab.cli.predict import main as predict_main
+
+    photos = tmp_path / "photos"
+    for i in range(3):
+        write_image(photos / f"im{i}.jpg", value=i)
+    real_save, calls = Image.Image.save, {"n": 0}
+
+    def interrupted_save(self, fp, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second image's label map: half written, then Ctrl-C
+            Path(fp).write_bytes(b"\x89PNG half")
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    out = tmp_path / "out"
+    code = entry_point(predict_main, f"checkpoint={checkpoint}", f"input={photos}", f"output={out}",
+                       "precision=fp32", "batch_size=1", "save_color=false", "save_overlay=false")
+    logged = capsys.readouterr()
+    errors = [line for line in (logged.out + logged.err).splitlines() if "ERROR" in line]
+    assert code == 130 and len(errors) == 1, logged
+    assert "interrupted (Ctrl-C)" in errors[0] and "overwrite=true" in errors[0]
+    assert sorted(p.name for p in out.iterdir()) == ["im0.png"]  # whole, and no temp file or half image beside it
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert Image.open(out / "im0.png").size == (32, 24)

@@ -11,6 +11,7 @@ lists every group under configs/ (the training groups on predict.py's page too).
 
 import difflib
 import functools
+import logging
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -255,6 +256,16 @@ OUT_OF_MEMORY = {
 }
 
 
+# what a command leaves when Ctrl-C stops it (training words its own: what it saved, and how to resume)
+INTERRUPTED = {
+    "predict": "every output written before it is whole (each is written to a temp file and renamed); to finish, "
+               "run the same command with overwrite=true, or predict into another output=DIR",
+    "evaluate": "metrics.json is written only once every image is scored", "bench": "no JSON was written",
+    "export": "the export is written whole or not at all", "convert": "the checkpoint is written whole or not at all",
+    "train": "stopped before training began; nothing of a run was written",
+}
+
+
 def command(config_name: str, logger: str, *, record: bool = False) -> Callable:
     """hydra.main for a command of configs/<config_name>.yaml, its body run inside `user_errors(logger)` (a user's
     mistake: one sentence, exit 1), after one check of the command line that Hydra words less helpfully: an unknown
@@ -271,6 +282,10 @@ def command(config_name: str, logger: str, *, record: bool = False) -> Callable:
                 with user_errors(logger):  # the error's sentence goes into the record too, once it is kept
                     try:
                         return body(cfg, kept) if record else body(cfg)
+                    except KeyboardInterrupt:  # Ctrl-C: one line saying what was left, not a traceback
+                        logging.getLogger(logger).error("interrupted (Ctrl-C): %s", INTERRUPTED.get(
+                            config_name, "nothing half-written is left"))
+                        sys.exit(130)
                     except torch.cuda.OutOfMemoryError as exc:  # one sentence naming what to lower
                         raise UserError(f"the GPU ran out of memory ({str(exc).splitlines()[0].rstrip('.')}); "
                                         f"{OUT_OF_MEMORY.get(config_name, 'use device=cpu')}") from None
