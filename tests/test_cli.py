@@ -107,5 +107,8 @@ def test_overrides_that_compose_and_flags_are_left_to_hydra():
     assert unknown_override("train", ["dataset=voc", "trainer.iterations=5", "model/backbone=resnet50"]) is None
     assert unknown_override("train", ["+trainer.iteration=5"]) is None  # an addition: the trainer names it
     assert unknown_override("train", ["-m", "trainer.iteration=1,2"]) is None  # sweeps and --help: Hydra's own
+    assert unknown_override("train", ["--cfg", "job"]) is None  # a flag's word is not an override
+    assert unknown_override("train", ["--cfg", "hydra", "--package", "trainer"]) is None
+    assert "Hydra cannot read '['" in unknown_override("train", ["-m", "output_root=a[1]"])  # a sweep's still read
     assert unknown_override("predict", ["checkpoint=x.pt", "input=images/"]) is None
     assert unknown_override("train", ["hydra.run.dri=x"]) is None  # Hydra's own keys: Hydra's own message

@@ -145,6 +145,8 @@ def grammar_problem(args: Sequence[str]) -> str | None:
     its special characters unquoted (a path with [ ] ~ or a comma: a comma reads as a sweep of several runs)."""
     parser = OverridesParser.create()
     multirun = any(arg in ("-m", "--multirun") for arg in args)
+    if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in args):
+        return None  # Hydra's other flags (--cfg job, --help, -cn NAME...) take words that are not overrides
     for arg in (a for a in args if not a.startswith("-")):
         key, _, value = arg.partition("=")
         quoted, shell = (f"{key}='{value}'", f"\"{key}='{value}'\"") if "'" not in value else \
