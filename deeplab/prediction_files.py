@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab.data.dataset import IMAGE_EXTENSIONS, DataError, read_image
-from deeplab.torch_files import atomic_write
+from deeplab.torch_files import atomic_write, remove_stale_temp_files
 from deeplab.visualization import colourize
 
 log = logging.getLogger("deeplab.predict")
@@ -196,6 +196,14 @@ def batches(paths: list[Path], batch_size: int, failed: list) -> Iterator[list[t
         batch.append((path, image))
     if batch:
         yield batch
+
+
+def remove_killed_writes(plan: dict[Path, dict[str, Path]]) -> None:
+    """The temp files a killed predict left in the output folders (each output is a temp file renamed, and a kill
+    can come between): removed once, before this run writes there."""
+    for folder in {target.parent for outputs in plan.values() for target in outputs.values()}:
+        if folder.is_dir():
+            remove_stale_temp_files(folder, every_name=True)
 
 
 def save_outputs(image: np.ndarray, labels: np.ndarray, targets: dict[str, Path], table: np.ndarray, *,

@@ -77,11 +77,13 @@ def output_file_problem(path: Path, *, source: Path | None, overwrite: bool, exa
     return None
 
 
-def remove_stale_temp_files(path: Path) -> list[Path]:
+def remove_stale_temp_files(path: Path, *, every_name: bool = False) -> list[Path]:
     """Remove the temp files (`.<name>.<pid>.XXXXXXXX.tmp`) that a killed write of `path` left beside it: those of
-    processes that no longer run, and this process's own (it writes one file at a time)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
-    stale = [p for p in path.parent.iterdir() if (match := pattern.fullmatch(p.name)) and p.is_file()
+    processes that no longer run, and this process's own (it writes one file at a time). every_name: those of any
+    file in the folder `path` (once, before writing many files there with sweep=False)."""
+    name, folder = (r".+", path) if every_name else (re.escape(path.name), path.parent)
+    pattern = re.compile(rf"\.{name}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
+    stale = [p for p in folder.iterdir() if (match := pattern.fullmatch(p.name)) and p.is_file()
              and (int(match.group(1)) == os.getpid() or not process_running(int(match.group(1))))]
     for p in stale:
         p.unlink(missing_ok=True)

@@ -286,3 +286,19 @@ def test_ctrl_c_during_predict_is_one_line_and_leaves_no_half_written_image(chec
     assert sorted(p.name for p in out.iterdir()) == ["im0.png"]  # whole, and no temp file or half image beside it
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert Image.open(out / "im0.png").size == (32, 24)
+
+
+def test_the_temp_file_of_a_killed_predict_is_removed_by_the_next(checkpoint, tmp_path):
+    import subprocess
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    write_image(photos / "a.jpg")
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # a process that has ended: the predict that SIGKILL stopped mid-write
+    out.mkdir()
+    killed = out / f".a.png.{ended.pid}.k1ll3d_x.tmp"
+    killed.write_bytes(b"half")
+    running = out / ".a.png.1.abcdefgh.tmp"  # pid 1 runs: another process's write in progress is left alone
+    running.write_bytes(b"theirs")
+    assert run_predict(checkpoint, photos, "save_color=false", "save_overlay=false", output=out) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(["a.png", running.name])

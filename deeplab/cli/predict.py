@@ -12,7 +12,7 @@ from deeplab.data.dataset import DataError
 from deeplab.errors import ConfigError, check_flags
 from deeplab.inference import Predictor
 from deeplab.prediction_files import (batches, frame_count, list_inputs, output_folder, plan_outputs, refuse_existing,
-                                      save_outputs, summary)
+                                      remove_killed_writes, save_outputs, summary)
 from deeplab.progress import progress_bar
 from deeplab.visualization import palette_array
 
@@ -44,6 +44,7 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
                                        ("overlay", cfg.save_overlay)) if wanted]
     plan = plan_outputs(paths, base, output, kinds=kinds)
     refuse_existing(plan, overwrite=cfg.overwrite)
+    remove_killed_writes(plan)
     predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
                                           scales=cfg.scales, flip=cfg.flip, window=cfg.window, stride=cfg.stride,
                                           precision=cfg.precision, fast=cfg.fast, compile=cfg.compile,
