@@ -4,6 +4,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -277,3 +278,10 @@ def vainf_model():
 def bubbliiiing_model():
     """A randomised model in bubbliiiing's architecture (tests/peer_formats.py), one per test module."""
     return peer_formats.bubbliiiing_model()
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a process group or a torchrun rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,5 +1,4 @@
 import os
-import socket
 import subprocess
 import sys
 
@@ -9,15 +8,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, make_voc_tree
+from conftest import REPO, free_port as _free_port, make_voc_tree
 from deeplab.engine.distributed import GlobalBatchNorm2d, convert_to_global_bn
 from deeplab.engine.loaders import ShardSampler, TrainBatches
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _net():

@@ -211,7 +211,11 @@ def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
     problem = grammar_problem(args)
     if problem or any(arg.startswith("-") for arg in args):
         return problem
-    return missing_problem(config_name, args) or _composed_problem(config_name, args)
+    try:  # one composition when the command line is sound; the configs say why when it is not
+        cfg = _compose(config_name, args, hydra_config=True)
+    except Exception:  # noqa: BLE001 - what missing_problem cannot name, the Hydra main that follows reports
+        return missing_problem(config_name, args)
+    return interpolation_problem(cfg, args) or run_dir_problem(cfg, args)
 
 
 def missing_problem(config_name: str, args: Sequence[str]) -> str | None:
@@ -237,16 +241,6 @@ def missing_problem(config_name: str, args: Sequence[str]) -> str | None:
 
 
 _ABSENT = object()
-
-
-def _composed_problem(config_name: str, args: Sequence[str]) -> str | None:
-    """What only the whole command line, composed with Hydra's own settings, shows: an unresolvable ${...}, a run
-    folder that cannot be made."""
-    try:
-        cfg = _compose(config_name, args, hydra_config=True)
-    except Exception:  # noqa: BLE001 - not ours to word: the Hydra main that follows reports it
-        return None
-    return interpolation_problem(cfg, args) or run_dir_problem(cfg, args)
 
 
 # what each command can lower when the GPU runs out of memory (the trainer words its own, with what it saved)

@@ -30,7 +30,7 @@ class Record:
         self.buffer = logging.handlers.MemoryHandler(capacity=10**6, flushLevel=logging.CRITICAL + 1)
         self.buffer.setLevel(logging.INFO)
         logging.getLogger().addHandler(self.buffer)
-        self.folder: Path | None = None
+        self.handler: logging.FileHandler | None = None  # <folder>/<command>.log, once kept
 
     def keep(self, folder: str | Path) -> None:
         """Log to `folder`/<command>.log (appended, with the lines logged so far) and save the command's config in
@@ -45,7 +45,7 @@ class Record:
         root = logging.getLogger()
         root.removeHandler(self.buffer)
         root.addHandler(handler)
-        self.folder = folder
+        self.handler = handler
         saved = folder / ".hydra"
         if not saved.exists():
             saved.mkdir()
@@ -61,13 +61,11 @@ class Record:
         if self.buffer in root.handlers:
             root.removeHandler(self.buffer)
         self.buffer.buffer.clear()
-        for handler in list(root.handlers):
-            if isinstance(handler, logging.FileHandler) and self.folder is not None and \
-                    Path(handler.baseFilename).parent == self.folder.resolve():
-                handler.close()
-                root.removeHandler(handler)
-        if self.folder is None:
+        if self.handler is None:
             self._remove_made()
+        else:
+            self.handler.close()
+            root.removeHandler(self.handler)
 
     def _remove_made(self) -> None:
         """Remove the run folder Hydra made for this command when it is still empty and new (made since the command

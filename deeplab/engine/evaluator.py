@@ -66,7 +66,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
             bar.update(len(images))
     if any_process(device, problem is not None)[0]:
         model.train(was_training)
-        raise ScoringProblem(*reversed(first_problem(problem)))
+        rank, message = first_problem(problem)
+        raise ScoringProblem(message, rank)
     matrix.reduce_from_all_processes()
     model.train(was_training)
     return matrix, kept

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from deeplab.engine import checkpoint as ckpt
-from deeplab.engine.distributed import DistInfo, all_gather_object, broadcast_object
+from deeplab.engine.distributed import DistInfo, broadcast_object, first_problem
 from deeplab.engine.run_config import resume_config
 from deeplab.errors import ConfigError, UserError, one_line
 from deeplab.torch_files import process_running
@@ -79,9 +79,9 @@ def decide_run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *, n
             state = ckpt.load_checkpoint(path)
         except UserError as exc:
             problem = one_line(exc)
-    problems = [(rank, p) for rank, p in enumerate(all_gather_object(problem)) if p]
-    if problems:
-        rank, problem = problems[0]
+    unreadable = first_problem(problem)
+    if unreadable:
+        rank, problem = unreadable
         raise UserError(f"rank {rank} cannot read the checkpoint rank 0 resumes ({problem}); every machine of a "
                         f"multi-node run must see the same run folder: put it on shared storage")
     return config, Path(run_dir), state

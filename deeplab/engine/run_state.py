@@ -58,7 +58,7 @@ def bad_sample_error(run: Run, iteration: int, start_iter: int, problem: str, ra
     step: rank 0 saves the training done so far, and each process's message says so."""
     last = run.output_dir / "last.pt"
     if iteration > start_iter:
-        save_last(run, iteration)
+        save_run(run, iteration)
         kept = f"the training up to iteration {iteration} is saved in {last}"
     else:
         kept = f"no training was lost (it stopped before iteration {start_iter + 1})"
@@ -76,9 +76,8 @@ def interruption_error(run: Run, iteration: int, start_iter: int, *, saved: bool
     """Ctrl-C (or SIGTERM) between steps saves last.pt of the iteration reached; during a step the last checkpoint
     is kept. `agreed`: every process stops here together (SIGTERM), so each one's RNG state is saved."""
     last = run.output_dir / "last.pt"
-    rngs = all_gather_object(ckpt.rng_state()) if agreed and saved and iteration > start_iter else None
-    if saved and iteration > start_iter and run.dist.is_main:
-        ckpt.save_checkpoint(last, checkpoint_state(run, iteration, rngs))
+    if saved and iteration > start_iter and (agreed or run.dist.is_main):
+        save_run(run, iteration, together=agreed)
         kept = f"last.pt saved at iteration {iteration}"
     elif last.is_file():
         kept = f"last.pt of iteration {ckpt.load_checkpoint(last)['iteration']} kept"
@@ -99,7 +98,7 @@ def out_of_memory_error(run: Run, iteration: int, start_iter: int, exc: Exceptio
     last = run.output_dir / "last.pt"
     if iteration > start_iter and run.dist.is_main:
         torch.cuda.empty_cache()
-        ckpt.save_checkpoint(last, checkpoint_state(run, iteration))
+        save_run(run, iteration, together=False)
     kept = f"last.pt saved at iteration {iteration}" if iteration > start_iter else "nothing was lost"
     accum = run.settings.grad_accum * 2
     return OutOfMemory(f"the GPU ran out of memory at iteration {iteration + 1} ({str(exc).splitlines()[0]}); "
@@ -123,11 +122,13 @@ def checkpoint_state(run: Run, iteration: int, rngs: list[dict] | None = None) -
     return state
 
 
-def save_last(run: Run, iteration: int) -> None:
-    """last.pt of `iteration`, with every process's RNG (gathered from all of them: each resumes its own)."""
-    rngs = all_gather_object(ckpt.rng_state())
+def save_run(run: Run, iteration: int, name: str = "last.pt", *, together: bool = True) -> None:
+    """`name` (last.pt, best.pt) of `iteration`, written by rank 0. together: every process calls this at the same
+    point, so each one's RNG is gathered and saved (each resumes its own); otherwise (Ctrl-C, out of memory: a
+    process alone) rank 0 saves its own."""
+    rngs = all_gather_object(ckpt.rng_state()) if together else None
     if run.dist.is_main:
-        ckpt.save_checkpoint(run.output_dir / "last.pt", checkpoint_state(run, iteration, rngs))
+        ckpt.save_checkpoint(run.output_dir / name, checkpoint_state(run, iteration, rngs))
 
 
 def owes_validation(run: Run, iteration: int) -> bool:

@@ -1,7 +1,7 @@
 """One optimizer step of training, the same for `train.py` (the trainer) and the benchmark's training modes."""
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -16,22 +16,22 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the run stopped before overwriting any checkpoint."""
 
 
+def _layers(model: nn.Module) -> Iterator[nn.Module]:
+    """`model`, then each module it wraps (DDP's .module, torch.compile's ._orig_mod), in either order."""
+    while isinstance(model, nn.Module):
+        yield model
+        model = model.module if isinstance(model, DistributedDataParallel) else getattr(model, "_orig_mod", None)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP and torch.compile wrappers, in either order (what checkpoints hold)."""
-    while True:
-        inner = model.module if isinstance(model, DistributedDataParallel) else getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
+    *_, plain = _layers(model)
+    return plain
 
 
 def ddp_of(model: nn.Module) -> DistributedDataParallel | None:
     """The DDP wrapper in `model`'s wrappers (torch.compile(DDP(model)) hides it), or None."""
-    while not isinstance(model, DistributedDataParallel):
-        model = getattr(model, "_orig_mod", None)
-        if not isinstance(model, nn.Module):
-            return None
-    return model
+    return next((m for m in _layers(model) if isinstance(m, DistributedDataParallel)), None)
 
 
 def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,

@@ -20,18 +20,17 @@ from deeplab.data.check import preflight
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
 from deeplab.engine.class_weights import loss_options
-from deeplab.engine.distributed import (DistInfo, TerminationRequest, all_gather_object, any_process, broadcast_object,
-                                        cleanup, convert_to_global_bn, first_problem, init_distributed,
-                                        rank_zero_first)
+from deeplab.engine.distributed import (DistInfo, TerminationRequest, any_process, broadcast_object, cleanup,
+                                        convert_to_global_bn, first_problem, init_distributed, rank_zero_first)
 from deeplab.engine.ema import ModelEma
 from deeplab.engine.evaluator import ScoringProblem, evaluate
 from deeplab.engine.loaders import TrainBatches, check_batch_split, global_batches, train_loader, val_loader
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, training_plan
 from deeplab.engine.run_config import TrainerSettings, validate_config
-from deeplab.engine.run_state import (OutOfMemory, TrainingInterrupted,  # noqa: F401 - the errors a run ends with
-                                      Classes, Run, bad_sample_error, checkpoint_state, interruption_error,
-                                      out_of_memory_error, owes_validation, save_last)
+from deeplab.engine.run_state import (  # noqa: F401 - also here: the errors a run ends with, its checkpoint's state
+    OutOfMemory, TrainingInterrupted, checkpoint_state,
+    Classes, Run, bad_sample_error, interruption_error, out_of_memory_error, owes_validation, save_run)
 from deeplab.engine.run_dir import decide_run, remove_stub, run_dir_lock
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
 from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
@@ -81,10 +80,8 @@ def validate(run: Run, iteration: int) -> dict:
     if run.logger:
         run.logger.validation(iteration, metrics, kept, best=run.best_miou,  # trainer.log_figures: the figures
                               confusion=matrix.mat.cpu().numpy() if run.settings.log_figures else None)
-    if improved:  # every process's RNG (they all validate): each resumes its own
-        rngs = all_gather_object(ckpt.rng_state())
-        if run.dist.is_main:
-            ckpt.save_checkpoint(run.output_dir / "best.pt", checkpoint_state(run, iteration, rngs))
+    if improved:  # every process validates, so every one's RNG is saved
+        save_run(run, iteration, "best.pt")
     return metrics
 
 
@@ -102,7 +99,7 @@ def fit(run: Run, *, start_iter: int) -> float:
             if owes_validation(run, start_iter):  # the run stopped during a validation it still owes
                 validate(run, start_iter)
                 if start_iter == s.iterations:  # and at its last iteration: nothing more to train
-                    save_last(run, start_iter)
+                    save_run(run, start_iter)
             for micro, problem in global_batches(run.train_batches, s.grad_accum):
                 # one small all-reduce a step: every process stops at the same step, or none does
                 terminate, failed = any_process(run.device, termination.received, problem is not None)
@@ -138,7 +135,7 @@ def fit(run: Run, *, start_iter: int) -> float:
                 if iteration % s.val_every == 0 or iteration == s.iterations:
                     validate(run, iteration)
                 if iteration % s.checkpoint_every == 0 or iteration == s.iterations:
-                    save_last(run, iteration)
+                    save_run(run, iteration)
         except ScoringProblem as exc:  # every process met it at the same point, between steps
             raise bad_sample_error(run, iteration, start_iter, exc.message, exc.rank) from None
         except KeyboardInterrupt:
