@@ -4,13 +4,13 @@ import re
 import shutil
 
 import pytest
+import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose
-from deeplab.cli import check_group_choices
+from conftest import REPO, compose, tiny_train_overrides
 from deeplab.cli.train import main as train_main
 from deeplab.data import DataError, build_dataset
 from deeplab.data.transforms import train_transform
@@ -168,32 +168,29 @@ def test_python_train_py_composes_the_demo_recipe_s_effective_values():
     assert demo["augment"]["crop_size"] == [128, 128] and demo["loss"]["name"] == "cross_entropy"
 
 
-def test_the_demo_recipe_cannot_switch_groups_so_it_outranks_optim_on_the_command_line(tmp_path):
-    """Hydra 1.3 refuses `override` in a config its defaults list picks by interpolation (recipe: ${dataset}); the
-    demo recipe merges AdamW over the chosen optimizer instead. The day Hydra allows it, this test says so."""
-    assert compose("train", ["optim=sgd"]).optim.name == "adamw"
-    general = compose("train", ["~recipe", "optim=sgd"])  # the demo data without its recipe: the general defaults
-    assert general.optim.name == "sgd" and general.optim.momentum == 0.9 and general.trainer.iterations == 30000
-    configs = shutil.copytree(REPO / "configs", tmp_path / "configs")
-    recipe = configs / "recipe" / "demo.yaml"
-    recipe.write_text(recipe.read_text().replace("  - /optim/adamw@optim\n", "  - override /optim: adamw\n"))
-    with initialize_config_dir(config_dir=str(configs), version_base="1.3"), \
-            pytest.raises(ConfigCompositionException, match="not allowed in the subtree\nof an in interpolated"):
-        hydra_compose("train")
+def test_any_group_chosen_on_the_command_line_switches_the_demo_and_keeps_the_rest_of_its_recipe():
+    """The demo's AdamW is chosen by dataset/demo.yaml, which the command line outranks; the recipe's AdamW settings
+    (recipe/optim/demo_adamw.yaml) apply to AdamW only, so optim=sgd is exactly optim/sgd.yaml."""
+    sgd = compose("train", ["optim=sgd"])
+    assert OmegaConf.to_container(sgd.optim) == OmegaConf.to_container(OmegaConf.load(REPO / "configs/optim/sgd.yaml"))
+    assert sgd.trainer.iterations == 1100 and sgd.model.separable and sgd.augment.crop_size == [128, 128]
+    switched = compose("train", ["schedule=cosine", "loss=focal", "model/backbone=resnet50"])
+    assert switched.schedule.name == "cosine" and switched.loss.name == "focal" and switched.optim.name == "adamw"
+    assert switched.model.backbone.name == "resnet50" and "width_mult" not in switched.model.backbone
+    assert compose("train", ["dataset=voc"]).optim.name == "sgd"  # the general default away from the demo
+    voc_adamw = compose("train", ["dataset=voc", "optim=adamw"]).optim  # the demo's AdamW settings stay with it
+    assert OmegaConf.to_container(voc_adamw) == OmegaConf.to_container(OmegaConf.load(REPO / "configs/optim/adamw.yaml"))
+    assert compose("train", ["experiment=voc_os16"]).optim.name == "sgd"
+    general = compose("train", ["~recipe"])  # the demo data without its recipe: the general defaults, its AdamW
+    assert general.optim.name == "adamw" and general.trainer.iterations == 30000
 
 
-def test_a_group_the_recipe_outranks_is_refused_with_the_keys_that_give_it(tmp_path, entry_point, capsys):
-    """`python train.py optim=sgd` on the demo would silently train with the recipe's AdamW: train.py refuses it in
-    one sentence naming the recipe file and the key=value overrides that do give SGD, before anything is written."""
-    code = entry_point(train_main, "optim=sgd", f"output_root={tmp_path / 'runs'}", f"hydra.run.dir={tmp_path / 'h'}")
-    message = next(line for line in "".join(capsys.readouterr()).splitlines() if "optim=sgd:" in line)
-    assert code == 1 and "optim=sgd: the demo recipe (configs/recipe/demo.yaml) sets optim.name=adamw" in message
-    assert "Traceback" not in message and not (tmp_path / "runs").exists()
-    fix = message.split("set its keys instead: ")[1].split()
-    given = OmegaConf.to_container(compose("train", fix).optim)
-    sgd = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "optim" / "sgd.yaml"))
-    assert {k: v for k, v in given.items() if v is not None} == sgd  # exactly optim/sgd.yaml's keys and values
-    check_group_choices(compose("train", fix), fix, {"recipe": "demo"})  # and the fix itself passes
-    for overrides in (["optim=adamw"], ["dataset=voc", "optim=adamw"], ["experiment=voc_os16", "optim=adamw"],
-                      ["schedule=cosine", "loss=focal", "model/backbone=resnet50"], ["optim.lr=0.1"]):
-        check_group_choices(compose("train", overrides), overrides, {})  # honoured choices pass
+def test_python_train_py_optim_sgd_trains_the_demo_with_sgd(tmp_path, entry_point):
+    root = tmp_path / "demo"
+    code = entry_point(train_main, "optim=sgd", *tiny_train_overrides(root, tmp_path / "runs", iterations=2),
+                       "dataset.num_train=8", "dataset.num_val=4", "dataset.size=64", "schedule.warmup_iters=0",
+                       f"hydra.run.dir={tmp_path / 'run'}")
+    assert code == 0
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert saved["config"]["optim"]["name"] == "sgd" and saved["config"]["optim"]["momentum"] == 0.9
+    assert all("momentum_buffer" in state for state in saved["optimizer"]["state"].values())

@@ -34,10 +34,6 @@ CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")  # absolute: Hydr
 # keys an older version read, and where they live now
 RENAMED = {"model.width_mult": "model.backbone.width_mult", "model.expand_ratio": "model.backbone.expand_ratio"}
 
-# config group -> the config key its options fill; each option names itself there (optim/sgd.yaml: `name: sgd`)
-NAMED_GROUPS = {"optim": "optim", "schedule": "schedule", "loss": "loss", "model/backbone": "model.backbone"}
-
-
 def group_options(group: str) -> list[str]:
     """The options of a config group: the stems of configs/<group>/*.yaml, sorted."""
     return sorted(p.stem for p in (Path(CONFIGS) / group).glob("*.yaml"))
@@ -57,35 +53,6 @@ def config_groups(*, _root_: DictConfig) -> str:
 
 
 OmegaConf.register_new_resolver("deeplab.config_groups", config_groups, replace=True)
-
-
-def _override_value(value) -> str:
-    """A config value as the command line writes it: null, true, [0.9,0.999], 0.0001."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, (list, tuple, ListConfig)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    return str(value)
-
-
-def check_group_choices(cfg: DictConfig, overrides: Sequence[str], choices: Mapping[str, str | None]) -> None:
-    """Refuse a config group chosen on the command line that the composed config does not hold. A dataset's recipe
-    (train.yaml: `recipe: ${dataset}`) cannot switch groups, as Hydra refuses `override` in a config chosen by
-    interpolation, so recipe/demo.yaml merges AdamW over the chosen optimizer: `optim=sgd` would silently train with
-    AdamW. The ConfigError names the recipe and the key=value overrides that give the option asked for."""
-    for override in overrides:
-        group, sep, option = override.partition("=")
-        composed = OmegaConf.select(cfg, NAMED_GROUPS[group], default=None) if sep and group in NAMED_GROUPS else None
-        if not isinstance(composed, DictConfig) or composed.get("name") == option:
-            continue
-        key, wanted = NAMED_GROUPS[group], OmegaConf.load(Path(CONFIGS) / group / f"{option}.yaml")
-        fix = [f"{key}.{k}={_override_value(v)}" for k, v in wanted.items() if composed.get(k) != v] + \
-              [f"{key}.{k}=null" for k, v in composed.items() if k not in wanted and v is not None]
-        recipe = choices.get("recipe")
-        source = f"the {recipe} recipe (configs/recipe/{recipe}.yaml)" if recipe else "the composed config"
-        raise ConfigError(f"{override}: {source} sets {key}.name={composed.get('name')}, and a recipe chosen by the "
-                          f"dataset outranks a group chosen on the command line (Hydra cannot let it switch groups); "
-                          f"to train with {option}, set its keys instead: {' '.join(fix)}")
 
 
 def _compose(config_name: str, overrides: Sequence[str], *, hydra_config: bool = False) -> DictConfig:

@@ -15,8 +15,8 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, backbone_lr_mult:
     """SGD or AdamW over two groups: the backbone (at lr * backbone_lr_mult) and the head (at lr).
 
     `kwargs` go to the torch optimizer (momentum, weight_decay, nesterov, betas...), so a misspelt key fails there;
-    keys set to None are left out, so a config can cancel keys an earlier config merged in (recipe/demo.yaml puts
-    AdamW over SGD), and configs saved by older runs, which list the other optimizer's options as null, still load.
+    keys set to None are left out, so a config can cancel a key, and configs saved by older runs, which list the
+    other optimizer's options as null, still load.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
