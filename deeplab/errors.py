@@ -20,13 +20,6 @@ class ConfigError(UserError):
     """A config value that cannot work: the message names the key, the value and what is allowed."""
 
 
-def check_flags(values, keys) -> None:
-    """Each of `keys` in a command's config is true or false (a string such as 'maybe' would count as true)."""
-    for key in keys:
-        if not isinstance(values[key], bool):
-            raise ConfigError(f"{key}={values[key]!r}: must be true or false")
-
-
 def one_line(exc: BaseException) -> str:
     """The message of `exc` on one line; an error re-raised from a DataLoader worker is reduced to its own message.
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab.errors import ConfigError
+from deeplab.schema import NonNegative, NonNegativeInt, ranged, require
 
 
 def median_frequency(pixels: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -39,20 +39,19 @@ def _numbers(weights: Sequence[float] | str, key: str) -> Sequence[float]:
     return weights
 
 
-def check_ohem_fraction(fraction: float | None) -> None:
-    """loss.ohem_fraction: null (every pixel) or the share of the hardest labelled pixels kept, in (0, 1]."""
-    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
-                                 or not 0 < fraction <= 1):
-        raise ConfigError(f"loss.ohem_fraction={fraction!r}: must be null or a number in (0, 1]")
+# loss.ohem_fraction: null (every pixel) or the share of the hardest labelled pixels kept
+OhemFraction = ranged(float, lambda v: 0 < v <= 1, "null or a number in (0, 1]")
+Gamma = ranged(float, lambda v: v >= 0, "a number >= 0 (0 is plain cross-entropy)")
 
 
 class CrossEntropyLoss(nn.Module):
     """Cross-entropy (ignoring `ignore_index`), optionally averaged over only the hardest pixels, plus dice."""
 
     def __init__(self, *, ignore_index: int = 255, class_weights: Sequence[float] | str | None = None,
-                 ohem_fraction: float | None = None, ohem_min_pixels: int = 0, dice_weight: float = 0.0) -> None:
+                 ohem_fraction: OhemFraction | None = None, ohem_min_pixels: NonNegativeInt = 0,
+                 dice_weight: NonNegative = 0.0) -> None:
         super().__init__()
-        check_ohem_fraction(ohem_fraction)
+        require(OhemFraction, "loss.ohem_fraction", ohem_fraction)
         self.ignore_index = ignore_index
         weights = torch.tensor(_numbers(class_weights, "class_weights"), dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
@@ -113,11 +112,10 @@ class FocalLoss(nn.Module):
     It down-weights pixels the model already gets right; at gamma 0 without alpha it is cross-entropy.
     """
 
-    def __init__(self, *, ignore_index: int = 255, gamma: float = 2.0,
+    def __init__(self, *, ignore_index: int = 255, gamma: Gamma = 2.0,
                  alpha: Sequence[float] | str | None = None) -> None:
         super().__init__()
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        require(Gamma, "loss.gamma", gamma)
         self.ignore_index = ignore_index
         self.gamma = gamma
         alpha = torch.tensor(_numbers(alpha, "alpha"), dtype=torch.float32) if alpha else None

@@ -45,7 +45,7 @@ def test_export_never_replaces_another_checkpoint(checkpoint, tmp_path):
     assert not (tmp_path / "new.pth").exists()
 
 
-@pytest.mark.parametrize("override, key", [("format=tflite", "format=tflite"), ("opset=13", "opset=13"),
+@pytest.mark.parametrize("override, key", [("format=tflite", "format='tflite'"), ("opset=13", "opset=13"),
                                            ("calibration_images=0", "calibration_images=0"),
                                            ("val_images=-1", "val_images=-1")])
 def test_export_settings_are_checked_first(checkpoint, override, key):

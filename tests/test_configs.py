@@ -109,7 +109,7 @@ CHOSEN_ENTRY_ERRORS = [
                                                   r"schedule.name=cosine \(known: min_lr_ratio, name, warmup_iters, "
                                                   r"warmup_ratio\)")),
     (["loss=focal", "loss.gamma=-0.5"], r"^loss.gamma=-0.5: must be a number >= 0"),
-    (["loss=focal", "loss.gamma=high"], r"^loss.gamma='high': must be a number$"),
+    (["loss=focal", "loss.gamma=high"], r"^loss.gamma='high': must be a number >= 0"),
     (["loss=focal", "loss.alpha=[1,2]"], r"^loss.alpha has 2 values for dataset.num_classes=6"),
     (["schedule=cosine", "schedule.warmup_iters=1100"], r"^schedule.warmup_iters=1100 is not below"),
 ]

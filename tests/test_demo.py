@@ -4,7 +4,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import REPO
+from conftest import compose
 from deeplab.data import build_dataset
 from deeplab.data import demo as demo_module
 from deeplab.data.dataset import read_image, read_mask
@@ -23,7 +23,7 @@ def test_generation_is_deterministic_byte_for_byte(tmp_path):
 
 
 def test_layout_labels_and_borders(tmp_path):
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs/dataset/demo.yaml"))
+    cfg = OmegaConf.to_container(compose("check", ["dataset=demo"]).dataset)
     assert cfg["class_names"] == CLASS_NAMES and cfg["num_classes"] == len(CLASS_NAMES)
     cfg.update(root=str(tmp_path), **SMALL)
     for split in ("train", "val"):

@@ -17,7 +17,7 @@ LAYERS = [
     ("deeplab.prediction_files", 3),
     ("deeplab.engine", 2),
     ("deeplab.model", 1), ("deeplab.data", 1), ("deeplab.losses", 1),
-    ("deeplab.errors", 0), ("deeplab.torch_files", 0), ("deeplab.metrics", 0), ("deeplab.visualization", 0),
+    ("deeplab.errors", 0), ("deeplab.schema", 0), ("deeplab.torch_files", 0), ("deeplab.metrics", 0), ("deeplab.visualization", 0),
     ("deeplab.figures", 0),
     ("deeplab.onnx_model", 0), ("deeplab.progress", 0), ("deeplab.timing", 0), ("deeplab", 0),
 ]

@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from deeplab.errors import ConfigError
 from deeplab.losses import LOSSES, CrossEntropyLoss, FocalLoss, build_loss
 
 
@@ -112,7 +113,7 @@ def test_losses_are_picked_by_name_and_refuse_unknown_names_and_options():
         build_loss(name="focall", ignore_index=255)
     with pytest.raises(TypeError, match="class_weights"):  # each loss takes only its own options
         build_loss(name="focal", ignore_index=255, class_weights=[1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="gamma must be >= 0"):
+    with pytest.raises(ConfigError, match=r"^loss.gamma=-1(\.0)?: must be a number >= 0"):
         build_loss(name="focal", ignore_index=255, gamma=-1.0)
     logits, target = _batch()
     with pytest.raises(ValueError, match="2 alpha values for 3 classes"):

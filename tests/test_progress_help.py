@@ -192,7 +192,7 @@ def test_prepare_voc_draws_a_bar_only_when_asked(tmp_path, every_tick, monkeypat
 # --- --help --------------------------------------------------------------------------------------------------------
 
 TRAIN_GROUPS = {"augment", "dataset", "experiment", "loss", "model", "model/backbone", "optim", "recipe",
-                "recipe/backbone", "schedule", "trainer"}
+                "recipe/backbone", "recipe/optim", "schedule", "trainer"}
 HELP = [  # command, what the page says it does, an example it gives, the config groups it lists
     (train, "train.py: train DeepLabV3+", "python train.py experiment=voc_os16", TRAIN_GROUPS),
     (predict, "predict.py: label maps", "python predict.py checkpoint=", set()),

@@ -27,7 +27,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from deeplab.cli.record import Record
-from deeplab.errors import ConfigError, UserError, user_errors
+from deeplab.errors import UserError, user_errors
+from deeplab.schema import checked
 
 CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")  # absolute: Hydra reads it as a folder
 
@@ -39,12 +40,25 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONFIGS) / group).glob("*.yaml"))
 
 
+def typed_settings(cfg: DictConfig, hints: Mapping) -> None:
+    """A command's own keys (`hints`: {key: type hint with its range rule}) checked by their schema before anything
+    is read, and replaced in `cfg` by their typed values; a wrong one is a ConfigError naming it."""
+    for key, value in checked("", {k: cfg[k] for k in hints if k in cfg}, hints).items():
+        cfg[key] = value
+
+
+# groups another command composes only because a dataset config may choose them for training (dataset/demo.yaml
+# chooses the optimizer): left off that command's --help
+TRAINING_GROUPS = ("optim",)
+
+
 def config_groups(*, _root_: DictConfig) -> str:
     """The config groups this command's config composes (its defaults list, with the command line's choices), one
     line each: `group: option, option*, ...`, the option in use starred; read from configs/<group>/*.yaml."""
-    choices = _root_.hydra.runtime.choices
+    choices, name = _root_.hydra.runtime.choices, _root_.hydra.job.config_name
     lines = []
-    for group in sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/")):
+    for group in sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/")
+                        and (name == "train" or g not in TRAINING_GROUPS)):
         options = group_options(group)
         chosen = choices[group]
         lines.append(f"{group}: " + ", ".join(f"{o}*" if o == chosen else o for o in options)

@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 from deeplab.bench import (SECTIONS, bench_inference, bench_loader, bench_models, bench_train, cpu_name,
                            format_inference, format_loader, format_train, synthetic_inputs)
 from deeplab.bench.modes import INFERENCE_MODES, TRAINING_MODES, check_modes, split_samples
-from deeplab.cli import command
+from deeplab.cli import command, typed_settings
 from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe_cpu, resolve_device
-from deeplab.errors import ConfigError, check_flags
+from deeplab.errors import ConfigError
 from deeplab.model.summary import summarize
 
 
@@ -69,7 +69,7 @@ def run(cfg) -> dict:
                                          INFERENCE_MODES)
     if "train" in sections:
         modes["train"] = check_modes("train.modes", cfg.train.modes, TRAINING_MODES)
-    check_flags(cfg, ("overwrite",) if "overwrite" in cfg else ())
+    typed_settings(cfg, {"overwrite": bool})
     json_path = prepare_json(cfg.get("json"), overwrite=cfg.get("overwrite", False))
     device = resolve_device(cfg.get("device", "auto"))
     results = {"device": {"type": device.type, "name": torch.cuda.get_device_name(device) if device.type == "cuda"

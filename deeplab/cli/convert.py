@@ -5,24 +5,28 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from deeplab.cli import command
+from deeplab.cli import command, typed_settings
 from deeplab.convert import SOURCES, convert_checkpoint
-from deeplab.errors import ConfigError, check_flags
+from deeplab.errors import ConfigError
+from deeplab.schema import ranged
 
 USAGE = "usage: python -m deeplab.convert source=FILE from=vainf|bubbliiiing dataset=voc|cityscapes [output=FILE]"
 
 
+# the command's own keys' types and ranges (convert.yaml gives their defaults)
+SETTINGS = {"overwrite": bool,
+            "output_stride": ranged(int, lambda v: v in (8, 16, 32), "8, 16 or 32 (the released models are 16)")}
+
+
 def check_settings(cfg) -> None:
     """The command's own settings, checked before any file is read: one ConfigError naming the key."""
-    check_flags(cfg, ("overwrite",))
+    typed_settings(cfg, SETTINGS)
     if not cfg.source:
         raise ConfigError(f"source: not set; {USAGE}")
     if cfg["from"] not in SOURCES:
         raise ConfigError(f"from={cfg['from']}: " + ("not set" if cfg["from"] is None else "not a format deeplab "
                                                      "converts") + "; use from=vainf (VainF/DeepLabV3Plus-Pytorch) "
                           "or from=bubbliiiing (bubbliiiing/deeplabv3-plus-pytorch)")
-    if isinstance(cfg.output_stride, bool) or cfg.output_stride not in (8, 16, 32):
-        raise ConfigError(f"output_stride={cfg.output_stride!r}: must be 8, 16 or 32 (the released models are 16)")
 
 
 def run(cfg) -> Path:

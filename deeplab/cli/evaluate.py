@@ -7,7 +7,7 @@ import cv2
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from deeplab.cli import command
+from deeplab.cli import command, typed_settings
 from deeplab.cli.record import Record
 from deeplab.data import DataError, build_dataset
 from deeplab.data.transforms import eval_transform
@@ -16,7 +16,8 @@ from deeplab.engine.evaluator import evaluate, score_predictions
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.engine.tta import check_tta, is_channels_last
-from deeplab.errors import ConfigError, check_flags
+from deeplab.errors import ConfigError
+from deeplab.schema import ranged
 from deeplab.figures import MissingDependency, confusion_figure, iou_chart
 from deeplab.inference import model_from_checkpoint
 from deeplab.metrics import format_metrics
@@ -37,6 +38,11 @@ def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str]) 
     return list(FIGURES)
 
 
+# the evaluate-only keys' types and ranges (evaluate.yaml gives their defaults)
+SETTINGS = {**dict.fromkeys(("fast", "compile", "overwrite"), bool),
+            "num_workers": ranged(int, lambda v: v >= 0, "a whole number >= 0 (0 reads images in this process)")}
+
+
 def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -> dict:
     """Evaluate `checkpoint` (or score `predictions`) on the validation split; write metrics.json and the figures.
     `record` keeps evaluate.log and the config in the run folder once every check has passed."""
@@ -47,10 +53,7 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     device = resolve_device(cfg.device)  # the settings first: nothing is loaded or written for a wrong one
     resolve_precision(cfg.precision, device.type)
     check_tta(scales=cfg.scales, window=cfg.window, stride=cfg.stride, flip=cfg.flip)
-    check_flags(cfg, ("fast", "compile", "overwrite"))
-    if isinstance(cfg.num_workers, bool) or not isinstance(cfg.num_workers, int) or cfg.num_workers < 0:
-        raise ConfigError(f"num_workers={cfg.num_workers!r}: must be a whole number >= 0 (0 reads images in this "
-                          f"process)")
+    typed_settings(cfg, SETTINGS)
     existing = [output_dir / name for name in ("metrics.json", *FIGURES) if (output_dir / name).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"{existing[0]}: exists already (an earlier evaluation in this run folder); give this one "

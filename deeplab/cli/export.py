@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from deeplab.cli import command
+from deeplab.cli import command, typed_settings
 from deeplab.engine.checkpoint import CheckpointError
-from deeplab.errors import ConfigError, check_flags
+from deeplab.schema import ranged
 from deeplab.export import (FORMATS, check_output, default_output, export_onnx, export_pt2, quantize_onnx,
                             verify_onnx)
 from deeplab.inference import model_from_checkpoint
@@ -18,21 +18,17 @@ from deeplab.progress import progress_bar
 from deeplab.bench.modes import inference_runner, label_quality, split_samples
 
 
+# the export keys' types and ranges (export.yaml gives their defaults)
+SETTINGS = {"overwrite": bool, "verify": bool,
+            "format": ranged(str, lambda v: v in FORMATS, f"an export format, one of {', '.join(FORMATS)}"),
+            "opset": ranged(int, lambda v: v >= 17, "ONNX opset 17 or newer (the exporter needs it), e.g. opset=17"),
+            **dict.fromkeys(("calibration_images", "val_images"),
+                            ranged(int, lambda v: v >= 1, "a whole number of images, 1 or more (e.g. 32)"))}
+
+
 def check_settings(cfg) -> None:
     """The export settings, checked before the checkpoint is loaded: one ConfigError naming the key."""
-    check_flags(cfg, ("overwrite", "verify"))
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"format={cfg.format}: not an export format; choose one of {', '.join(FORMATS)}")
-    if not _whole(cfg.opset) or cfg.opset < 17:
-        raise ConfigError(f"opset={cfg.opset}: the exporter needs ONNX opset 17 or newer; set opset=17")
-    counts = [("calibration_images", cfg.format == "int8"), ("val_images", cfg.format == "int8" and cfg.verify)]
-    for key, used in counts:
-        if used and (not _whole(cfg[key]) or cfg[key] < 1):
-            raise ConfigError(f"{key}={cfg[key]}: must be a whole number of images, 1 or more (e.g. {key}=32)")
-
-
-def _whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    typed_settings(cfg, SETTINGS)
 
 
 def run(cfg) -> Path:

@@ -6,29 +6,31 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from deeplab.cli import command
+from deeplab.cli import command, typed_settings
 from deeplab.cli.record import Record
 from deeplab.data.dataset import DataError
-from deeplab.errors import ConfigError, check_flags
+from deeplab.errors import ConfigError
 from deeplab.inference import Predictor
 from deeplab.prediction_files import (batches, frame_count, list_inputs, output_folder, plan_outputs, refuse_existing,
                                       remove_killed_writes, save_outputs, summary)
 from deeplab.progress import progress_bar
+from deeplab.schema import ranged
 from deeplab.visualization import palette_array
+
+
+# the predict-only keys' types and ranges (predict.yaml gives their defaults)
+SETTINGS = {**dict.fromkeys(("save_index", "save_color", "save_overlay", "allow_inside_input", "overwrite", "fast",
+                             "compile", "flip"), bool),
+            "batch_size": ranged(int, lambda v: v >= 1, "a whole number of images, 1 or more (e.g. batch_size=4)"),
+            "alpha": ranged(float, lambda v: 0 <= v <= 1, "the overlay opacity, a number from 0 (image only) to 1 "
+                                                          "(mask only), e.g. alpha=0.5")}
 
 
 def check_settings(cfg: DictConfig) -> None:
     """The predict-only settings, checked before anything is loaded: one ConfigError naming the key."""
     if not cfg.checkpoint or not cfg.input:
         raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
-    check_flags(cfg, ("save_index", "save_color", "save_overlay", "allow_inside_input", "overwrite", "fast", "compile",
-                      "flip"))
-    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
-        raise ConfigError(f"batch_size={cfg.batch_size}: must be a whole number of images, 1 or more (e.g. "
-                          "batch_size=4)")
-    if isinstance(cfg.alpha, bool) or not isinstance(cfg.alpha, (int, float)) or not 0 <= cfg.alpha <= 1:
-        raise ConfigError(f"alpha={cfg.alpha}: the overlay opacity must be a number from 0 (image only) to 1 "
-                          "(mask only), e.g. alpha=0.5")
+    typed_settings(cfg, SETTINGS)
     if not (cfg.save_index or cfg.save_color or cfg.save_overlay):
         raise ConfigError("save_index, save_color and save_overlay are all false: nothing would be written; set "
                           "at least one to true")

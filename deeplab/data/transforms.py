@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from deeplab.schema import NonNegative, Ratio, ranged
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,9 +35,14 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
 
 
+CropSize = ranged(int | Sequence[int], lambda v: all(int(c) >= 1 for c in ([v] if isinstance(v, int) else v)),
+                  "a size >= 1, e.g. [513, 513]")
+ScaleRange = ranged(Sequence[float], lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high")
+
+
 def train_transform(*, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                    crop_size: int | Sequence[int] = 513, scale_range: Sequence[float] = (0.5, 2.0),
-                    hflip: float = 0.5, color_jitter: float = 0.0, ignore_index: int = 255) -> PairedTransform:
+                    crop_size: CropSize = 513, scale_range: ScaleRange = (0.5, 2.0), hflip: Ratio = 0.5,
+                    color_jitter: NonNegative = 0.0, ignore_index: int = 255) -> PairedTransform:
     """Random scale, pad to the crop (mask with the ignore index), random crop, flip, optional jitter, normalise."""
     height, width = _pair(crop_size)
     low, high = scale_range

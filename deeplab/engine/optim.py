@@ -7,10 +7,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from deeplab.schema import BelowOne, NonNegativeInt, Positive, Ratio, ranged
+
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 
 
-def build_optimizer(model: nn.Module, *, name: str, lr: float, backbone_lr_mult: float = 1.0,
+LearningRate = ranged(float, lambda v: v > 0 and math.isfinite(v), "a number > 0, e.g. 0.01")
+BackboneLrMult = ranged(float, lambda v: v >= 0, "a number >= 0 (0 freezes the backbone's updates)")
+
+
+def build_optimizer(model: nn.Module, *, name: str, lr: LearningRate, backbone_lr_mult: BackboneLrMult = 1.0,
                     **kwargs) -> torch.optim.Optimizer:
     """SGD or AdamW over two groups: the backbone (at lr * backbone_lr_mult) and the head (at lr).
 
@@ -27,8 +33,8 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, backbone_lr_mult:
     return OPTIMIZERS[name](groups, lr=lr, **{k: v for k, v in kwargs.items() if v is not None})
 
 
-def poly_factor(iteration: int, *, total: int, power: float = 0.9, warmup_iters: int = 0,
-                warmup_ratio: float = 0.1, min_lr_ratio: float = 0.0) -> float:
+def poly_factor(iteration: int, *, total: int, power: Positive = 0.9, warmup_iters: NonNegativeInt = 0,
+                warmup_ratio: Ratio = 0.1, min_lr_ratio: BelowOne = 0.0) -> float:
     """LR multiplier at `iteration`: linear warmup from warmup_ratio, then (1 - t/T)^power down to min_lr_ratio."""
     if iteration < warmup_iters:
         return warmup_ratio + (1 - warmup_ratio) * iteration / warmup_iters
@@ -36,8 +42,8 @@ def poly_factor(iteration: int, *, total: int, power: float = 0.9, warmup_iters:
     return min_lr_ratio + (1 - min_lr_ratio) * decay
 
 
-def cosine_factor(iteration: int, *, total: int, warmup_iters: int = 0, warmup_ratio: float = 0.1,
-                  min_lr_ratio: float = 0.0) -> float:
+def cosine_factor(iteration: int, *, total: int, warmup_iters: NonNegativeInt = 0, warmup_ratio: Ratio = 0.1,
+                  min_lr_ratio: BelowOne = 0.0) -> float:
     """LR multiplier at `iteration`: linear warmup from warmup_ratio, then half a cosine from 1 to min_lr_ratio."""
     if warmup_iters >= total:
         raise ValueError(f"warmup_iters={warmup_iters} must be below the total of {total} iterations")

@@ -3,8 +3,6 @@ written, and a resumed run takes the command line's safe overrides and refuses t
 """
 
 import inspect
-import math
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,40 +17,43 @@ from deeplab.engine.loaders import check_batch_split
 from deeplab.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.errors import ConfigError, one_line
-from deeplab.losses import CLASS_WEIGHTINGS, LOSSES, build_loss, check_ohem_fraction
-from deeplab.model import BACKBONES, OUTPUT_STRIDES, build_model, upgrade_model_config
+from deeplab.losses import CLASS_WEIGHTINGS, LOSSES, build_loss
+from deeplab.model import BACKBONES, build_model, upgrade_model_config
 from deeplab.model.backbone import check_backbone_options, split_backbone
 from deeplab.model.deeplabv3plus import LEGACY_BACKBONE_KEYS
-from deeplab.model.mobilenet import PADDINGS
+from deeplab.schema import Count, NonNegativeInt, Positive, checked, keyword_hints, ranged
+
+
+EmaDecay = ranged(float, lambda v: 0 < v < 1, "null or a number in (0, 1), e.g. 0.9999")
 
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    """The `trainer` config section; a misspelt key is a ConfigError naming it."""
+    """The `trainer` config section: its schema (keys, types, range rules) and the trainer's typed settings."""
 
-    iterations: int = 30000
-    batch_size: int = 16  # the global batch per optimizer step, over all processes and accumulation steps
-    grad_accum: int = 1
-    val_every: int = 1000
-    checkpoint_every: int = 1000
-    log_every: int = 20
-    num_workers: int = 4
+    iterations: Count = 30000
+    batch_size: Count = 16  # the global batch per optimizer step, over all processes and accumulation steps
+    grad_accum: Count = 1
+    val_every: Count = 1000
+    checkpoint_every: Count = 1000
+    log_every: Count = 20
+    num_workers: NonNegativeInt = 4
     device: str = "auto"
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     channels_last: bool = True
     fast_convs: bool = True  # the dense decoder's 3x3 convs with fewer multiplications where they run in fp32 on CPU
     compile: bool = False
-    grad_clip: float | None = None
-    ema_decay: float | None = None  # None: no weight EMA; e.g. 0.9999 (deeplab.engine.ema)
-    freeze_backbone_iters: int = 0
+    grad_clip: Positive | None = None
+    ema_decay: EmaDecay | None = None
+    freeze_backbone_iters: NonNegativeInt = 0
     sync_bn: bool | None = None  # None: on when more than one process trains on GPUs
     deterministic: bool = False
-    grid_images: int = 4
+    grid_images: NonNegativeInt = 4
     log_figures: bool = True  # TensorBoard's confusion matrix and per-class IoU images at each validation
-    preflight_samples: int = 8
+    preflight_samples: NonNegativeInt = 8
 
 
-# section -> the callable that takes its keys as keyword arguments (besides those the trainer passes itself)
+# section -> the callable that takes its keys as keyword arguments, and those the trainer passes it itself
 SECTIONS: dict[str, tuple[Callable, tuple[str, ...]]] = {
     "trainer": (TrainerSettings, ()), "model": (build_model, ()), "optim": (build_optimizer, ("model",)),
     "schedule": (build_scheduler, ("optimizer", "total_iters")), "loss": (build_loss, ("ignore_index",)),
@@ -66,147 +67,46 @@ CHOICES: dict[str, tuple[Mapping[str, Callable], tuple[str, ...]]] = {
     "loss": (LOSSES, ("ignore_index",)),
 }
 
-# (key, test, what is allowed): plain range checks that read better than a builder's own error
-RANGES: list[tuple[str, Callable[[typing.Any], bool], str]] = [
-    *[(f"trainer.{k}", lambda v: v >= 1, "an integer >= 1") for k in
-      ("iterations", "batch_size", "grad_accum", "val_every", "checkpoint_every", "log_every")],
-    *[(f"trainer.{k}", lambda v: v >= 0, "an integer >= 0") for k in
-      ("num_workers", "freeze_backbone_iters", "grid_images", "preflight_samples")],
-    ("trainer.grad_clip", lambda v: v is None or v > 0, "null or a number > 0"),
-    ("trainer.ema_decay", lambda v: v is None or 0 < v < 1, "null or a number in (0, 1), e.g. 0.9999"),
-    ("model.output_stride", lambda v: v in OUTPUT_STRIDES, f"one of {list(OUTPUT_STRIDES)}"),
-    ("model.backbone.width_mult", lambda v: v > 0, "a number > 0 (0.5, 0.75, 1.0, 1.4)"),
-    ("model.backbone.expand_ratio", lambda v: v >= 1, "an integer >= 1"),
-    ("model.backbone.padding", lambda v: v in PADDINGS, f"one of {', '.join(PADDINGS)} (conv: torchvision's; input: "
-                                                        "VainF's, for its converted checkpoints)"),
-    ("model.decoder_convs", lambda v: v in (1, 2), "1 or 2 (2: the paper's decoder; 1: VainF's)"),
-    *[(f"model.{k}", lambda v: v >= 1, "an integer >= 1") for k in
-      ("aspp_channels", "low_level_channels", "decoder_channels")],
-    ("model.aspp_dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("optim.lr", lambda v: v > 0 and math.isfinite(v), "a number > 0, e.g. 0.01"),
-    ("optim.backbone_lr_mult", lambda v: v >= 0, "a number >= 0 (0 freezes the backbone's updates)"),
-    ("optim.weight_decay", lambda v: v is None or v >= 0, "null or a number >= 0"),
-    ("optim.momentum", lambda v: v is None or 0 <= v < 1, "null or a number in [0, 1)"),
-    ("schedule.power", lambda v: v > 0, "a number > 0"),
-    ("schedule.warmup_iters", lambda v: v >= 0, "an integer >= 0"),
-    ("schedule.warmup_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
-    ("schedule.min_lr_ratio", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("loss.dice_weight", lambda v: v >= 0, "a number >= 0"),
-    ("loss.gamma", lambda v: v >= 0, "a number >= 0 (0 is plain cross-entropy)"),
-    ("loss.ohem_min_pixels", lambda v: v >= 0, "an integer >= 0"),
-    ("augment.hflip", lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-    ("augment.color_jitter", lambda v: v >= 0, "a number >= 0"),
-]
 
-
-def _describe(annotation) -> str:
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
-    if annotation in names:
-        return names[annotation]
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args) + (" or null" if type(None) in typing.get_args(annotation)
-                                                          else "")
-    if typing.get_origin(annotation) in (list, tuple, Sequence):
-        return "a list"
-    return "a mapping" if typing.get_origin(annotation) in (dict, Mapping) else str(annotation)
-
-
-def _matches_type(value, annotation) -> bool:
-    """Whether a config value fits a parameter's type hint (the hints this project uses; others pass)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches_type(value, a) for a in args)
-    if origin in (list, tuple, Sequence):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_matches_type(v, a) for v, a in zip(value, args))
-        return not args or all(_matches_type(v, args[0]) for v in value)
-    if origin in (dict, Mapping):
-        return isinstance(value, dict)
-    return True
-
-
-def check_section(name: str, values: Mapping, fn: Callable, *, passed: Sequence[str] = (),
-                  extra: Mapping[str, inspect.Parameter] | None = None, chosen: str | None = None) -> None:
-    """Every key of a section is a keyword `fn` takes (or one of `extra`, the keywords of the `chosen` name's table
-    entry), with a value of its type; else one sentence naming it."""
-    params = {**{k: p for k, p in inspect.signature(fn).parameters.items() if k not in passed
-                 and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}, **(extra or {})}
-    hints = typing.get_type_hints(fn.__init__ if inspect.isclass(fn) and not hasattr(fn, "__dataclass_fields__")
-                                  else fn)
-    for key, value in values.items():
-        if key not in params:
-            where = f" for {name}.name={chosen}" if chosen else ""
-            switch = f" (switch with {name}={chosen}, which brings only its own keys)" if chosen else ""
-            raise ConfigError(f"{name}.{key}: no such key in the {name} section{where} (known: "
-                              f"{', '.join(sorted(params))}); check the spelling, or drop it{switch}")
-        hint = hints.get(key, params[key].annotation)
-        if hint is not inspect.Parameter.empty and not _matches_type(value, hint):
-            raise ConfigError(f"{name}.{key}={value!r}: must be {_describe(hint)}")
-
-
-def _select(config: Mapping, key: str, default=None):
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def _chosen_entry(name: str, section: Mapping) -> tuple[str, dict[str, inspect.Parameter]]:
-    """The name a section picks from its table in CHOICES (absent: its builder's default, so a config saved before
-    the table had that name keeps its meaning), and that entry's own keywords; an unknown name is a ConfigError."""
-    table, passed = CHOICES[name]
-    default = inspect.signature(SECTIONS[name][0]).parameters["name"].default
+def _section_hints(name: str, section: Mapping) -> tuple[dict, str | None]:
+    """{key: type hint} a section may hold (its builder's keywords, and those of the table entry its `name` picks:
+    absent, its builder's default, so a config saved before the table had that name keeps its meaning), and that
+    name; an unknown name is a ConfigError."""
+    fn, passed = SECTIONS[name]
+    hints = keyword_hints(fn, passed)
+    if name not in CHOICES:
+        return hints, None
+    table, given = CHOICES[name]
+    default = inspect.signature(fn).parameters["name"].default
     chosen = section.get("name", None if default is inspect.Parameter.empty else default)
     if not isinstance(chosen, str) or chosen not in table:
         raise ConfigError(f"{name}.name={chosen!r}: must be one of {sorted(table)}")
-    own = {k: p for k, p in inspect.signature(table[chosen]).parameters.items()
-           if k not in passed and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    own = keyword_hints(table[chosen], given)
     if name == "optim":  # torch checks its optimizers' values itself (_check_optimizer), better than its hints can
-        own = {k: p.replace(annotation=inspect.Parameter.empty) for k, p in own.items()}
-    return chosen, own
+        own = dict.fromkeys(own, typing.Any)
+    return {**hints, **own}, chosen
 
 
-def validate_config(config: Mapping) -> None:
-    """Check the composed training config before anything is read or written: keys, types, ranges, consistency."""
-    for name, (fn, passed) in SECTIONS.items():
+def validate_config(config: Mapping) -> dict:
+    """The composed training config checked before anything is read or written (keys, types, ranges, consistency),
+    with its sections' values typed as their schemas say (e.g. "8" read as 8)."""
+    config = dict(config)
+    for name in SECTIONS:
         section = config.get(name)
         if not isinstance(section, Mapping):
             raise ConfigError(f"{name}: the config has no {name} section; do not delete config groups")
-        values, extra, chosen = section, None, None
-        if name in CHOICES:
-            chosen, extra = _chosen_entry(name, section)
-        if name == "optim":  # optim keys set to null are left out (build_optimizer): a recipe's way to cancel one
-            values = {k: v for k, v in section.items() if v is not None}
         if name == "model":
             _check_legacy_keys(section)
-        check_section(name, values, fn, passed=passed, extra=extra, chosen=chosen)
+        hints, chosen = _section_hints(name, section)
+        values = {k: v for k, v in section.items() if v is not None} if name == "optim" else section  # a recipe's
+        where = f" for {name}.name={chosen}" if chosen else ""                         # null cancels an optim key
+        unknown = ("check the spelling, or drop it" + (f" (switch with {name}={chosen}, which brings only its own "
+                                                       f"keys)" if chosen else ""))
+        typed = checked(name, values, hints, where=where, unknown=unknown)
+        config[name] = {**section, **typed}
     _check_backbone(config["model"].get("backbone", "mobilenet_v2"))
-    for key, test, allowed in RANGES:
-        value = _select(config, key)
-        if value is None and key.split(".")[-1] not in ("grad_clip", "weight_decay", "momentum"):
-            continue
-        try:
-            ok = test(value)
-        except TypeError:
-            ok = False
-        if not ok:
-            raise ConfigError(f"{key}={value!r}: must be {allowed}")
     _check_consistency(config)
+    return config
 
 
 def _check_legacy_keys(model: Mapping) -> None:
@@ -221,7 +121,7 @@ def _check_backbone(backbone) -> None:
     """`model.backbone`: a name in BACKBONES, or a mapping of one and that backbone's own options, of their types."""
     name, options = split_backbone(backbone)
     check_backbone_options(name, options)
-    check_section("model.backbone", options, BACKBONES[name], passed=("output_stride",))
+    checked("model.backbone", options, keyword_hints(BACKBONES[name], ("output_stride",)))
 
 
 def _check_consistency(config: Mapping) -> None:
@@ -257,13 +157,6 @@ def _check_consistency(config: Mapping) -> None:
             raise ConfigError(f"loss.{key} has {len(weights)} values for dataset.num_classes="
                               f"{data['num_classes']}; give one weight per class")
     check_batch_split(trainer["batch_size"], accum=trainer["grad_accum"])  # and again with the process count
-    check_ohem_fraction(config["loss"].get("ohem_fraction"))
-    crop = config["augment"].get("crop_size")
-    if crop is not None and any(int(c) < 1 for c in ([crop] if isinstance(crop, int) else crop)):
-        raise ConfigError(f"augment.crop_size={crop!r}: must be a size >= 1, e.g. [513, 513]")
-    scale = config["augment"].get("scale_range")
-    if scale is not None and (len(scale) != 2 or not 0 < scale[0] <= scale[1]):
-        raise ConfigError(f"augment.scale_range={scale!r}: must be [low, high] with 0 < low <= high")
 
 
 # dataset keys build_dataset takes itself; the others are options of the dataset's format

@@ -323,7 +323,7 @@ def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()
     # under torchrun the process group starts here, so that rank 0 decides the run dir and what it resumes
     world = init_distributed(resolve_device(cfg.trainer.device, key="trainer.device").type)
     config, run_dir, state = decide_run(cfg, Path(output_dir), overrides, named_run_dir=named_run_dir, world=world)
-    validate_config(config)
+    config = validate_config(config)
     if run_dir != Path(output_dir):  # a resumed run, or rank 0's run dir: the folder Hydra made here goes
         remove_stub(Path(output_dir), run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,14 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.engine.precision import autocast, inference_precision
-from deeplab.errors import ConfigError, check_flags
+from deeplab.errors import ConfigError
 from deeplab.onnx_model import OnnxModel
+from deeplab.schema import checked
 
 
 def check_tta(*, scales: Sequence[float], window: Sequence[int] | None, stride: Sequence[int] | None,
               flip: bool = False) -> None:
     """Test-time settings that cannot work, as one ConfigError naming the key (before any model is loaded)."""
-    check_flags({"flip": flip}, ("flip",))
+    checked("", {"flip": flip}, {"flip": bool})
     if isinstance(scales, str) or not isinstance(scales, Sequence):
         raise ConfigError(f"scales={scales!r}: give a list of image scales, e.g. scales=[1.0] or scales=[0.75,1.0] "
                           f"(brackets even for one scale)")

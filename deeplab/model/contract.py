@@ -28,9 +28,10 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from deeplab.errors import ConfigError
+from deeplab.schema import ranged, require
 
 OUTPUT_STRIDES = (8, 16, 32)
+OutputStride = ranged(int, lambda v: v in OUTPUT_STRIDES, f"one of {list(OUTPUT_STRIDES)}")
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,7 @@ class Backbone(Protocol):
 
 def check_output_stride(output_stride: int) -> None:
     """A ConfigError unless `output_stride` is one of OUTPUT_STRIDES."""
-    if output_stride not in OUTPUT_STRIDES:
-        raise ConfigError(f"output_stride={output_stride!r}: must be one of {list(OUTPUT_STRIDES)}")
+    require(OutputStride, "output_stride", output_stride)
 
 
 def dilation_plan(native_strides: Sequence[int], output_stride: int, *, stride: int = 1) -> list[tuple[int, int]]:

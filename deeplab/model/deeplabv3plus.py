@@ -10,8 +10,10 @@ from torch import nn
 
 from deeplab.model.aspp import ASPP, default_rates
 from deeplab.model.backbone import build_backbone, load_backbone_weights
+from deeplab.model.contract import OutputStride
 from deeplab.model.decoder import Decoder
 from deeplab.model.layers import init_head
+from deeplab.schema import BelowOne, Count, ranged
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,14 @@ class DeepLabV3Plus(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
 
-def build_model(*, num_classes: int, backbone: str | Mapping = "mobilenet_v2", output_stride: int = 16,
-                separable: bool = False, backbone_weights: str | None = None, aspp_rates: tuple[int, ...] | None = None,
-                aspp_channels: int = 256, aspp_dropout: float = 0.1, low_level_channels: int = 48,
-                decoder_channels: int = 256, decoder_convs: int = 2, align_corners: bool = False) -> DeepLabV3Plus:
+DecoderConvs = ranged(int, lambda v: v in (1, 2), "1 or 2 (2: the paper's decoder; 1: VainF's)")
+
+
+def build_model(*, num_classes: Count, backbone: str | Mapping = "mobilenet_v2", output_stride: OutputStride = 16,
+                separable: bool = False, backbone_weights: str | None = None, aspp_rates: list[int] | None = None,
+                aspp_channels: Count = 256, aspp_dropout: BelowOne = 0.1, low_level_channels: Count = 48,
+                decoder_channels: Count = 256, decoder_convs: DecoderConvs = 2,
+                align_corners: bool = False) -> DeepLabV3Plus:
     """Build DeepLabV3+ on a backbone of `deeplab.model.backbone.BACKBONES`.
 
     backbone: a name ("mobilenet_v2", "resnet50", "resnet101") or a mapping {name: ..., **that backbone's options}

@@ -9,6 +9,7 @@ from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from deeplab.errors import ConfigError
 from deeplab.model.contract import FeatureInfo, dilation_plan
+from deeplab.schema import Count, ranged, require
 
 LOW_LEVEL_INDEX = 3  # features[0:4] end at stride 4 with 24 channels (x width_mult)
 LAST_INDEX = 17  # features[17] is the 320-channel block; features[18] (the 1280-channel 1x1) is dropped
@@ -17,6 +18,9 @@ LAST_INDEX = 17  # features[17] is the 320-channel block; features[18] (the 1280
 # expansion, so its depthwise conv sees the expansion's response to zeros at the border (VainF/DeepLabV3Plus-Pytorch's
 # MobileNetV2 and its `fixed_padding`; what converting its checkpoints exactly needs).
 PADDINGS = ("conv", "input")
+Padding = ranged(str, lambda v: v in PADDINGS, f"one of {', '.join(PADDINGS)} (conv: torchvision's; input: VainF's, "
+                                               f"for its converted checkpoints)")
+WidthMult = ranged(float, lambda v: v > 0, "a number > 0 (0.5, 0.75, 1.0, 1.4)")
 
 
 def _spatial_conv(block: nn.Module) -> nn.Conv2d:
@@ -35,12 +39,10 @@ class MobileNetV2Backbone(nn.Module):
     example_key: ClassVar[str] = "features.0.0.weight"
     ignored_prefixes: ClassVar[tuple[str, ...]] = ("features.18.", "classifier.")  # the 1280-ch conv, classifier
 
-    def __init__(self, *, output_stride: int = 16, width_mult: float = 1.0, expand_ratio: int = 6,
-                 padding: str = "conv") -> None:
+    def __init__(self, *, output_stride: int = 16, width_mult: WidthMult = 1.0, expand_ratio: Count = 6,
+                 padding: Padding = "conv") -> None:
         super().__init__()
-        if padding not in PADDINGS:
-            raise ConfigError(f"model.backbone.padding={padding!r}: must be one of {', '.join(PADDINGS)} (conv: "
-                              f"torchvision's; input: VainF's, for its converted checkpoints)")
+        require(Padding, "model.backbone.padding", padding)
         # torchvision's table with the expansion factor t of the t=6 rows made a knob.
         setting = [[1, 16, 1, 1]] + [[expand_ratio, c, n, s] for c, n, s in
                                      [(24, 2, 2), (32, 3, 2), (64, 4, 2), (96, 3, 1), (160, 3, 2), (320, 1, 1)]]
