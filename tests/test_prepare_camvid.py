@@ -14,7 +14,7 @@ from deeplab.data import DataError, build_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "datasets" / "prepare_camvid.py"
-STEMS = {"train": ["0001TP_006690", "0001TP_006720", "Seq05VD_f00000"], "val": ["0016E5_07959"],
+STEMS = {"train": ["0001TP_006690", "0006R0_f01890", "Seq05VD_f00000"], "val": ["0016E5_07959"],
          "test": ["0001TP_008550", "Seq05VD_f05100"]}
 
 
@@ -80,6 +80,9 @@ def test_the_camvid_config_reads_every_split_of_both_resolutions(prep, tmp_path)
             assert len(dataset) == len(stems)
             _, mask = dataset.load(0)
             assert mask.max() == 255 and mask[mask != 255].max() == 10
+        splits = tmp_path / folder / "splits"  # the training split with one drive held out, for tuning choices
+        assert splits.joinpath("seq_val.txt").read_text().split() == ["0006R0_f01890"]
+        assert splits.joinpath("seq_train.txt").read_text().split() == ["0001TP_006690", "Seq05VD_f00000"]
 
 
 def test_a_second_run_writes_nothing_and_a_changed_file_is_a_conflict_left_alone(prep, tmp_path, capsys):
@@ -125,9 +128,9 @@ def test_without_listings_the_folders_are_paired_by_name(prep, tmp_path):
     (lambda s: [p.unlink() for p in (s / "CamVid" / "testannot").iterdir()] and
      (s / "CamVid" / "testannot").rmdir(), ["testannot/", "incomplete"]),
     (lambda s: Image.fromarray(np.full((36, 48), 30, np.uint8), mode="L").save(
-        s / "CamVid" / "trainannot" / "0001TP_006720.png"), ["0001TP_006720.png", "[30]"]),
+        s / "CamVid" / "trainannot" / "0006R0_f01890.png"), ["0006R0_f01890.png", "[30]"]),
     (lambda s: Image.fromarray(np.zeros((10, 48), np.uint8), mode="L").save(
-        s / "CamVid" / "trainannot" / "0001TP_006720.png"), ["0001TP_006720.png", "48x10"]),
+        s / "CamVid" / "trainannot" / "0006R0_f01890.png"), ["0006R0_f01890.png", "48x10"]),
     (lambda s: (s / "CamVid" / "train" / "Seq05VD_f00000.png").write_bytes(b"not a png"),
      ["Seq05VD_f00000.png", "not a readable image"]),
     (lambda s: (s / "CamVid" / "train.txt").write_text("only-one-path\n"), ["train.txt", "line 1"]),
