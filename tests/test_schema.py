@@ -49,10 +49,13 @@ def test_keyword_hints_leave_out_what_the_caller_passes_and_keep_the_rules():
 
 def test_the_trainer_receives_the_typed_values_of_its_config():
     """`trainer.batch_size='8'` (quoted on the command line, so a string) trains with 8, not '8'."""
-    config = OmegaConf.to_container(compose("train", ["trainer.batch_size='8'", "optim.lr=1"]), resolve=True)
+    config = OmegaConf.to_container(compose("train", ["trainer.batch_size='8'", "optim.lr=1",
+                                                      "model.backbone.width_mult='0.75'"]), resolve=True)
     assert config["trainer"]["batch_size"] == "8"
     typed = validate_config(config)
     assert typed["trainer"]["batch_size"] == 8 and typed["optim"]["lr"] == 1.0
+    assert typed["model"]["backbone"] == {"name": "mobilenet_v2", "width_mult": 0.75, "expand_ratio": 6,
+                                          "padding": "conv"}
     assert TrainerSettings(**typed["trainer"]).batch_size == 8
 
 

@@ -98,13 +98,15 @@ def validate_config(config: Mapping) -> dict:
         if name == "model":
             _check_legacy_keys(section)
         hints, chosen = _section_hints(name, section)
-        values = {k: v for k, v in section.items() if v is not None} if name == "optim" else section  # a recipe's
-        where = f" for {name}.name={chosen}" if chosen else ""                         # null cancels an optim key
+        # a null optim key is left out (build_optimizer): how configs saved by older runs list the other optimizer's
+        values = {k: v for k, v in section.items() if v is not None} if name == "optim" else section
+        where = f" for {name}.name={chosen}" if chosen else ""
         unknown = ("check the spelling, or drop it" + (f" (switch with {name}={chosen}, which brings only its own "
                                                        f"keys)" if chosen else ""))
         typed = checked(name, values, hints, where=where, unknown=unknown)
         config[name] = {**section, **typed}
-    _check_backbone(config["model"].get("backbone", "mobilenet_v2"))
+    if "backbone" in config["model"]:
+        config["model"]["backbone"] = _typed_backbone(config["model"]["backbone"])
     _check_consistency(config)
     return config
 
@@ -117,11 +119,12 @@ def _check_legacy_keys(model: Mapping) -> None:
                               f"model.backbone.{key}={model[key]}, with model/backbone=mobilenet_v2, the default)")
 
 
-def _check_backbone(backbone) -> None:
-    """`model.backbone`: a name in BACKBONES, or a mapping of one and that backbone's own options, of their types."""
+def _typed_backbone(backbone):
+    """`model.backbone` checked: a name in BACKBONES, or a mapping of one and that backbone's own options (typed)."""
     name, options = split_backbone(backbone)
     check_backbone_options(name, options)
-    checked("model.backbone", options, keyword_hints(BACKBONES[name], ("output_stride",)))
+    typed = checked("model.backbone", options, keyword_hints(BACKBONES[name], ("output_stride",)))
+    return backbone if isinstance(backbone, str) else {"name": name, **typed}
 
 
 def _check_consistency(config: Mapping) -> None:
