@@ -85,7 +85,7 @@ def test_declared_features_match_the_forward_pass_at_every_output_stride(name):
         assert set(features) == {"low", "out"}
         for info in backbone.feature_info:
             assert features[info.name].shape == (1, info.channels, 64 // info.stride, 96 // info.stride), info
-    with pytest.raises(ConfigError, match=r"^output_stride=4: must be one of \[8, 16, 32\]$"):
+    with pytest.raises(ConfigError, match=r"^output_stride=4: must be one of"):
         backbone.set_output_stride(4)
 
 

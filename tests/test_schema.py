@@ -21,15 +21,15 @@ def test_omegaconf_types_the_values_and_the_rules_on_the_hints_check_their_range
     assert checked("s", {"size": "8", "scale": 2, "flag": "true"}, _takes) == {"size": 8, "scale": 2.0, "flag": True}
     assert checked("s", {"scale": None, "crop": [4, 5], "names": ["x"]}, _takes) == {
         "scale": None, "crop": [4, 5], "names": ["x"]}
-    for values, sentence in [({"size": 0}, "s.size=0: must be an integer >= 1"),
-                             ({"size": "abc"}, "s.size='abc': must be an integer >= 1"),
-                             ({"size": 1.5}, "s.size=1.5: must be an integer >= 1"),
-                             ({"scale": -1}, "s.scale=-1: must be a number > 0"),
-                             ({"flag": "maybe"}, "s.flag='maybe': must be true or false"),
-                             ({"names": 5}, "s.names=5: must be a list of strings or null")]:
+    for values, named, allowed in [({"size": 0}, "s.size=0", "an integer >= 1"),
+                                   ({"size": "abc"}, "s.size='abc'", "an integer >= 1"),
+                                   ({"size": 1.5}, "s.size=1.5", "an integer >= 1"),
+                                   ({"scale": -1}, "s.scale=-1", "a number > 0"),
+                                   ({"flag": "maybe"}, "s.flag='maybe'", "true or false"),
+                                   ({"names": 5}, "s.names=5", "a list of strings or null")]:
         with pytest.raises(ConfigError) as caught:
             checked("s", values, _takes)
-        assert str(caught.value) == sentence
+        assert str(caught.value).startswith(f"{named}: ") and allowed in str(caught.value)  # the key, value, rule
 
 
 def test_an_unknown_key_names_the_section_the_known_keys_and_the_nearest():
