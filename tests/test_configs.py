@@ -169,10 +169,12 @@ def test_python_train_py_composes_the_demo_recipe_s_effective_values():
 
 
 def test_any_group_chosen_on_the_command_line_switches_the_demo_and_keeps_the_rest_of_its_recipe():
-    """The demo's AdamW is chosen by dataset/demo.yaml, which the command line outranks; the recipe's AdamW settings
-    (recipe/optim/demo_adamw.yaml) apply to AdamW only, so optim=sgd is exactly optim/sgd.yaml."""
+    """The demo's AdamW is chosen by dataset/demo.yaml, which the command line outranks; the recipe's settings for
+    one optimizer (recipe/optim/demo_<optim>.yaml) apply to that optimizer only: optim=sgd is optim/sgd.yaml with the
+    demo's SGD learning rate, and none of its AdamW keys."""
     sgd = compose("train", ["optim=sgd"])
-    assert OmegaConf.to_container(sgd.optim) == OmegaConf.to_container(OmegaConf.load(REPO / "configs/optim/sgd.yaml"))
+    expected = {**OmegaConf.to_container(OmegaConf.load(REPO / "configs/optim/sgd.yaml")), "lr": 0.05}
+    assert OmegaConf.to_container(sgd.optim) == expected
     assert sgd.trainer.iterations == 1100 and sgd.model.separable and sgd.augment.crop_size == [128, 128]
     switched = compose("train", ["schedule=cosine", "loss=focal", "model/backbone=resnet50"])
     assert switched.schedule.name == "cosine" and switched.loss.name == "focal" and switched.optim.name == "adamw"
