@@ -143,10 +143,6 @@ def _check_consistency(config: Mapping) -> None:
     _check_optimizer(config["optim"])
     device = resolve_device(trainer["device"], key="trainer.device")
     resolve_precision(trainer["precision"], device.type, key="trainer.precision")
-    names = data.get("class_names")
-    if names is not None and len(names) != data["num_classes"]:
-        raise ConfigError(f"dataset.num_classes={data['num_classes']} but dataset.class_names lists {len(names)} "
-                          f"names; give one name per class")
     if config["model"].get("num_classes") != data["num_classes"]:
         raise ConfigError(f"model.num_classes={config['model'].get('num_classes')} differs from dataset.num_classes="
                           f"{data['num_classes']}; leave model.num_classes at ${{dataset.num_classes}}")
