@@ -9,10 +9,9 @@ two folder datasets (configs/dataset/camvid.yaml reads either): <root>/camvid at
 images/<stem>.png, masks/<stem>.png (class indices 0-10 as a palette PNG in the CamVid colours; void, label 11,
 becomes 255, the ignore index) and splits/{train,val,test}.txt, plus splits/{seq_train,seq_val}.txt: the training
 split with its 0006R0 sequence held out as a validation of frames from a drive it never saw, as the test split's
-Seq05VD is (the val split's frames come from 0016E5, a drive the training split holds too; see README, "Train on
-CamVid"). Idempotent: a second run writes nothing. An
-existing file whose content differs is a conflict: it is named, left untouched and the exit status is 1, unless
---force. The source is only ever read.
+Seq05VD is (the val split's frames come from 0016E5, a drive the training split holds too; see docs/camvid.md).
+Idempotent: a second run writes nothing. An existing file whose content differs is a conflict: it is named, left
+untouched and the exit status is 1, unless --force. The source is only ever read.
 """
 
 import argparse
