@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from deeplab.cli import command, typed_settings
 from deeplab.convert import SOURCES, convert_checkpoint
 from deeplab.errors import ConfigError
+from deeplab.model import OUTPUT_STRIDES
 from deeplab.schema import ranged
 
 USAGE = "usage: python -m deeplab.convert source=FILE from=vainf|bubbliiiing dataset=voc|cityscapes [output=FILE]"
@@ -15,7 +16,7 @@ USAGE = "usage: python -m deeplab.convert source=FILE from=vainf|bubbliiiing dat
 
 # the command's own keys' types and ranges (convert.yaml gives their defaults)
 SETTINGS = {"overwrite": bool,
-            "output_stride": ranged(int, lambda v: v in (8, 16, 32), "8, 16 or 32 (the released models are 16)")}
+            "output_stride": ranged(int, lambda v: v in OUTPUT_STRIDES, "8, 16 or 32 (the released models are 16)")}
 
 
 def check_settings(cfg) -> None:

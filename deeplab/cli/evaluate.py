@@ -17,10 +17,10 @@ from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.engine.tta import check_tta, is_channels_last
 from deeplab.errors import ConfigError
-from deeplab.schema import ranged
 from deeplab.figures import MissingDependency, confusion_figure, iou_chart
 from deeplab.inference import model_from_checkpoint
 from deeplab.metrics import format_metrics
+from deeplab.schema import ranged
 
 FIGURES = ("confusion_matrix.png", "per_class_iou.png")
 

@@ -9,12 +9,12 @@ from omegaconf import DictConfig
 
 from deeplab.cli import command, typed_settings
 from deeplab.engine.checkpoint import CheckpointError
-from deeplab.schema import ranged
 from deeplab.export import (FORMATS, check_output, default_output, export_onnx, export_pt2, quantize_onnx,
                             verify_onnx)
 from deeplab.inference import model_from_checkpoint
 from deeplab.onnx_model import OnnxModel
 from deeplab.progress import progress_bar
+from deeplab.schema import ranged
 from deeplab.bench.modes import inference_runner, label_quality, split_samples
 
 

@@ -23,7 +23,6 @@ from deeplab.model.backbone import check_backbone_options, split_backbone
 from deeplab.model.deeplabv3plus import LEGACY_BACKBONE_KEYS
 from deeplab.schema import Count, NonNegativeInt, Positive, checked, keyword_hints, ranged
 
-
 EmaDecay = ranged(float, lambda v: 0 < v < 1, "null or a number in (0, 1), e.g. 0.9999")
 
 
@@ -44,7 +43,7 @@ class TrainerSettings:
     fast_convs: bool = True  # the dense decoder's 3x3 convs with fewer multiplications where they run in fp32 on CPU
     compile: bool = False
     grad_clip: Positive | None = None
-    ema_decay: EmaDecay | None = None
+    ema_decay: EmaDecay | None = None  # None: no weight EMA; e.g. 0.9999 (deeplab.engine.ema)
     freeze_backbone_iters: NonNegativeInt = 0
     sync_bn: bool | None = None  # None: on when more than one process trains on GPUs
     deterministic: bool = False
