@@ -24,8 +24,7 @@ import torchvision.transforms.functional as TF
 from omegaconf import OmegaConf
 from PIL import Image
 
-from deeplab.bench.modes import (inference_runner, label_quality, peak_memory_mib, scratch_dir, synchronize,
-                                 training_step)
+from deeplab.bench.modes import inference_runner, label_quality, peak_memory_mib, synchronize, training_step
 from deeplab.data.dataset import read_image, read_mask
 from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from deeplab.inference import model_from_checkpoint
@@ -117,13 +116,13 @@ def bench_inference(model: torch.nn.Module, *, device: torch.device, size: tuple
     """Batch-1 latency of each mode (interleaved), its labels' agreement with eager fp32, mIoU and peak memory."""
     modes = ["eager_fp32"] + [m for m in modes if m != "eager_fp32"]
     x = samples[0][0] if samples[0][0].shape[-2:] == size else synthetic_inputs(size)[0]
-    with scratch_dir() as work:
+    with tempfile.TemporaryDirectory(prefix="deeplab-bench-") as work:  # the exported models, removed after
         forwards, precisions = {}, {}
         for prefix, net, names in (("", model, modes), ("separable_", separable_model, separable_modes)):
             for name in names if net is not None else []:
-                (work / f"{prefix}{name}").mkdir()
+                (workdir := Path(work, prefix + name)).mkdir()
                 forwards[prefix + name], precisions[prefix + name] = inference_runner(
-                    name, net, device=device, workdir=work / f"{prefix}{name}", calibration=calibration, example=x,
+                    name, net, device=device, workdir=workdir, calibration=calibration, example=x,
                     key=f"inference.{prefix}modes")
         # peak memory of the first call: it includes what a mode allocates once (ONNX Runtime's arena, caches)
         memory = {n: peak_memory_mib(lambda f=f: f(x), device) for n, f in forwards.items()}

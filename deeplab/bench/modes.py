@@ -5,9 +5,7 @@ Inference modes map a normalised float (N, 3, H, W) batch to float32 logits, so 
 compared on the same inputs. Training modes run one optimizer step and return the loss.
 """
 
-import contextlib
 import copy
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -180,10 +178,3 @@ def _status_kib(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise OSError(f"{field} not in /proc/self/status")
-
-
-@contextlib.contextmanager
-def scratch_dir() -> Iterable[Path]:
-    """A temporary folder for exported models, removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix="deeplab-bench-") as folder:
-        yield Path(folder)
