@@ -134,11 +134,7 @@ class _AllReduceSum(torch.autograd.Function):
         dist.all_reduce(tensor, group=_bn_group())
         return tensor
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        dist.all_reduce(grad, group=_bn_group())
-        return grad
+    backward = forward  # the incoming gradients summed over processes, as the values were
 
 
 class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
