@@ -48,15 +48,6 @@ def _matplotlib() -> SimpleNamespace:
                            FontProperties=FontProperties, Rectangle=Rectangle, offset_copy=offset_copy)
 
 
-def figures_available() -> bool:
-    """Whether the figures can be drawn here (matplotlib importable)."""
-    try:
-        _matplotlib()
-    except MissingDependency:
-        return False
-    return True
-
-
 # ---- the data behind the pictures (pure numpy) ----
 
 def _counts(matrix) -> np.ndarray:
@@ -120,13 +111,6 @@ def _names(class_names: Sequence[str], classes: int) -> list[str]:
 # ---- drawing ----
 
 GAP = 3 / 72  # inches between a label and what it names
-
-
-def _figure(mpl: SimpleNamespace, width: float, height: float):
-    """A figure on its own Agg canvas (no pyplot, no display), `width` x `height` inches."""
-    fig = mpl.Figure(figsize=(width, height), dpi=DPI, facecolor="white")
-    mpl.Canvas(fig)
-    return fig
 
 
 _CHAR_WIDTHS: dict[tuple[str, float], float] = {}  # (character, points) -> inches at DPI
@@ -193,7 +177,8 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str]) -> np.ndarr
     col_labels = {i: names[i] for i in shown}
     side, em = layout.pitch * classes, layout.font / 72
 
-    fig = _figure(mpl, 1, 1)  # measured first, then sized: the matrix at its pitch, the names all outside it
+    fig = mpl.Figure(dpi=DPI, facecolor="white")  # measured first, then sized: the names all outside the matrix
+    mpl.Canvas(fig)  # its own Agg canvas: no pyplot, no display
     row_w = _widths(mpl, fig, list(row_labels.values()), layout.font).max()
     col_w = _widths(mpl, fig, list(col_labels.values()), layout.font).max()
     col_h = (col_w + em) * 0.71 if small else col_w  # 45 degrees, or upright
@@ -267,7 +252,8 @@ def iou_chart(per_class_iou: Sequence[float | None], class_names: Sequence[str],
     labels = {i: names[i] + ("" if present[i] else " (absent)") for i in shown}
     plot_h, plot_w = layout.pitch * classes, 6.0
 
-    fig = _figure(mpl, 1, 1)
+    fig = mpl.Figure(dpi=DPI, facecolor="white")
+    mpl.Canvas(fig)
     label_w = _widths(mpl, fig, list(labels.values()), layout.font).max()
     left, bottom, top, right = label_w + GAP + 0.2, 0.65, 0.8, 0.2
     width, height = left + plot_w + right, bottom + plot_h + top
