@@ -55,7 +55,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     except BaseException as exc:
         written = Path(tmp).stat().st_size if Path(tmp).is_file() else 0
         Path(tmp).unlink(missing_ok=True)
-        needed = max(size_hint, written, _size(path))
+        needed = max(size_hint, written, path.stat().st_size if path.is_file() else 0)
         full = isinstance(exc, Exception) and _disk_full_message(path, exc, needed=needed, then=then)
         if full:
             raise CheckpointError(full) from exc
@@ -99,10 +99,6 @@ def process_running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
 
 
 def _disk_full_message(path: Path, exc: BaseException, *, needed: int, then: str) -> str | None:
