@@ -57,11 +57,8 @@ def _colour_to_index(path: Path, rgb: np.ndarray, palette: Sequence[Sequence[int
     """Map an RGB mask through the palette; a colour not in it, or given to two classes, is an error naming both."""
     codes = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     owners: dict[int, list[int]] = {}
-    for i, (r, g, b) in enumerate(palette):
+    for i, (r, g, b) in [*enumerate(palette), *([(ignore_index, ignore_colour)] if ignore_colour is not None else [])]:
         owners.setdefault((r << 16) | (g << 8) | b, []).append(i)
-    if ignore_colour is not None:
-        r, g, b = ignore_colour
-        owners.setdefault((r << 16) | (g << 8) | b, []).append(ignore_index)
     uniques, inverse = np.unique(codes, return_inverse=True)
     unknown = [int(c) for c in uniques if int(c) not in owners]
     if unknown:
@@ -178,8 +175,7 @@ def ignore_only_problem(path: Path, mask: np.ndarray, *, ignore_index: int) -> s
     # Outside the image counts as not ignored, so a band along the image's edge erodes like any other.
     eroded = cv2.erode(ignored.view(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT,
                        borderValue=0)
-    filled = share >= 0.25 or eroded.any()
-    if not filled:
+    if share < 0.25 and not eroded.any():  # not filled regions
         return None
     return (f"{path}: mask holds only 0 and {ignore_index} ({share:.0%} of its pixels are {ignore_index}, in filled "
             f"regions), and {ignore_index} is the ignore index, so its object would silently train as 'ignore': "
@@ -295,15 +291,11 @@ def unread_files_hint(folder: Path, stems: Sequence[str], extensions: Sequence[s
 def pair_ids(ids: Sequence[str], images: Mapping[str, Path], masks: Mapping[str, Path], *, where: str,
              image_dir: Path, mask_dir: Path) -> list[tuple[Path, Path]]:
     """Pair ids with their image and mask, or raise one error listing what is missing (and what is there instead)."""
-    missing_images = [i for i in ids if i not in images]
-    missing_masks = [i for i in ids if i not in masks]
-    if missing_images or missing_masks:
-        parts = []
-        if missing_images:
-            parts.append(f"{len(missing_images)} image(s) missing from {image_dir} (e.g. {missing_images[:3]})"
-                         + unread_files_hint(image_dir, missing_images, IMAGE_EXTENSIONS, "image"))
-        if missing_masks:
-            parts.append(f"{len(missing_masks)} mask(s) missing from {mask_dir} (e.g. {missing_masks[:3]})"
-                         + unread_files_hint(mask_dir, missing_masks, MASK_EXTENSIONS, "mask"))
+    parts = [f"{len(missing)} {kind}(s) missing from {folder} (e.g. {missing[:3]})"
+             + unread_files_hint(folder, missing, extensions, kind)
+             for kind, folder, found, extensions in (("image", image_dir, images, IMAGE_EXTENSIONS),
+                                                     ("mask", mask_dir, masks, MASK_EXTENSIONS))
+             if (missing := [i for i in ids if i not in found])]
+    if parts:
         raise DataError(f"{where}: " + "; ".join(parts))
     return [(images[i], masks[i]) for i in ids]
