@@ -196,14 +196,6 @@ def _refuse(key: str, shown: str) -> ConfigError:
                        f"init_from=<its last.pt>")
 
 
-def _set(config: dict, key: str, value) -> None:
-    *parents, last = key.split(".")
-    node = config
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-
-
 def _flat(config: Mapping, prefix: str = "") -> dict:
     """{dotted key: value} of every leaf."""
     out = {}
@@ -225,7 +217,7 @@ def resume_config(saved: dict, cfg: DictConfig, overrides: Sequence[str]) -> tup
     """
     saved = {**saved, "model": upgrade_model_config(saved["model"])}
     new, old = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
-    config, notes = OmegaConf.to_container(OmegaConf.create(saved)), []
+    config, notes = OmegaConf.create(saved), []
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         key, shown = override.key_or_group, override.input_line or override.key_or_group
         if key.split(".")[0] in ("hydra", "resume"):
@@ -245,5 +237,5 @@ def resume_config(saved: dict, cfg: DictConfig, overrides: Sequence[str]) -> tup
         if not safe_on_resume(key):
             raise _refuse(key, shown)
         notes.append(f"{key}: {old[key]!r} -> {new[key]!r}")
-        _set(config, key, new[key])
-    return config, notes
+        OmegaConf.update(config, key, new[key], merge=False)
+    return OmegaConf.to_container(config), notes
