@@ -74,15 +74,10 @@ def _compose(config_name: str, overrides: Sequence[str], *, hydra_config: bool =
         return compose(config_name, overrides=list(overrides), return_hydra_config=hydra_config)
 
 
-def _did_you_mean(word: str, options: Sequence[str]) -> str | None:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return close[0] if close else None
-
-
 def _missing_option(group: str, option: str) -> str:
     """`optim=sdg`: the group's options, the closest first."""
     options = group_options(group)
-    close = _did_you_mean(option, options)
+    close = next(iter(difflib.get_close_matches(option, options, n=1)), None)
     return (f"{group}={option}: configs/{group}/ has no option {option}; "
             + (f"did you mean {group}={close}? " if close else "") + f"(its options: {', '.join(options)})")
 
@@ -102,7 +97,7 @@ def _missing_key(config_name: str, args: Sequence[str], override: str) -> str:
             break
         node, known = node[part], [*known, part]
     missing, keys = parts[len(known)], list(node.keys()) if isinstance(node, DictConfig) else []
-    close = _did_you_mean(missing, keys)
+    close = next(iter(difflib.get_close_matches(missing, keys, n=1)), None)
     if close:
         fix = f"did you mean {'.'.join([*known, close, *parts[len(known) + 1:]])}={value}?"
     elif keys:
