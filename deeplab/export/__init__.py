@@ -137,8 +137,8 @@ def quantize_onnx(float_path: str | Path, path: str | Path, calibration: Iterabl
             self.given = item is not None
             return None if item is None else {INPUT_NAME: np.ascontiguousarray(item, dtype=np.float32)}
 
-    if reduce_range is None:
-        reduce_range = not cpu_has_vnni()
+    if reduce_range is None:  # VNNI (AVX-512 or AVX): int8 dot products without saturation
+        reduce_range = not cpu_capabilities()["vnni"]
 
     def write(tmp: Path) -> None:
         root = logging.getLogger()
@@ -157,11 +157,6 @@ def quantize_onnx(float_path: str | Path, path: str | Path, calibration: Iterabl
             root.setLevel(level)
 
     return _atomic_write(Path(path), write, overwrite=overwrite, size_hint=Path(float_path).stat().st_size // 4)
-
-
-def cpu_has_vnni() -> bool:
-    """True where the CPU has AVX-512 VNNI or AVX-VNNI (int8 dot products without saturation), as torch reads it."""
-    return cpu_capabilities()["vnni"]
 
 
 def export_pt2(model: nn.Module, path: str | Path, *, overwrite: bool = False) -> Path:
