@@ -241,7 +241,7 @@ def test_init_from_another_architecture_names_the_key(run_copy, tmp_path):
 
 def test_ctrl_c_saves_between_steps_and_keeps_the_last_checkpoint_during_one(tree_and_out, monkeypatch):
     from deeplab.engine import trainer as trainer_module
-    from deeplab.engine.trainer import TrainingInterrupted
+    from deeplab.engine.run_state import TrainingInterrupted
 
     tree, out = tree_and_out
     real_step, calls = trainer_module.train_step, {"n": 0}
@@ -349,7 +349,7 @@ def test_user_error_base_class_covers_the_commands_errors():
 
 def test_a_run_stopped_during_its_final_validation_finishes_it_on_resume(tree_and_out, monkeypatch, capsys):
     from deeplab.engine import trainer as trainer_module
-    from deeplab.engine.trainer import TrainingInterrupted
+    from deeplab.engine.run_state import TrainingInterrupted
 
     tree, out = tree_and_out
     real_validate = trainer_module.validate

@@ -19,7 +19,8 @@ from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
 from deeplab.engine.distributed import DistInfo
 from deeplab.engine.step import ddp_of, optimizer_step, unwrap
-from deeplab.engine.trainer import TrainingInterrupted, process_device, train
+from deeplab.engine.run_state import TrainingInterrupted
+from deeplab.engine.trainer import process_device, train
 from deeplab.losses import build_loss
 from deeplab.model import build_model
 
@@ -122,7 +123,8 @@ def _resumable_run(rank: int, world_size: int):
 
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_each_process_resumes_its_own_rng_state_when_as_many_processes_resume(monkeypatch, world_size):
-    from deeplab.engine.trainer import checkpoint_state, restore
+    from deeplab.engine.run_state import checkpoint_state
+    from deeplab.engine.trainer import restore
 
     states = []
     for seed in (10, 11):  # what two processes' generators hold when the checkpoint is written
@@ -232,7 +234,7 @@ def test_the_predictor_and_the_commands_default_to_the_same_device():
 
 
 def test_out_of_memory_in_training_saves_the_steps_done_and_names_what_to_lower(tree, tmp_path, monkeypatch):
-    from deeplab.engine.trainer import OutOfMemory
+    from deeplab.engine.run_state import OutOfMemory
 
     real_step, calls = trainer_module.train_step, []
 

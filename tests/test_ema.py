@@ -14,7 +14,8 @@ from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint, save_checkpoint
 from deeplab.engine.ema import ModelEma, ema_decay_at
 from deeplab.engine.run_config import safe_on_resume
-from deeplab.engine.trainer import TrainingInterrupted, train
+from deeplab.engine.run_state import TrainingInterrupted
+from deeplab.engine.trainer import train
 from deeplab.errors import ConfigError
 from deeplab.inference import model_from_checkpoint
 from deeplab.model import rebuild_model

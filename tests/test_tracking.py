@@ -19,7 +19,8 @@ from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
 from deeplab.engine.tracking import (CORE_HPARAMS, HPARAM_METRICS, RunLogger, run_hparams, truncate_history,
                                      wait_to_sort_last)
-from deeplab.engine.trainer import TrainingInterrupted, train
+from deeplab.engine.run_state import TrainingInterrupted
+from deeplab.engine.trainer import train
 from deeplab.metrics import ConfusionMatrix
 
 

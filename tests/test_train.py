@@ -8,7 +8,8 @@ from conftest import compose, kill_at_step, make_voc_tree, tiny_train_overrides
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
 from deeplab.engine.step import TrainingDiverged
-from deeplab.engine.trainer import TrainingInterrupted, train
+from deeplab.engine.run_state import TrainingInterrupted
+from deeplab.engine.trainer import train
 
 
 @pytest.fixture

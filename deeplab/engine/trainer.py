@@ -28,9 +28,8 @@ from deeplab.engine.loaders import TrainBatches, check_batch_split, global_batch
 from deeplab.engine.optim import build_optimizer, build_scheduler
 from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, training_plan
 from deeplab.engine.run_config import TrainerSettings, validate_config
-from deeplab.engine.run_state import (  # noqa: F401 - also here: the errors a run ends with, its checkpoint's state
-    OutOfMemory, TrainingInterrupted, checkpoint_state,
-    Classes, Run, bad_sample_error, interruption_error, out_of_memory_error, owes_validation, save_run)
+from deeplab.engine.run_state import (Classes, Run, bad_sample_error, interruption_error, out_of_memory_error,
+                                      owes_validation, save_run)
 from deeplab.engine.run_dir import decide_run, remove_stub, run_dir_lock
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
 from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
