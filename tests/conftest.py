@@ -173,6 +173,11 @@ def predict_refused(error, checkpoint, inputs, *extra, output, names=()):
     return one_sentence(info, *names)
 
 
+def count_batchnorms(model: torch.nn.Module) -> int:
+    """How many BatchNorm layers are left (0 after folding a DeepLabV3+)."""
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def compose(config_name: str, overrides: list[str]):
     """The real Hydra config, composed as the command line would, with test overrides."""
     from hydra import compose as hydra_compose

@@ -13,7 +13,7 @@ from PIL import Image
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-from conftest import REPO, TINY_MODEL, compose, make_voc_tree, tiny_train_overrides
+from conftest import REPO, TINY_MODEL, compose, count_batchnorms, make_voc_tree, tiny_train_overrides
 from deeplab.cli import evaluate as evaluate_cli
 from deeplab.cli import export as export_cli
 from deeplab.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -24,7 +24,7 @@ from deeplab.export import verify_onnx
 from deeplab.inference import Predictor, model_from_checkpoint
 from deeplab.model import BACKBONES, build_model
 from deeplab.model.backbone import imagenet_cache_path, load_backbone_weights
-from deeplab.model.fuse import count_batchnorms, fold_batchnorm
+from deeplab.model.fuse import fold_batchnorm
 from deeplab.model.summary import count_parameters
 
 # where torchvision's own model of each family has our "low" and "out" features

@@ -1,10 +1,11 @@
 import pytest
 import torch
 
+from conftest import count_batchnorms
 from deeplab.engine.tta import is_channels_last, predict_probs
 from deeplab.inference import prepare_for_inference
 from deeplab.model import build_model
-from deeplab.model.fuse import count_batchnorms, fold_batchnorm
+from deeplab.model.fuse import fold_batchnorm
 
 
 def _trained_like(**kwargs) -> torch.nn.Module:

@@ -31,8 +31,3 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 setattr(module, name, fuse_conv_bn_eval(conv, bn))
                 setattr(module, bn_name, nn.Identity())
     return folded
-
-
-def count_batchnorms(model: nn.Module) -> int:
-    """How many BatchNorm layers are left (0 after folding a DeepLabV3+)."""
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
