@@ -8,7 +8,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from deeplab.data import coco
-from deeplab.data.coco import coco_class_names, coco_samples
+from deeplab.data.coco import coco_samples
 from deeplab.data.dataset import DataError, SegmentationDataset, read_mask
 
 # Listed out of id order on purpose: with categories=None classes follow the ids, not the JSON order.
@@ -16,6 +16,11 @@ CATEGORIES = [{"id": 3, "name": "car"}, {"id": 1, "name": "person"}, {"id": 18, 
               {"id": 5, "name": "airplane"}, {"id": 4, "name": "motorcycle"}]
 ALL_CLASSES = ["background", "person", "car", "motorcycle", "airplane", "dog"]  # ids 1, 3, 4, 5, 18
 VOC_SUBSET = ["aeroplane", "motorbike", 1]  # VOC spellings and a bare id: classes airplane 1, motorcycle 2, person 3
+
+
+def coco_class_names(**options) -> list[str]:
+    """["background", ...the chosen categories' COCO names in class order], as the cache's manifest records them."""
+    return coco.load_manifest(**options)[0]["class_names"]
 
 
 def box(x0: int, y0: int, x1: int, y1: int) -> list[int]:

@@ -191,10 +191,3 @@ def coco_samples(*, root: str | Path, split: str, annotations: str | None = None
     masks = {name: folder / mask for name, mask in manifest["samples"]}
     return pair_ids(file_names, list_images(image_path, file_names), masks, where=manifest["annotations"],
                     image_dir=image_path, mask_dir=folder)
-
-
-def coco_class_names(*, root: str | Path, split: str, annotations: str | None = None, image_dir: str | None = None,
-                     categories: Sequence[str | int] | None = None, cache_dir: str | Path | None = None) -> list[str]:
-    """["background", ...the chosen categories' COCO names in class order]; takes coco_samples's options."""
-    return load_manifest(root=root, split=split, annotations=annotations, image_dir=image_dir,
-                         categories=categories, cache_dir=cache_dir)[0]["class_names"]
