@@ -62,11 +62,8 @@ def load_model_weights(model: nn.Module, weights: dict, *, source: str, reinit_c
     Returns the keys that were left at their fresh initialisation (the classifier, when its class count differs).
     """
     own = model.state_dict()
-    skipped = []
-    for key, tensor in own.items():
-        if key in weights and weights[key].shape != tensor.shape and reinit_classifier \
-                and key.startswith("decoder.classifier."):
-            skipped.append(key)
+    skipped = [k for k, tensor in own.items() if reinit_classifier and k.startswith("decoder.classifier.")
+               and k in weights and weights[k].shape != tensor.shape]
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     wrong = [k for k in own if k in weights and k not in skipped and weights[k].shape != own[k].shape]
