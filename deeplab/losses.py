@@ -63,10 +63,7 @@ class CrossEntropyLoss(nn.Module):
         logits = logits.float()  # the loss in fp32 even under autocast: log-softmax over many pixels
         if self.class_weights is not None and len(self.class_weights) != logits.shape[1]:
             raise ValueError(f"{len(self.class_weights)} class_weights for {logits.shape[1]} classes")
-        if self.ohem_fraction is None:
-            loss = self._mean(logits, target)
-        else:
-            loss = self._ohem(logits, target)
+        loss = self._mean(logits, target) if self.ohem_fraction is None else self._ohem(logits, target)
         if self.dice_weight:
             loss = loss + self.dice_weight * self._dice(logits, target)
         return loss

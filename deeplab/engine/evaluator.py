@@ -64,12 +64,11 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
             for i in range(min(keep - len(kept), len(images))):
                 kept.append((images[i].cpu(), masks[i].cpu().numpy(), pred[i].cpu().numpy()))
             bar.update(len(images))
+    model.train(was_training)
     if any_process(device, problem is not None)[0]:
-        model.train(was_training)
         rank, message = first_problem(problem)
         raise ScoringProblem(message, rank)
     matrix.reduce_from_all_processes()
-    model.train(was_training)
     return matrix, kept
 
 

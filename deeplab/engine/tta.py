@@ -52,10 +52,7 @@ def is_channels_last(model: nn.Module) -> bool:
 
 def _windows(length: int, window: int, stride: int) -> list[int]:
     """Window starts covering [0, length): regular steps, the last one flush with the end."""
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window, stride))
-    return starts + [length - window]
+    return [0] if length <= window else [*range(0, length - window, stride), length - window]
 
 
 def sliding_logits(model: nn.Module, images: torch.Tensor, *, window: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
