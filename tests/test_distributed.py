@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import REPO, free_port as _free_port, make_voc_tree
 from deeplab.engine.distributed import GlobalBatchNorm2d, convert_to_global_bn
-from deeplab.engine.loaders import ShardSampler, TrainBatches
+from deeplab.engine.loaders import TrainBatches, val_loader
 
 
 def _net():
@@ -62,7 +62,8 @@ def test_shards_cover_the_global_batch_once():
     two = [list(TrainBatches(10, batch_size=4, total_iters=3, seed=1, rank=r, world_size=2)) for r in (0, 1)]
     for it in range(3):
         assert sorted(one[it]) == sorted(two[0][it] + two[1][it])
-    assert sorted(i for r in (0, 1) for i in ShardSampler(5, rank=r, world_size=2)) == [0, 1, 2, 3, 4]
+    shards = [val_loader(list(range(5)), rank=r, world_size=2, num_workers=0, pin_memory=False) for r in (0, 1)]
+    assert sorted(i for loader in shards for i in loader.sampler) == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="not divisible"):
         TrainBatches(10, batch_size=4, total_iters=1, world_size=3)
 

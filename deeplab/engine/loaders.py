@@ -68,19 +68,6 @@ class TrainBatches(Sampler):
                 yield mine[a * micro:(a + 1) * micro]
 
 
-class ShardSampler(Sampler):
-    """Every rank-th index, in order, with no padding: validation counts each image exactly once."""
-
-    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1) -> None:
-        self.indices = list(range(rank, size, world_size))
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-
 def global_batches(loader: DataLoader, accum: int) -> Iterator[tuple[list, DataError | None]]:
     """The micro-batches of each optimizer step, with the first bad sample met loading them (or None). A bad sample
     is handed to the loop rather than raised, so that every process learns of it at the same step and all stop
@@ -112,7 +99,8 @@ def train_loader(dataset: Dataset, batches: TrainBatches, *, num_workers: int, p
 
 
 def val_loader(dataset: Dataset, *, rank: int, world_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    """Full-resolution validation, one image per batch (sizes differ), no shuffle, nothing dropped."""
-    return DataLoader(dataset, batch_size=1, sampler=ShardSampler(len(dataset), rank=rank, world_size=world_size),
+    """Full-resolution validation, one image per batch (sizes differ), no shuffle, nothing dropped: each rank takes
+    every rank-th image, in order and with no padding, so each image is counted exactly once."""
+    return DataLoader(dataset, batch_size=1, sampler=range(rank, len(dataset), world_size),
                       num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
                       worker_init_fn=ignore_ctrl_c)
