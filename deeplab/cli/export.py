@@ -26,16 +26,11 @@ SETTINGS = {"overwrite": bool, "verify": bool,
                             ranged(int, lambda v: v >= 1, "a whole number of images, 1 or more (e.g. 32)"))}
 
 
-def check_settings(cfg) -> None:
-    """The export settings, checked before the checkpoint is loaded: one ConfigError naming the key."""
-    typed_settings(cfg, SETTINGS)
-
-
 def run(cfg) -> Path:
     """Export `checkpoint` in `format`, verify it, and (int8) compare its mIoU with the float model's."""
     if not cfg.checkpoint:
         raise CheckpointError("usage: python -m deeplab.export checkpoint=PATH [format=onnx|int8|pt2] [output=FILE]")
-    check_settings(cfg)
+    typed_settings(cfg, SETTINGS)  # before the checkpoint is loaded: one ConfigError naming the key
     # the checkpoint first: a file that is not a training checkpoint (an .onnx, a .pt2, a state dict) is named as
     # what it is, rather than as an output that would replace it
     model, config = model_from_checkpoint(cfg.checkpoint, device="cpu")
