@@ -57,10 +57,7 @@ def winograd_matrices(m: int = TILE, r: int = 3, points: tuple[float, ...] = POI
     g[n - 1, r - 1] = 1.0
     # sum_p A^T[i, p] G[p, k] B^T[p, j] = [j == i + k] for every output i, tap k and input sample j
     system = torch.stack([a_t[i] * g[:, k] for i in range(m) for k in range(r)])
-    target = torch.zeros(m * r, n, dtype=torch.float64)
-    for i in range(m):
-        for k in range(r):
-            target[i * r + k, i + k] = 1.0
+    target = torch.eye(n, dtype=torch.float64)[[i + k for i in range(m) for k in range(r)]]
     b_t = torch.linalg.lstsq(system, target).solution
     if not torch.allclose(system @ b_t, target, atol=1e-9):
         raise ArithmeticError(f"no exact Winograd F({m},{r}) transform at points {points}")
@@ -196,18 +193,13 @@ def interpolation_matrix(size_in: int, size_out: int, align_corners: bool = Fals
     return F.interpolate(eye, size=size_out, mode="linear", align_corners=align_corners)[0].T
 
 
-def _shifted_taps(matrix: torch.Tensor) -> torch.Tensor:
-    """[M(-1) M(0) M(+1)]: the resizing matrix with its output rows moved by each 3x3 tap offset (zero past the
-    edges, as the conv's padding), side by side: (size_out, 3 * size_in)."""
-    zero = torch.zeros(1, matrix.shape[1], dtype=matrix.dtype)
-    padded = torch.cat([zero, matrix, zero])
-    return torch.cat([padded[k:k + matrix.shape[0]] for k in range(3)], dim=1)
-
-
 @lru_cache(maxsize=64)
 def _resize_taps(size_in: int, size_out: int, align_corners: bool = False) -> torch.Tensor:
+    """[M(-1) M(0) M(+1)]: the resizing matrix M with its output rows moved by each 3x3 tap offset (zero past the
+    edges, as the conv's padding), side by side: (size_out, 3 * size_in) float32."""
     with torch.inference_mode(False):  # cached: usable by autograd even when first built under inference_mode
-        return _shifted_taps(interpolation_matrix(size_in, size_out, align_corners)).float()
+        padded = F.pad(interpolation_matrix(size_in, size_out, align_corners), (0, 0, 1, 1))
+        return torch.cat([padded[k:k + size_out] for k in range(3)], dim=1).float()
 
 
 def upsample_concat_conv3x3(x: torch.Tensor, low: torch.Tensor, weight: torch.Tensor,
