@@ -9,17 +9,11 @@ import torch
 
 def default_palette(num_colours: int = 256) -> list[list[int]]:
     """The VOC bit-pattern colour map, for datasets that give no palette of their own."""
-    palette = []
-    for index in range(num_colours):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette.append([r, g, b])
-    return palette
+    index, palette = np.arange(num_colours), np.zeros((num_colours, 3), np.int64)
+    for k in range(8):  # bits 3k, 3k + 1 and 3k + 2 of the index set bit 7 - k of red, green and blue
+        for channel in range(3):
+            palette[:, channel] |= ((index >> (3 * k + channel)) & 1) << (7 - k)
+    return palette.tolist()
 
 
 def palette_array(palette: Sequence[Sequence[int]] | None, *, ignore_index: int = 255,
