@@ -6,7 +6,7 @@ import numpy as np
 
 from deeplab.data.dataset import (IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, find_by_stem, pair_ids,
                                   unread_files_hint)
-from deeplab.data.voc import check_ids_are_stems, read_split_file
+from deeplab.data.voc import split_ids
 from deeplab.errors import ConfigError
 
 
@@ -42,11 +42,7 @@ def folder_samples(*, root: str | Path, split: str, image_dir: str = "images", m
     images, masks = find_by_stem(images_path), find_by_stem(masks_path, MASK_EXTENSIONS)
     if splits_path.is_dir():
         split_file = splits_path / f"{split}.txt"
-        if not split_file.is_file():
-            raise DataError(f"{split_file}: no such split file; splits available: "
-                            f"{sorted(p.stem for p in splits_path.glob('*.txt'))}")
-        ids, where = read_split_file(split_file), str(split_file)
-        check_ids_are_stems(ids, images, where=split_file)
+        ids, where = split_ids(split_file, images), str(split_file)
     else:
         no_mask, no_image = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
         if no_mask or no_image:

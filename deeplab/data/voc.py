@@ -27,8 +27,12 @@ def decode_split_file(path: Path, data: bytes) -> str:
                         "probably Latin-1 or Windows-1252 text); save it as UTF-8") from exc
 
 
-def read_split_file(path: Path) -> list[str]:
-    """Ids listed one per line (blank lines, surrounding spaces and Windows line ends ignored), each once."""
+def split_ids(path: Path, images: Mapping[str, Path]) -> list[str]:
+    """The ids a split file lists one per line (blank lines, surrounding spaces and Windows line ends ignored), each
+    once and each a file stem (`check_ids_are_stems`); a missing split file names the ones beside it."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such split file; splits available: "
+                        f"{sorted(p.stem for p in path.parent.glob('*.txt'))}")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -45,6 +49,7 @@ def read_split_file(path: Path) -> list[str]:
     if not ids:
         raise DataError(f"{path}: split file is empty, so split {path.stem!r} has no samples; list its ids (the "
                         "image file stems, without folder or extension), one per line")
+    check_ids_are_stems(list(ids), images, where=path)
     return list(ids)
 
 
@@ -73,11 +78,6 @@ def voc_samples(*, root: str | Path, split: str, image_dir: str = "JPEGImages",
             raise DataError(f"dataset not found: looked for {folder} under dataset.root={root}. "
                             f"Get the data with `{hint}`, or point dataset.root at a folder holding "
                             f"{image_dir}/, {mask_dir}/ and {split_dir}/.")
-    split_file = splits_path / f"{split}.txt"
-    if not split_file.is_file():
-        available = sorted(p.stem for p in splits_path.glob("*.txt"))
-        raise DataError(f"{split_file}: no such split file; splits available: {available}")
-    ids, images = read_split_file(split_file), find_by_stem(images_path)
-    check_ids_are_stems(ids, images, where=split_file)
-    return pair_ids(ids, images, find_by_stem(masks_path, MASK_EXTENSIONS), where=str(split_file),
-                    image_dir=images_path, mask_dir=masks_path)
+    split_file, images = splits_path / f"{split}.txt", find_by_stem(images_path)
+    return pair_ids(split_ids(split_file, images), images, find_by_stem(masks_path, MASK_EXTENSIONS),
+                    where=str(split_file), image_dir=images_path, mask_dir=masks_path)
