@@ -98,12 +98,6 @@ def render(rng: np.random.Generator, *, size: int, max_objects: int, border: int
     return rgb, labels
 
 
-def _palette_png(path: Path, labels: np.ndarray, palette: list[list[int]]) -> None:
-    img = Image.fromarray(labels, mode="P")
-    img.putpalette([c for rgb in palette for c in rgb] + [224, 224, 192] * (256 - len(palette)))
-    img.save(path)
-
-
 def generate(folder: Path, *, num_train: int, num_val: int, size: int, max_objects: int, border: int,
              seed: int, palette: list[list[int]]) -> None:
     """Write the whole dataset into `folder` (VOC layout); the same arguments always give the same pixels."""
@@ -116,7 +110,9 @@ def generate(folder: Path, *, num_train: int, num_val: int, size: int, max_objec
                                  border=border)
             sample_id = f"{split}_{i:05d}"
             Image.fromarray(rgb).save(folder / "JPEGImages" / f"{sample_id}.png")  # lossless: exact pixels
-            _palette_png(folder / "SegmentationClass" / f"{sample_id}.png", labels, palette)
+            mask = Image.fromarray(labels, mode="P")
+            mask.putpalette([c for rgb in palette for c in rgb] + [224, 224, 192] * (256 - len(palette)))
+            mask.save(folder / "SegmentationClass" / f"{sample_id}.png")
             ids.append(sample_id)
         (folder / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
 
