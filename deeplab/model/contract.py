@@ -65,11 +65,6 @@ class Backbone(Protocol):
     def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
 
-def check_output_stride(output_stride: int) -> None:
-    """A ConfigError unless `output_stride` is one of OUTPUT_STRIDES."""
-    require(OutputStride, "output_stride", output_stride)
-
-
 def dilation_plan(native_strides: Sequence[int], output_stride: int, *, stride: int = 1) -> list[tuple[int, int]]:
     """(stride, dilation) of each unit of a network, in order, for `output_stride`: the TF DeepLab rule.
 
@@ -78,7 +73,7 @@ def dilation_plan(native_strides: Sequence[int], output_stride: int, *, stride: 
     and every later unit multiplies its dilation by the stride given up. torchvision's
     `replace_stride_with_dilation` does the same for a ResNet stage.
     """
-    check_output_stride(output_stride)
+    require(OutputStride, "output_stride", output_stride)  # a ConfigError unless one of OUTPUT_STRIDES
     plan, dilation = [], 1
     for native in native_strides:
         if native > 1 and stride >= output_stride:

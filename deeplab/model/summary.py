@@ -5,7 +5,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
-
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (buffers such as BatchNorm running stats excluded)."""
     return sum(p.numel() for p in model.parameters())
