@@ -55,11 +55,8 @@ def lrs_by_group(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 def hparam_value(value) -> int | float | str:
     """A config value as TensorBoard's HParams view takes it: numbers as they are; bools, None, lists and mappings as
     the text Hydra would print (torch's `hparams` would store a bool as the number 1.0)."""
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    if isinstance(value, (int, float, str)):
-        return value
-    return json.dumps(value, default=str)
+    plain = isinstance(value, (int, float, str)) and not isinstance(value, bool)
+    return value if plain else json.dumps(value, default=str)
 
 
 def run_hparams(config: Mapping, overrides: Sequence[str] = ()) -> dict[str, int | float | str]:
@@ -77,10 +74,8 @@ def run_hparams(config: Mapping, overrides: Sequence[str] = ()) -> dict[str, int
         key = override.key_or_group + (f"@{override.package}" if override.package else "")
         if key.split(".")[0] in ("hydra", "resume", "output_root"):
             continue
-        if override.is_delete():
-            hparams[key] = "(deleted)"
-        else:
-            hparams[key] = hparam_value(flat[key] if key in flat else override.value())
+        hparams[key] = "(deleted)" if override.is_delete() else hparam_value(
+            flat[key] if key in flat else override.value())
     return hparams
 
 
