@@ -82,18 +82,8 @@ class Converted:
 # --- converting -----------------------------------------------------------------------------------------------------
 
 def _rename(key: str, renames) -> str | None:
-    for theirs, ours in renames:
-        if key.startswith(theirs):
-            return ours + key[len(theirs):]
-    return None
-
-
-def _their_name(ours: str, layout: PeerLayout) -> str:
-    """The peer key that maps onto our key `ours` (for a missing one)."""
-    for theirs, mine in layout.renames:
-        if ours.startswith(mine):
-            return theirs + ours[len(mine):]
-    return ours
+    """`key` with the first (from, to) prefix pair's from-prefix replaced by its to-prefix, or None."""
+    return next((to + key[len(start):] for start, to in renames if key.startswith(start)), None)
 
 
 def convert_state_dict(state: Mapping, source: str, *, output_stride: int = 16) -> tuple[PeerLayout, dict]:
@@ -132,7 +122,8 @@ def convert_state_dict(state: Mapping, source: str, *, output_stride: int = 16) 
     missing = [k for k in target if k not in out and not k.endswith(".num_batches_tracked")]
     missing += [bias for bias, bn in layout.folds.items() if bn not in biases]
     if missing:
-        name = missing[0] if missing[0] in layout.folds else _their_name(missing[0], layout)
+        name = missing[0] if missing[0] in layout.folds else \
+            _rename(missing[0], [(mine, theirs) for theirs, mine in layout.renames]) or missing[0]  # the peer's name
         raise ConvertError(f"has no {name}, which every {layout.name} checkpoint has ({len(missing)} such tensors "
                            f"missing); is the file complete?")
     out = {key: (out[key] if key in out else torch.zeros(tensor.shape)  # absent num_batches_tracked: 0
