@@ -121,12 +121,6 @@ def keyword_hints(fn: Callable, passed: Sequence[str] = ()) -> dict[str, Any]:
             if key not in passed and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
 
-def schema_of(hints: Mapping[str, Any]) -> type:
-    """A dataclass with one required field per key, typed as OmegaConf can check."""
-    return dataclasses.make_dataclass("Schema", [(key, _storable(hint), dataclasses.field(default=MISSING))
-                                                 for key, hint in hints.items()])
-
-
 def checked(section: str, values: Mapping, hints: Mapping[str, Any] | Callable, *, where: str = "",
             unknown: str = "check the spelling, or drop it") -> dict:
     """`values` (a config section; "" for a command's own keys) typed by `hints` ({key: type hint}, or a callable
@@ -136,7 +130,10 @@ def checked(section: str, values: Mapping, hints: Mapping[str, Any] | Callable, 
     mean ...?] <unknown>`, or `<section>.<key>=<value>: must be <what is allowed>`. The key and the value come from
     OmegaConf's exception's attributes; nothing parses its wording."""
     hints = keyword_hints(hints) if callable(hints) else hints
-    schema, known = schema_of(hints), list(hints)
+    # a dataclass with one required field per key, typed as OmegaConf can check
+    schema = dataclasses.make_dataclass("Schema", [(key, _storable(hint), dataclasses.field(default=MISSING))
+                                                   for key, hint in hints.items()])
+    known = list(hints)
     prefix = f"{section}." if section else ""
     try:
         typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), dict(values)), resolve=True)
