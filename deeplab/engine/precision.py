@@ -79,9 +79,7 @@ _WARNED: set = set()  # the keys warned about emulated bf16 in this process: onc
 def cuda_bf16_native() -> bool:
     """Whether the current CUDA GPU computes in bf16 natively (compute capability 8.0, Ampere, or newer; ROCm too),
     not by emulation."""
-    if torch.version.hip:
-        return True
-    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
+    return bool(torch.version.hip) or (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8)
 
 
 def resolve_precision(precision: str, device_type: str, *, key: str = "precision") -> str:
