@@ -67,23 +67,19 @@ def load_model_weights(model: nn.Module, weights: dict, *, source: str, reinit_c
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
     wrong = [k for k in own if k in weights and k not in skipped and weights[k].shape != own[k].shape]
+    classifier = "decoder.classifier.weight"
+    if classifier in wrong:
+        raise CheckpointError(f"{source}: checkpoint is for {weights[classifier].shape[0]} classes but the model has "
+                              f"{own[classifier].shape[0]} (set the dataset/num_classes to match, or use "
+                              f"init_from=... to fine-tune with a new classifier)")
     if missing or unexpected or wrong:
-        raise CheckpointError(_mismatch_message(source, model, weights, missing, unexpected, wrong))
+        raise CheckpointError(f"{source}: checkpoint does not fit this model ({len(missing)} missing, "
+                              f"{len(unexpected)} unexpected, {len(wrong)} of another shape, e.g. "
+                              f"{(wrong or missing or unexpected)[0]!r}); it was saved with other model settings "
+                              f"(backbone, separable, aspp_channels...): rebuild the model from the checkpoint's own "
+                              f"config")
     model.load_state_dict({k: v for k, v in weights.items() if k not in skipped}, strict=not skipped)
     return skipped
-
-
-def _mismatch_message(source: str, model: nn.Module, weights: dict, missing: list, unexpected: list,
-                      wrong: list) -> str:
-    classifier = "decoder.classifier.weight"
-    if wrong and classifier in wrong:
-        return (f"{source}: checkpoint is for {weights[classifier].shape[0]} classes but the model has "
-                f"{model.state_dict()[classifier].shape[0]} (set the dataset/num_classes to match, or use "
-                f"init_from=... to fine-tune with a new classifier)")
-    first = (wrong or missing or unexpected)[0]
-    return (f"{source}: checkpoint does not fit this model ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(wrong)} of another shape, e.g. {first!r}); it was saved with other model settings (backbone, "
-            f"separable, aspp_channels...): rebuild the model from the checkpoint's own config")
 
 
 def preferred_weights(state: dict) -> tuple[dict, str | None]:
