@@ -203,26 +203,21 @@ def _file_kind(path: Path, head: bytes) -> str:
         return "empty"
     if head.startswith(LFS_POINTER):
         return "lfs"
-    if head.startswith(b"PK\x03\x04"):
-        return _zip_kind(path)
+    if head.startswith(b"PK\x03\x04"):  # zip (torch.save's, or too damaged to tell), pt2 (torch.export's) or other
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "zip"  # cut short: torch.load says so, and so will we
+        if any(name.endswith("/archive_format") for name in names):
+            return "pt2"
+        return "zip" if any(name.endswith("data.pkl") for name in names) else "other-zip"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     if path.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and b"pytorch" in head[:32]):
         return "onnx"
     text = head.decode(errors="replace").rstrip("\ufffd")  # the 512 bytes may end inside a character
     return "text" if all(c.isprintable() or c.isspace() for c in text) else "unknown"
-
-
-def _zip_kind(path: Path) -> str:
-    """zip (torch.save's, or too damaged to tell), pt2 (a torch.export archive) or other-zip."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return "zip"  # cut short: torch.load says so, and so will we
-    if any(name.endswith("/archive_format") for name in names):
-        return "pt2"
-    return "zip" if any(name.endswith("data.pkl") for name in names) else "other-zip"
 
 
 def _not_torch(kind: str, head: bytes) -> str:
