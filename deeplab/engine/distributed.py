@@ -68,12 +68,11 @@ def rank_zero_first(world: DistInfo, *, timeout: timedelta = timedelta(hours=2))
     group = dist.new_group(backend="gloo", timeout=timeout)
     if not world.is_main:
         dist.barrier(group=group)
-        yield
-        return
     try:
         yield
     finally:
-        dist.barrier(group=group)
+        if world.is_main:
+            dist.barrier(group=group)
 
 
 def all_gather_object(obj) -> list:
