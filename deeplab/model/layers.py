@@ -13,21 +13,17 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dila
     )
 
 
-def separable_conv_bn_relu(in_channels: int, out_channels: int, dilation: int = 1) -> nn.Sequential:
-    """Depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU (the TF DeepLab / mmseg separable conv)."""
+def conv3x3_bn_relu(in_channels: int, out_channels: int, *, dilation: int = 1, separable: bool = False) -> nn.Sequential:
+    """The 3x3 conv block of the head: dense, or depthwise-separable (depthwise 3x3 + BN + ReLU, then pointwise 1x1 +
+    BN + ReLU: the TF DeepLab / mmseg separable conv)."""
+    if not separable:
+        return conv_bn_relu(in_channels, out_channels, 3, dilation)
     return nn.Sequential(
         nn.Conv2d(in_channels, in_channels, 3, padding=dilation, dilation=dilation, groups=in_channels, bias=False),
         nn.BatchNorm2d(in_channels),
         nn.ReLU(inplace=True),
         *conv_bn_relu(in_channels, out_channels, 1),
     )
-
-
-def conv3x3_bn_relu(in_channels: int, out_channels: int, *, dilation: int = 1, separable: bool = False) -> nn.Sequential:
-    """The 3x3 conv block of the head, dense or depthwise-separable."""
-    if separable:
-        return separable_conv_bn_relu(in_channels, out_channels, dilation)
-    return conv_bn_relu(in_channels, out_channels, 3, dilation)
 
 
 def conv_and_rest(block: nn.Sequential) -> tuple[nn.Conv2d, nn.Sequential]:
