@@ -31,10 +31,6 @@ class PairedTransform:
         return out["image"], out["mask"].long()
 
 
-def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
-
-
 CropSize = ranged(int | Sequence[int], lambda v: all(int(c) >= 1 for c in ([v] if isinstance(v, int) else v)),
                   "a size >= 1, e.g. [513, 513]")
 ScaleRange = ranged(Sequence[float], lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high")
@@ -44,7 +40,7 @@ def train_transform(*, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[floa
                     crop_size: CropSize = 513, scale_range: ScaleRange = (0.5, 2.0), hflip: Ratio = 0.5,
                     color_jitter: NonNegative = 0.0, ignore_index: int = 255) -> PairedTransform:
     """Random scale, pad to the crop (mask with the ignore index), random crop, flip, optional jitter, normalise."""
-    height, width = _pair(crop_size)
+    height, width = (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[-1]))
     low, high = scale_range
     if not 0 < low <= high:
         raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
