@@ -11,11 +11,6 @@ from deeplab.data import DataError
 from deeplab.errors import ConfigError
 
 
-def sample_seed(seed: int, epoch: int, position: int) -> int:
-    """The augmentation seed of one draw: a pure function, so a resumed run augments exactly as before."""
-    return hash((seed, epoch, position)) & 0xFFFFFFFF  # int tuples hash the same in every process
-
-
 def check_batch_split(batch_size: int, *, accum: int, world_size: int = 1, min_share: int = 2) -> None:
     """trainer.batch_size is the global batch: it must split evenly over the processes and accumulation steps, into
     shares of `min_share` images or more (2 for training: BatchNorm, and the ASPP's image pooling with one value per
@@ -61,7 +56,9 @@ class TrainBatches(Sampler):
             if epoch != order_epoch:
                 order, order_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.size), epoch
             first = step * self.batch_size
-            mine = [(int(order[first + k]), sample_seed(self.seed, epoch, first + k))
+            # each draw's augmentation seed is a pure function of (seed, epoch, position), so a resumed run augments
+            # exactly as before (int tuples hash the same in every process)
+            mine = [(int(order[first + k]), hash((self.seed, epoch, first + k)) & 0xFFFFFFFF)
                     for k in range(self.rank, self.batch_size, self.world)]
             micro = len(mine) // self.accum
             for a in range(self.accum):
