@@ -134,7 +134,10 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             break
         except FileExistsError:
-            holder = _lock_holder(lock)
+            try:
+                holder = int(lock.read_text().strip() or "0") or None
+            except (OSError, ValueError):
+                holder = None
             if holder is not None and holder != os.getpid() and process_running(holder):
                 raise ConfigError(f"{run_dir}: another training process (pid {holder}) is writing this run; wait for "
                                   f"it to end, or give this run its own folder (hydra.run.dir=...: run folders are "
@@ -148,10 +151,3 @@ def run_dir_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.unlink(missing_ok=True)
-
-
-def _lock_holder(lock: Path) -> int | None:
-    try:
-        return int(lock.read_text().strip() or "0") or None
-    except (OSError, ValueError):
-        return None
