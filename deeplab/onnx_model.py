@@ -12,14 +12,12 @@ from deeplab.torch_files import CheckpointError
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
-def ort_session(path: str | Path, *, threads: int | None = None):
+def ort_session(path: str | Path):
     """An ONNX Runtime CPU session with full graph optimisation."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
