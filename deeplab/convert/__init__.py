@@ -138,8 +138,9 @@ def read_peer_checkpoint(path: str | Path, source: str) -> tuple[dict, dict]:
     """The state dict of a peer checkpoint file, read with weights_only=True (numpy scalars allowed, as data), and
     its other entries that are plain numbers (VainF's cur_itrs and best_score); one sentence for anything else."""
     path = Path(path).expanduser()
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     try:
-        with _numpy_scalars_allowed():
+        with allow(NUMPY_SCALARS) if allow else contextlib.nullcontext():
             loaded = read_torch_file(path)
     except CheckpointError as exc:
         refused = next((e for e in exception_chain(exc) if isinstance(e, pickle.UnpicklingError)
@@ -184,16 +185,6 @@ def _what_it_is(loaded: Mapping) -> str | None:
         if CLASSIFIER_KEYS[source] in keys or EXAMPLE_KEYS[source] in keys:
             return source
     return None
-
-
-@contextlib.contextmanager
-def _numpy_scalars_allowed():
-    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-    if allow is None:
-        yield
-        return
-    with allow(NUMPY_SCALARS):
-        yield
 
 
 def check_output(output: str | Path, source: str | Path, *, overwrite: bool) -> Path:
