@@ -22,5 +22,4 @@ def run(cfg) -> int:
 
 @command("check", logger="deeplab.data.check")
 def main(cfg: DictConfig) -> None:
-    code = run(cfg)
-    sys.exit(code)
+    sys.exit(run(cfg))

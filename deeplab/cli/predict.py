@@ -74,5 +74,4 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
 
 @command("predict", logger="deeplab.predict", record=True)
 def main(cfg: DictConfig, record: Record) -> None:
-    failed = run(cfg, HydraConfig.get().runtime.output_dir, record)
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if run(cfg, HydraConfig.get().runtime.output_dir, record) else 0)  # unreadable images: exit 1
