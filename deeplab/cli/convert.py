@@ -6,7 +6,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from deeplab.cli import command, typed_settings
-from deeplab.convert import SOURCES, convert_checkpoint
+from deeplab.convert import convert_checkpoint
 from deeplab.errors import ConfigError
 from deeplab.model import OUTPUT_STRIDES
 from deeplab.schema import ranged
@@ -23,11 +23,7 @@ def check_settings(cfg) -> None:
     """The command's own settings, checked before any file is read: one ConfigError naming the key."""
     typed_settings(cfg, SETTINGS)
     if not cfg.source:
-        raise ConfigError(f"source: not set; {USAGE}")
-    if cfg["from"] not in SOURCES:
-        raise ConfigError(f"from={cfg['from']}: " + ("not set" if cfg["from"] is None else "not a format deeplab "
-                                                     "converts") + "; use from=vainf (VainF/DeepLabV3Plus-Pytorch) "
-                          "or from=bubbliiiing (bubbliiiing/deeplabv3-plus-pytorch)")
+        raise ConfigError(f"source: not set; {USAGE}")  # from= is convert_checkpoint's to check, before any file
 
 
 def run(cfg) -> Path:

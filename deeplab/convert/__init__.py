@@ -229,8 +229,8 @@ def convert_checkpoint(source_path: str | Path, *, source: str, dataset: Mapping
     beside it, `default_output`). Everything is read, mapped and checked before anything is written, and the file is
     written atomically: a refused conversion leaves no file."""
     if source not in SOURCES:
-        raise ConvertError(f"from={source}: not a format deeplab converts; use from=vainf "
-                           f"({REPOSITORIES['vainf']}) or from=bubbliiiing ({REPOSITORIES['bubbliiiing']})")
+        raise ConvertError(f"from={source}: {'not set' if source is None else 'not a format deeplab converts'}; use "
+                           f"from=vainf ({REPOSITORIES['vainf']}) or from=bubbliiiing ({REPOSITORIES['bubbliiiing']})")
     if output_stride not in OUTPUT_STRIDES:
         raise ConvertError(f"output_stride={output_stride!r}: must be one of {list(OUTPUT_STRIDES)} (the released "
                            "models are OS16; the stride is not in the weights)")
