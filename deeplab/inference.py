@@ -1,7 +1,6 @@
 """Inference: a model rebuilt from its checkpoint, its fast inference form, and `Predictor` (test-time
 augmentation and sliding windows come from `engine.tta`)."""
 
-import copy
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,8 +20,8 @@ from deeplab.onnx_model import OnnxModel
 log = logging.getLogger("deeplab.inference")
 
 
-def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "auto", fold_bn: bool = True,
-                          channels_last: bool = True, fast_convs: bool = True, compile: bool = False) -> nn.Module:
+def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "auto", fast_convs: bool = True,
+                          compile: bool = False) -> nn.Module:
     """The fast inference form of a model: BatchNorm folded into the convs, channels_last weights, eval mode, and
     (fast_convs) the dense 3x3 decoder convs done with fewer multiplications where they run in fp32 on the CPU:
     the first at the ASPP output's resolution, the second by Winograd F(6x6, 3x3) (`deeplab.model.fast_convs`).
@@ -31,10 +30,7 @@ def prepare_for_inference(model: nn.Module, *, device: str | torch.device = "aut
     separately, per call (under autocast those convs run as plain convs). The input model is left as it was.
     """
     device = resolve_device(device)
-    model = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()  # a copy either way
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = fold_batchnorm(model).to(device).to(memory_format=torch.channels_last)  # a copy, in eval mode
     use_fast_convs(model, fast_convs and not compile)  # a compiled graph runs the plain convs anyway
     return torch.compile(model, dynamic=True) if compile else model
 
