@@ -94,8 +94,10 @@ def validate_config(config: Mapping) -> dict:
         section = config.get(name)
         if not isinstance(section, Mapping):
             raise ConfigError(f"{name}: the config has no {name} section; do not delete config groups")
-        if name == "model":
-            _check_legacy_keys(section)
+        for key in LEGACY_BACKBONE_KEYS if name == "model" else ():  # model keys before backbones had names
+            if key in section:
+                raise ConfigError(f"model.{key}: now an option of the backbone, model.backbone.{key} (e.g. model."
+                                  f"backbone.{key}={section[key]}, with model/backbone=mobilenet_v2, the default)")
         hints, chosen = _section_hints(name, section)
         # a null optim key is left out (build_optimizer): how configs saved by older runs list the other optimizer's
         values = {k: v for k, v in section.items() if v is not None} if name == "optim" else section
@@ -108,14 +110,6 @@ def validate_config(config: Mapping) -> dict:
         config["model"]["backbone"] = _typed_backbone(config["model"]["backbone"])
     _check_consistency(config)
     return config
-
-
-def _check_legacy_keys(model: Mapping) -> None:
-    """The MobileNetV2 options that were model keys before backbones had names: say where they went."""
-    for key in LEGACY_BACKBONE_KEYS:
-        if key in model:
-            raise ConfigError(f"model.{key}: now an option of the backbone, model.backbone.{key} (e.g. "
-                              f"model.backbone.{key}={model[key]}, with model/backbone=mobilenet_v2, the default)")
 
 
 def _typed_backbone(backbone):
