@@ -200,10 +200,17 @@ class RunLogger:
 
     def validation(self, iteration: int, metrics: dict, kept: list, *, best: float,
                    confusion: np.ndarray | None = None) -> None:
-        """The validation's scalars, image grid and log line; with `confusion` (the C x C counts, rows truth) also
-        val/confusion_matrix and val/per_class_iou as images (`deeplab.figures`; one warning and none without
-        matplotlib)."""
-        self._record_validation(iteration, metrics, best)
+        """The validation's line in metrics.jsonl, scalars, image grid and log line; with `confusion` (the C x C
+        counts, rows truth) also val/confusion_matrix and val/per_class_iou as images (`deeplab.figures`; one warning
+        and none without matplotlib). The HParams view's metrics: hparams/best_mIoU at every validation;
+        hparams/final_mIoU and the session's end at the one at trainer.iterations."""
+        self.history.write("val", iteration, {**metrics, "best_mIoU": best,
+                                              "per_class_iou": dict(zip(self.class_names, metrics["per_class_iou"]))})
+        self.writer.add_scalar("hparams/best_mIoU", best, iteration)
+        if iteration == self.iterations:
+            self.writer.add_scalar("hparams/final_mIoU", metrics["mIoU"], iteration)
+            if self.session_end is not None:
+                self.writer.file_writer.add_summary(self.session_end)
         for key in ("mIoU", "pixel_acc", "mean_class_acc", "fwIoU"):
             self.writer.add_scalar(f"val/{key}", metrics[key], iteration)
         for name, iou in zip(self.class_names, metrics["per_class_iou"]):
@@ -227,17 +234,6 @@ class RunLogger:
                               for n, v in zip(self.class_names, metrics["per_class_iou"]))
         log.info("val @ iter %d  mIoU %.4f (best %.4f)  pixel acc %.4f  | %s", iteration, metrics["mIoU"], best,
                  metrics["pixel_acc"], per_class)
-
-    def _record_validation(self, iteration: int, metrics: dict, best: float) -> None:
-        """The val line of metrics.jsonl, and the HParams view's metrics: hparams/best_mIoU at every validation;
-        hparams/final_mIoU and the session's end at the one at trainer.iterations."""
-        self.history.write("val", iteration, {**metrics, "best_mIoU": best,
-                                              "per_class_iou": dict(zip(self.class_names, metrics["per_class_iou"]))})
-        self.writer.add_scalar("hparams/best_mIoU", best, iteration)
-        if iteration == self.iterations:
-            self.writer.add_scalar("hparams/final_mIoU", metrics["mIoU"], iteration)
-            if self.session_end is not None:
-                self.writer.file_writer.add_summary(self.session_end)
 
     def close(self) -> None:
         self.history.close()
