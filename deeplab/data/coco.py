@@ -103,14 +103,6 @@ def resolve_paths(*, root: str | Path, split: str, annotations: str | None, imag
     return ann_path, image_path, root / (cache_dir or "semantic_masks")
 
 
-def cache_folder(parent: Path, *, split: str, ann_path: Path, categories: Sequence[str | int] | None) -> Path:
-    """`<parent>/<split>-<hash>`: a new folder whenever the category selection or the JSON file changes."""
-    stat = ann_path.stat()
-    selection = None if categories is None else [VOC_TO_COCO.get(c, c) for c in categories]
-    key = json.dumps([CACHE_VERSION, ann_path.name, stat.st_size, stat.st_mtime_ns, selection])
-    return parent / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-
-
 def load_json(path: Path) -> dict:
     """The instances JSON, with its required keys checked."""
     try:
@@ -157,7 +149,11 @@ def load_manifest(*, root: str | Path, split: str, annotations: str | None = Non
     """The cache's manifest (built on first use), the image folder and the mask folder."""
     ann_path, image_path, parent = resolve_paths(root=root, split=split, annotations=annotations,
                                                  image_dir=image_dir, cache_dir=cache_dir)
-    folder = cache_folder(parent, split=split, ann_path=ann_path, categories=categories)
+    # the cache is `<parent>/<split>-<hash>`: a new folder whenever the category selection or the JSON file changes
+    stat = ann_path.stat()
+    selection = None if categories is None else [VOC_TO_COCO.get(c, c) for c in categories]
+    key = json.dumps([CACHE_VERSION, ann_path.name, stat.st_size, stat.st_mtime_ns, selection])
+    folder = parent / f"{split}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file():
         return json.loads(manifest_path.read_text()), image_path, folder
