@@ -13,7 +13,8 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 1, dila
     )
 
 
-def conv3x3_bn_relu(in_channels: int, out_channels: int, *, dilation: int = 1, separable: bool = False) -> nn.Sequential:
+def conv3x3_bn_relu(in_channels: int, out_channels: int, *, dilation: int = 1,
+                    separable: bool = False) -> nn.Sequential:
     """The 3x3 conv block of the head: dense, or depthwise-separable (depthwise 3x3 + BN + ReLU, then pointwise 1x1 +
     BN + ReLU: the TF DeepLab / mmseg separable conv)."""
     if not separable:
