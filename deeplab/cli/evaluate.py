@@ -75,7 +75,8 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
         data["root"] = cfg.data_root
     if model is not None and model.num_classes != data["num_classes"]:
         raise CheckpointError(f"{cfg.checkpoint}: checkpoint is for {model.num_classes} classes but the dataset "
-                              f"({data['format']}) has {data['num_classes']}; evaluate it on the data it was trained for")
+                              f"({data['format']}) has {data['num_classes']}; "
+                              "evaluate it on the data it was trained for")
     split = cfg.split or data["val_split"]
     if record is not None:
         record.keep(output_dir)

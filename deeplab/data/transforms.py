@@ -24,7 +24,8 @@ class PairedTransform:
     def __init__(self, pipeline: A.Compose) -> None:
         self.pipeline = pipeline
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: np.ndarray, mask: np.ndarray,
+                 seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if seed is not None:
             self.pipeline.set_random_seed(seed)
         out = self.pipeline(image=image, mask=mask)

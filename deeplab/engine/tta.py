@@ -55,7 +55,8 @@ def _windows(length: int, window: int, stride: int) -> list[int]:
     return [0] if length <= window else [*range(0, length - window, stride), length - window]
 
 
-def sliding_logits(model: nn.Module, images: torch.Tensor, *, window: Sequence[int], stride: Sequence[int]) -> torch.Tensor:
+def sliding_logits(model: nn.Module, images: torch.Tensor, *, window: Sequence[int],
+                   stride: Sequence[int]) -> torch.Tensor:
     """Logits of an image larger than `window`, averaged over overlapping tiles (e.g. Cityscapes at 1024x2048)."""
     n, _, height, width = images.shape
     logits = counts = None

@@ -13,7 +13,8 @@ RATES_BY_OUTPUT_STRIDE = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
 def default_rates(output_stride: int) -> tuple[int, ...]:
     """The atrous rates that go with an output stride."""
     if output_stride not in RATES_BY_OUTPUT_STRIDE:
-        raise ValueError(f"no ASPP rates for output_stride={output_stride}; use one of {sorted(RATES_BY_OUTPUT_STRIDE)}")
+        raise ValueError(f"no ASPP rates for output_stride={output_stride}; "
+                         f"use one of {sorted(RATES_BY_OUTPUT_STRIDE)}")
     return RATES_BY_OUTPUT_STRIDE[output_stride]
 
 

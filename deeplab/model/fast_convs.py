@@ -212,7 +212,8 @@ def upsample_concat_conv3x3(x: torch.Tensor, low: torch.Tensor, weight: torch.Te
     if weight.shape[1] != upsampled + low.shape[1] or weight.shape[-2:] != (3, 3):
         raise ValueError(f"needs a (out, {upsampled} + {low.shape[1]}, 3, 3) weight, got {tuple(weight.shape)}")
     coarse = weight[:, :upsampled].permute(2, 3, 0, 1).reshape(9 * out_channels, upsampled, 1, 1)
-    taps = F.conv2d(x.contiguous(memory_format=torch.channels_last), coarse.contiguous(memory_format=torch.channels_last))
+    channels_last = torch.channels_last
+    taps = F.conv2d(x.contiguous(memory_format=channels_last), coarse.contiguous(memory_format=channels_last))
     # NHWC memory (n, y, x, ky, kx, o) -> (n, ky, y, kx, x, o): the width pass sums over (kx, x)
     taps = taps.permute(0, 2, 3, 1).reshape(batch, h, w, 3, 3, out_channels).permute(0, 3, 1, 4, 2, 5)
     along_width = torch.matmul(_resize_taps(w, width, align_corners), taps.reshape(batch * 3 * h, 3 * w, out_channels))
