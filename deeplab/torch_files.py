@@ -1,6 +1,7 @@
 """Reading and writing PyTorch files safely: atomic writes that never lose the previous file and say when the disk
 is full, and weights-only reads that say in one sentence what an unusable file is."""
 
+import contextlib
 import errno
 import os
 import pickle
@@ -9,7 +10,7 @@ import shutil
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -101,6 +102,42 @@ def process_running(pid: int) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def folder_lock(folder: Path, *, name: str, busy: str) -> Iterator[None]:
+    """Hold `folder`/`name` (holding this process's id) while a command writes into `folder`: a second process that
+    would write there at the same time is refused with "<folder>: <busy>" instead of mixing its files with the
+    first's. A lock whose process has ended (killed) is taken over. Folders made for the lock are removed again if
+    the command leaves them empty (a refused command leaves no folder behind)."""
+    lock = folder / name
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or "0") or None
+            except (OSError, ValueError):
+                holder = None
+            if holder is not None and holder != os.getpid() and process_running(holder):
+                raise UserError(f"{folder}: another process (pid {holder}) is writing into it; {busy}") from None
+            lock.unlink(missing_ok=True)  # left by a process that has ended
+    else:
+        raise UserError(f"{lock}: cannot take this folder's lock; remove it if no process writes into {folder}")
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        for path in made:  # innermost first
+            try:
+                path.rmdir()
+            except OSError:  # it holds what the command wrote
+                break
+
+
 def _disk_full_message(path: Path, exc: BaseException, *, needed: int, then: str) -> str | None:
     """One sentence if `exc` is a write that failed for lack of space, else None.
 
@@ -142,10 +179,10 @@ def tensor_bytes(state: object) -> int:
     return 0
 
 
-def read_torch_file(path: str | Path, *, map_location: str | torch.device = "cpu") -> object:
+def read_torch_file(path: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False) -> object:
     """torch.load(weights_only=True) of `path`: a stranger's pickled code never runs, and a file that cannot be
     loaded gets one sentence saying what it is (missing, a folder, empty, a git-LFS pointer, text, ONNX, truncated,
-    refused pickled objects)."""
+    refused pickled objects). `mmap`: the tensors are mapped, not read (a look at a zip checkpoint's other keys)."""
     path = Path(path).expanduser()
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.pt"))
@@ -168,7 +205,7 @@ def read_torch_file(path: str | Path, *, map_location: str | torch.device = "cpu
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's note on pickle protocols is no use to the user
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and kind == "zip")
     except pickle.UnpicklingError as exc:
         if "Weights only" not in str(exc):  # a plain unpickling failure: the pickle stream is damaged
             raise _damaged(path, kind) from exc

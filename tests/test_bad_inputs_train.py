@@ -222,7 +222,7 @@ def test_a_second_process_writing_the_same_run_dir_is_refused(run_copy, tmp_path
     (run / ".train.lock").write_text("1")  # pid 1 runs: another training process holds the run
     before = _digest(run)
     overrides = [f"resume={run}", "trainer.iterations=3"]
-    with pytest.raises(ConfigError) as exc_info:
+    with pytest.raises(UserError) as exc_info:
         train(_cfg(tree, tmp_path / "outputs", *overrides), tmp_path / "stub", overrides=overrides)
     _one_sentence(exc_info, str(run), "pid 1", "hydra.run.dir=")
     assert _digest(run) == before

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import compose, free_port as _free_port, make_voc_tree, tiny_train_overrides
+from conftest import compose, free_port as _free_port, kill_at_step, make_voc_tree, tiny_train_overrides
 from deeplab.engine import checkpoint as ckpt
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
@@ -21,6 +21,7 @@ from deeplab.engine.distributed import DistInfo
 from deeplab.engine.step import ddp_of, optimizer_step, unwrap
 from deeplab.engine.run_state import TrainingInterrupted
 from deeplab.engine.trainer import process_device, train
+from deeplab.errors import ConfigError
 from deeplab.losses import build_loss
 from deeplab.model import build_model
 
@@ -117,7 +118,7 @@ def _resumable_run(rank: int, world_size: int):
     return types.SimpleNamespace(
         model=model, optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
         scaler=torch.amp.GradScaler("cpu", enabled=False), best_miou=0.5, last_metrics={}, validated_at=4, ema=None,
-        saved_config={},
+        saved_config={}, command=None,
         dist=DistInfo(rank=rank, world_size=world_size), settings=types.SimpleNamespace(iterations=10))
 
 
@@ -285,3 +286,82 @@ def test_validation_runs_the_plain_model_without_cudnn_autotuning(tree, tmp_path
     train(compose("train", _overrides(tree, tmp_path, 2)), tmp_path / "run")
     assert seen == [("DeepLabV3Plus", False)]
     assert torch.backends.cudnn.benchmark is True  # the training setting, back after validating
+
+
+def _sigterm_at(monkeypatch, step):
+    """SIGTERM (a scheduler's) sent to this process after the trainer's `step`-th optimizer step."""
+    real_step, calls = trainer_module.train_step, []
+
+    def step_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        loss = real_step(*args, **kwargs)
+        if len(calls) == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+    monkeypatch.setattr(trainer_module, "train_step", step_then_sigterm)
+    return real_step
+
+
+def test_resume_auto_continues_the_run_its_command_started_not_a_newer_one(tree, tmp_path, monkeypatch, caplog):
+    """Run A stopped by SIGTERM; run B (another command) finished later under the same output_root: A's command with
+    resume=auto continues A, as A's own message said, and B is left as it was."""
+    a_command = _overrides(tree, tmp_path, 5, "trainer.checkpoint_every=100")
+    real_step = _sigterm_at(monkeypatch, 3)
+    with pytest.raises(TrainingInterrupted, match="same command with resume=auto"):
+        train(compose("train", a_command), tmp_path / "outputs" / "A", a_command)
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
+    b_command = _overrides(tree, tmp_path, 2, "optim.lr=0.001")
+    train(compose("train", b_command), tmp_path / "outputs" / "B", b_command)
+    b_before = (tmp_path / "outputs" / "B" / "last.pt").read_bytes()
+    again = [*a_command, "resume=auto"]
+    with caplog.at_level(logging.INFO, logger="deeplab.train"):
+        train(compose("train", again), tmp_path / "outputs" / "stub", again)
+    assert load_checkpoint(tmp_path / "outputs" / "A" / "last.pt")["iteration"] == 5
+    assert (tmp_path / "outputs" / "B" / "last.pt").read_bytes() == b_before
+    assert f"continuing {tmp_path / 'outputs' / 'A'}, the unfinished run" in caplog.text
+    assert not (tmp_path / "outputs" / "stub").exists()
+
+
+def test_a_sweep_with_resume_auto_starts_its_own_runs_beside_a_finished_one(tree, tmp_path, caplog):
+    """`train.py -m trainer.iterations=3,4 resume=auto` with a finished run under output_root: each job's command
+    (its own value) started no run, so each starts its own; the finished run is not extended."""
+    finished = _overrides(tree, tmp_path, 2)
+    train(compose("train", finished), tmp_path / "outputs" / "done", finished)
+    before = (tmp_path / "outputs" / "done" / "last.pt").read_bytes()
+    for n, iterations in enumerate((3, 4)):
+        job = [*_overrides(tree, tmp_path, 2), f"trainer.iterations={iterations}", "resume=auto"]
+        with caplog.at_level(logging.INFO, logger="deeplab.train"):
+            train(compose("train", job), tmp_path / "multirun" / str(n), job)
+        assert load_checkpoint(tmp_path / "multirun" / str(n) / "last.pt")["iteration"] == iterations
+    assert (tmp_path / "outputs" / "done" / "last.pt").read_bytes() == before
+    assert "no run under output_root" in caplog.text and "resume=" in caplog.text
+
+
+def test_two_unfinished_runs_of_one_command_are_ambiguous_and_refused(tree, tmp_path, monkeypatch):
+    command = _overrides(tree, tmp_path, 5, "trainer.checkpoint_every=2")
+    for name in ("first", "second"):
+        real_step = kill_at_step(monkeypatch, 3)
+        with pytest.raises(TrainingInterrupted):
+            train(compose("train", command), tmp_path / "outputs" / name, command)
+        monkeypatch.setattr(trainer_module, "train_step", real_step)
+    again = [*command, "resume=auto"]
+    with pytest.raises(ConfigError, match="2 unfinished runs.*resume=<run>/last.pt") as exc_info:
+        train(compose("train", again), tmp_path / "outputs" / "stub", again)
+    assert str(tmp_path / "outputs" / "first") in str(exc_info.value)
+    assert load_checkpoint(tmp_path / "outputs" / "first" / "last.pt")["iteration"] == 2
+
+
+def test_a_run_of_an_older_version_is_matched_by_its_saved_overrides(tree, tmp_path):
+    """A checkpoint without `command` (written before it was recorded): its run folder's .hydra/overrides.yaml, which
+    Hydra and the commands have always written, names the command that started it."""
+    command = _overrides(tree, tmp_path, 2)
+    run = tmp_path / "outputs" / "old"
+    train(compose("train", command), run, command)
+    state = load_checkpoint(run / "last.pt")
+    assert state.pop("command") == sorted(command)
+    ckpt.save_checkpoint(run / "last.pt", state)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in command))
+    longer = [*_overrides(tree, tmp_path, 2), "resume=auto"]
+    train(compose("train", longer), tmp_path / "outputs" / "stub", longer)
+    assert load_checkpoint(run / "last.pt")["iteration"] == 2 and not (tmp_path / "outputs" / "stub").exists()

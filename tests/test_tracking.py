@@ -215,7 +215,7 @@ def test_a_resumed_run_continues_its_history_without_doubling_back(tmp_path, mon
     _check_history(run, 0.002, 5, train_iters=[1, 2, 3], val_iters=[3])  # iteration 3: after the checkpoint
     monkeypatch.setattr(trainer_module, "train_step", real_step)
 
-    train(cfg("resume=auto"), tmp_path / "outputs" / "unused", overrides=["resume=auto"])
+    train(cfg("resume=auto"), tmp_path / "outputs" / "unused", overrides=["optim.backbone_lr_mult=0.1", "resume=auto"])
     assert load_checkpoint(run / "last.pt")["iteration"] == 5
     lines = history(run)
     _check_history(run, 0.002, 5, train_iters=[1, 2, 3, 4, 5], val_iters=[3, 5])

@@ -20,11 +20,11 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
                  size_hint=tensor_bytes(state), then=then)
 
 
-def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:
     """Load a training checkpoint (`read_torch_file`: weights_only, one sentence for an unusable file) and check that
-    it is one: a dict with the model's weights and the run's config."""
+    it is one: a dict with the model's weights and the run's config. `mmap`: its tensors mapped, not read."""
     path = Path(path).expanduser()
-    state = read_torch_file(path, map_location=map_location)
+    state = read_torch_file(path, map_location=map_location, mmap=mmap)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path}: {_not_a_training_checkpoint(state)}")
     if state.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:

@@ -14,7 +14,7 @@ from deeplab.engine import checkpoint as ckpt
 from deeplab.engine.distributed import DistInfo, broadcast_object, first_problem
 from deeplab.engine.run_config import resume_config
 from deeplab.errors import ConfigError, UserError, one_line
-from deeplab.torch_files import process_running
+from deeplab.torch_files import folder_lock
 
 log = logging.getLogger("deeplab.train")
 LOCK = ".train.lock"
@@ -26,15 +26,15 @@ def resume_or_new(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *
 
     resume=auto is what a scheduler's requeue repeats, so the first launch is the same command: it continues the
     run dir this command writes to (`output_dir`) when that holds a last.pt, else, unless the command named its run
-    dir (hydra.run.dir=..., `named_run_dir`), the newest run under output_root; with nothing to continue it starts a
-    new run and says so. Only resume=PATH with nothing at PATH is an error. Returns the config, the run dir, and the
-    checkpoint's state and path (None for a new run)."""
+    dir (hydra.run.dir=..., `named_run_dir`), the run under output_root that the same command started
+    (`run_of_this_command`); with nothing to continue it starts a new run and says so. Only resume=PATH with nothing
+    at PATH is an error. Returns the config, the run dir, and the checkpoint's state and path (None for a new run)."""
     if not cfg.get("resume"):
         _refuse_replacing(output_dir, named_run_dir=named_run_dir)
         return OmegaConf.to_container(cfg, resolve=True), output_dir, None, None
     if cfg.resume == "auto":
         path = output_dir / "last.pt" if (output_dir / "last.pt").is_file() else \
-            None if named_run_dir else ckpt.find_latest(cfg.output_root)
+            None if named_run_dir else run_of_this_command(cfg.output_root, overrides)
         if path is None:
             where = output_dir if named_run_dir else f"{output_dir} or under output_root={cfg.output_root}"
             log.info("resume=auto: no last.pt in %s to continue, so this starts a new run in %s", where, output_dir)
@@ -53,6 +53,54 @@ def resume_or_new(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *
     log.info("resuming %s at iteration %d with its saved config%s", path, state["iteration"],
              "; changed: " + ", ".join(changes) if changes else "")
     return config, path.parent, state, path
+
+
+def started_by(overrides: Sequence[str]) -> list[str]:
+    """The command line a run records as the one that started it: its key=value overrides without resume=...,
+    sorted (the order of two keys does not change the run)."""
+    return sorted(str(o) for o in overrides if str(o).lstrip("+~").partition("=")[0] != "resume")
+
+
+def run_of_this_command(root: str | Path, overrides: Sequence[str]) -> Path | None:
+    """resume=auto's run under `root`: the last.pt of the run that this same command started (the command a
+    scheduler requeues, a sweep job's own values included). Another command's run is never taken, however new:
+    extending or changing a run is done by naming it (resume=<run>/last.pt). Of several runs of this command, the
+    one not finished; two unfinished ones are ambiguous and refused. None when this command started none."""
+    mine, matching, others = started_by(overrides), [], []
+    found = [p for p in Path(root).expanduser().glob("**/last.pt") if p.is_file()]
+    for last in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            state = ckpt.load_checkpoint(last, mmap=True)  # the tensors mapped, not read: only the keys are needed
+        except UserError as exc:
+            log.warning("resume=auto: %s is left out (%s)", last, one_line(exc))
+            continue
+        finished = state["iteration"] >= state["config"]["trainer"]["iterations"]
+        (matching if _command_of(last, state) == mine else others).append((last, finished))
+    this = f"`{' '.join(mine)}`" if mine else "with no overrides"
+    if not matching:
+        if others:
+            log.info("resume=auto: no run under output_root=%s was started by this command (%s); the newest, %s, "
+                     "was started by another, so it is left alone: to continue or extend it, name it with resume=%s",
+                     root, this, others[0][0].parent, others[0][0])
+        return None
+    unfinished = [last for last, finished in matching if not finished]
+    if len(unfinished) > 1:
+        raise ConfigError(f"resume=auto: {len(unfinished)} unfinished runs under output_root={root} were started by "
+                          f"this command ({', '.join(str(p.parent) for p in unfinished)}); name the one to continue "
+                          f"with resume=<run>/last.pt")
+    chosen = (unfinished or [last for last, _ in matching])[0]
+    log.info("resume=auto: continuing %s, the %srun under output_root=%s that this command (%s) started", chosen.parent,
+             "unfinished " if unfinished else "", root, this)
+    return chosen
+
+
+def _command_of(last: Path, state: dict) -> list[str] | None:
+    """The command that started the run of `last`: its checkpoint's `command`, or for a run of an older version its
+    .hydra/overrides.yaml; None when neither says."""
+    if "command" in state:
+        return list(state["command"])
+    saved = last.parent / ".hydra" / "overrides.yaml"
+    return started_by(OmegaConf.load(saved)) if saved.is_file() else None
 
 
 def decide_run(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *, named_run_dir: bool,
@@ -123,31 +171,11 @@ def _refuse_going_back(path: Path, state: dict) -> None:
 
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path) -> Iterator[None]:
-    """Hold <run_dir>/.train.lock while training: a second process writing the same run (two runs started in one
-    second share Hydra's dated folder; two resumes of one run) is refused instead of mixing the two."""
+    """Hold <run_dir>/.train.lock while training: a second process writing the same run (two resumes of one run) is
+    refused instead of mixing the two."""
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes the run dir
         yield
         return
-    lock = run_dir / LOCK
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            break
-        except FileExistsError:
-            try:
-                holder = int(lock.read_text().strip() or "0") or None
-            except (OSError, ValueError):
-                holder = None
-            if holder is not None and holder != os.getpid() and process_running(holder):
-                raise ConfigError(f"{run_dir}: another training process (pid {holder}) is writing this run; wait for "
-                                  f"it to end, or give this run its own folder (hydra.run.dir=...: run folders are "
-                                  f"named to the second)") from None
-            lock.unlink(missing_ok=True)  # left by a process that has ended
-    else:
-        raise ConfigError(f"{lock}: cannot take the run's lock; remove it if no training process uses {run_dir}")
-    with os.fdopen(fd, "w") as f:
-        f.write(str(os.getpid()))
-    try:
+    with folder_lock(run_dir, name=LOCK, busy="another training process is writing this run; wait for it to end, "
+                                             "or give this run its own folder (another hydra.run.dir=...)"):
         yield
-    finally:
-        lock.unlink(missing_ok=True)

@@ -51,6 +51,7 @@ class Run:
     best_miou: float = -1.0
     last_metrics: dict = field(default_factory=dict)
     validated_at: int = 0  # the iteration of the last validation completed (one interrupted is owed on resume)
+    command: list[str] | None = None  # the overrides of the command that started the run (what resume=auto matches)
 
 
 def bad_sample_error(run: Run, iteration: int, start_iter: int, problem: str, rank: int = 0) -> DataError:
@@ -115,6 +116,8 @@ def checkpoint_state(run: Run, iteration: int, rngs: list[dict] | None = None) -
              "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "iteration": iteration,
              "best_miou": run.best_miou, "metrics": run.last_metrics, "validated_at": run.validated_at,
              "rng": rngs[0] if rngs else ckpt.rng_state(), "config": run.saved_config}
+    if run.command is not None:
+        state["command"] = run.command
     if rngs and len(rngs) > 1:
         state["rng_ranks"] = rngs
     if run.ema is not None:

@@ -30,7 +30,7 @@ from deeplab.engine.precision import TrainingPlan, grad_scaler, resolve_device, 
 from deeplab.engine.run_config import TrainerSettings, validate_config
 from deeplab.engine.run_state import (Classes, Run, bad_sample_error, interruption_error, out_of_memory_error,
                                       owes_validation, save_run)
-from deeplab.engine.run_dir import decide_run, remove_stub, run_dir_lock
+from deeplab.engine.run_dir import decide_run, remove_stub, run_dir_lock, started_by
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
 from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
 from deeplab.errors import ConfigError, one_line
@@ -346,6 +346,7 @@ def train_in(run_dir: Path, config: dict, state: dict | None, overrides: Sequenc
                  "to train on", run_dir / "last.pt", settings.iterations)
         return state["best_miou"]
     run = build_run(config, settings, run_dir, state)
+    run.command = state.get("command") if state else started_by(overrides)  # kept from the run's first command
     start = restore(run, state) if state else 0
     if run.dist.is_main:
         data = config["dataset"]
