@@ -161,3 +161,45 @@ def test_ctrl_c_before_the_first_checkpoint_saves_the_steps_done(tmp_path):
     stopped = load_checkpoint(run / "last.pt")["iteration"]
     assert 3 <= stopped < 500
     assert f"interrupted (Ctrl-C) at iteration {stopped}: last.pt saved at iteration {stopped}" in output, output[-3000:]
+
+
+def test_an_evaluate_into_a_folder_another_evaluate_is_writing_is_refused(finished, tmp_path):
+    """Two evaluate.py at once into one run folder: both would pass the check for an earlier metrics.json and one
+    would replace the other's. The second is refused while the first (here: pid 1, which runs) holds the folder."""
+    _, run = finished
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    (folder / ".evaluate.lock").write_text("1")
+    before = digest(folder)
+    done = _run("evaluate.py", f"checkpoint={run / 'last.pt'}", f"hydra.run.dir={folder}", "precision=fp32")
+    _refusal(done, folder, "pid 1", "another evaluate.py", "hydra.run.dir")
+    assert digest(folder) == before
+    (folder / ".evaluate.lock").write_text("999999999")  # left by a process that has ended: taken over
+    done = _run("evaluate.py", f"checkpoint={run / 'last.pt'}", f"hydra.run.dir={folder}", "precision=fp32")
+    assert done.returncode == 0 and (folder / "metrics.json").is_file(), done.stderr[-3000:]
+    assert not (folder / ".evaluate.lock").exists()
+
+
+def test_two_predicts_started_together_into_one_output_never_mix(finished, tmp_path):
+    """Two real predict.py processes with different inputs into one output=: the folder is held by one at a time, so
+    the one that takes it second is refused with nothing written (both load a model for seconds, so they overlap)."""
+    _, run = finished
+    for name in ("a", "b"):
+        for i in range(3):
+            write_image(tmp_path / name / f"{name}{i}.jpg", size=(48, 64), value=i)
+    out = tmp_path / "out"
+    env = {**os.environ, "DEEPLAB_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "predict.py", f"checkpoint={run / 'last.pt'}", f"input={tmp_path / n}",
+                               f"output={out}", "precision=fp32", "save_overlay=false"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in ("a", "b")]
+    results = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
+    written = {p.name[0] for p in out.glob("*.png")}
+    for (code, text), name in zip(results, ("a", "b")):
+        assert "Traceback" not in text, text
+        if code == 0:
+            assert name in written
+        else:
+            assert code == 1 and "another predict.py is writing into this output folder" in text, text
+    assert sorted(code for code, _ in results) == [0, 1]  # started together, each loading for seconds: they overlap
+    assert len(written) == 1  # the refused one wrote nothing
+    assert not (out / ".predict.lock").exists()

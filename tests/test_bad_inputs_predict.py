@@ -17,7 +17,7 @@ from conftest import REPO, digest, one_sentence, predict_refused, run_predict, w
 from deeplab import prediction_files
 from deeplab.data import DataError
 from deeplab.engine.checkpoint import CheckpointError
-from deeplab.errors import user_errors
+from deeplab.errors import UserError, user_errors
 
 
 # --- output names: planned before writing, never colliding --------------------------------------------------------
@@ -302,3 +302,17 @@ def test_the_temp_file_of_a_killed_predict_is_removed_by_the_next(checkpoint, tm
     running.write_bytes(b"theirs")
     assert run_predict(checkpoint, photos, "save_color=false", "save_overlay=false", output=out) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(["a.png", running.name])
+
+
+def test_a_predict_into_an_output_folder_another_predict_is_writing_is_refused(checkpoint, tmp_path):
+    """Two predict.py at once into one output= (different inputs) would both pass the check for existing outputs and
+    leave a mix of the two: the second is refused while the first (here: pid 1, which runs) holds the folder."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    write_image(photos / "a.jpg", size=(24, 32))
+    out.mkdir()
+    (out / ".predict.lock").write_text("1")
+    predict_refused(UserError, checkpoint, photos, output=out,
+                    names=(out, "pid 1", "another predict.py", "output=DIR"))
+    (out / ".predict.lock").write_text("999999999")  # left by a killed predict: taken over
+    assert run_predict(checkpoint, photos, output=out) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_color.png", "a_overlay.jpg"]

@@ -21,6 +21,7 @@ from deeplab.figures import MissingDependency, confusion_figure, iou_chart
 from deeplab.inference import model_from_checkpoint
 from deeplab.metrics import format_metrics
 from deeplab.schema import ranged
+from deeplab.torch_files import folder_lock
 
 FIGURES = ("confusion_matrix.png", "per_class_iou.png")
 
@@ -105,4 +106,7 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
 
 @command("evaluate", logger="deeplab.evaluate", record=True)
 def main(cfg: DictConfig, record: Record) -> None:
-    run(cfg, HydraConfig.get().runtime.output_dir, record)
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    with folder_lock(output_dir, name=".evaluate.lock", busy="another evaluate.py is writing into this run folder; "
+                                                           "wait for it to end, or give this one another hydra.run.dir"):
+        run(cfg, output_dir, record)

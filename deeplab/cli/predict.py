@@ -14,6 +14,7 @@ from deeplab.inference import Predictor
 from deeplab.prediction_files import (batches, frame_count, list_inputs, output_folder, plan_outputs, refuse_existing,
                                       remove_killed_writes, save_outputs, summary)
 from deeplab.progress import progress_bar
+from deeplab.torch_files import folder_lock
 from deeplab.schema import ranged
 from deeplab.visualization import palette_array
 
@@ -42,6 +43,14 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     check_settings(cfg)
     base, paths, skipped = list_inputs(cfg.input)
     output = output_folder(cfg.output, run_dir=output_dir, base=base, allow_inside_input=cfg.allow_inside_input)
+    with folder_lock(output, name=".predict.lock", busy="another predict.py is writing into this output folder; wait "
+                                                        "for it to end, or predict into another output=DIR"):
+        return predict_into(output, cfg, base, paths, skipped, output_dir, record)
+
+
+def predict_into(output: Path, cfg: DictConfig, base: Path, paths: list[Path], skipped: list, output_dir: str | Path,
+                 record: Record | None) -> int:
+    """`run`'s work once it holds the output folder: plan every output, refuse clashes, then predict and write."""
     kinds = [kind for kind, wanted in (("index", cfg.save_index), ("color", cfg.save_color),
                                        ("overlay", cfg.save_overlay)) if wanted]
     plan = plan_outputs(paths, base, output, kinds=kinds)
