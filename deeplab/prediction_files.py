@@ -150,6 +150,32 @@ def plan_outputs(paths: list[Path], base: Path, output: Path, *, kinds: list[str
     return plan
 
 
+# what atomic_write's temp file adds to a name: "." + name + ".<pid>.<8 random>.tmp", a pid of up to 7 digits
+TEMP_NAME_EXTRA = len(".") + len(".1234567.abcdefgh.tmp")
+
+
+def drop_unwritable_names(plan: dict[Path, dict[str, Path]]) -> list[str]:
+    """Inputs whose output names (with the temp file's extra characters) or paths would pass the file system's
+    limits (NAME_MAX, PATH_MAX; 255 and 4096 bytes on Linux) are taken out of `plan`, each with one sentence; the
+    others are written."""
+    problems = []
+    for source, outputs in list(plan.items()):
+        for target in outputs.values():
+            folder = next(p for p in [target.parent, *target.parents] if p.exists())
+            name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+            name = len(os.fsencode(target.name)) + TEMP_NAME_EXTRA
+            path = len(os.fsencode(str(target))) + TEMP_NAME_EXTRA
+            if name > name_max or path >= path_max:
+                what = f"name {target.name}" if name > name_max else f"path {target}"
+                limit = name_max if name > name_max else path_max
+                problems.append(f"{source}: its output's {what} would be {name if name > name_max else path} bytes "
+                                f"with the temp file's {TEMP_NAME_EXTRA}, over this file system's limit of {limit}; "
+                                f"rename the image (or predict into a shorter output=DIR)")
+                del plan[source]
+                break
+    return problems
+
+
 def refuse_existing(plan: dict[Path, dict[str, Path]], *, overwrite: bool) -> None:
     """Outputs that exist already (ground-truth masks in the folder named, an earlier prediction) are replaced only
     with overwrite=true: otherwise one sentence names the first and the count, before any image is read."""

@@ -146,7 +146,7 @@ def test_only_unreadable_images_is_an_error(checkpoint, tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     predict_refused(DataError, checkpoint, tmp_path / "photos", output=tmp_path / "out",
-                    names=["none of the 1 image(s) could be read", "broken.jpg: not a readable image"])
+                    names=["none of the 1 image(s) could be predicted", "broken.jpg: not a readable image"])
 
 
 def test_output_that_is_an_existing_file_is_refused(checkpoint, tmp_path):
@@ -316,3 +316,20 @@ def test_a_predict_into_an_output_folder_another_predict_is_writing_is_refused(c
     (out / ".predict.lock").write_text("999999999")  # left by a killed predict: taken over
     assert run_predict(checkpoint, photos, output=out) == 0
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_color.png", "a_overlay.jpg"]
+
+
+def test_an_image_whose_output_name_would_be_too_long_is_named_and_the_others_are_written(checkpoint, tmp_path, capsys):
+    """A 240-byte file name is a legal name, but its outputs' (x_overlay.jpg, and the temp file each is written
+    through) pass the 255-byte limit: that image is named in one sentence at the end, the others are written."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    long = "a" * 240
+    write_image(photos / f"{long}.jpg", size=(24, 32))
+    write_image(photos / "short.jpg", size=(24, 32))
+    assert run_predict(checkpoint, photos, output=out) == 1  # exit status 1: not every image was predicted
+    assert sorted(p.name for p in out.iterdir()) == ["short.png", "short_color.png", "short_overlay.jpg"]
+    printed = capsys.readouterr().out
+    assert "1 image(s) written" in printed and f"{long}.jpg: its output's name" in printed
+    assert "over this file system's limit of 255" in printed and "rename the image" in printed
+    with pytest.raises(DataError, match="none of the 1 image"):  # alone, it is the whole input: refused
+        run_predict(checkpoint, photos / f"{long}.jpg", output=tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()

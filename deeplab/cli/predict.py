@@ -11,8 +11,8 @@ from deeplab.cli.record import Record
 from deeplab.data.dataset import DataError
 from deeplab.errors import ConfigError
 from deeplab.inference import Predictor
-from deeplab.prediction_files import (batches, frame_count, list_inputs, output_folder, plan_outputs, refuse_existing,
-                                      remove_killed_writes, save_outputs, summary)
+from deeplab.prediction_files import (batches, drop_unwritable_names, frame_count, list_inputs, output_folder,
+                                      plan_outputs, refuse_existing, remove_killed_writes, save_outputs, summary)
 from deeplab.progress import progress_bar
 from deeplab.torch_files import folder_lock
 from deeplab.schema import ranged
@@ -54,6 +54,8 @@ def predict_into(output: Path, cfg: DictConfig, base: Path, paths: list[Path], s
     kinds = [kind for kind, wanted in (("index", cfg.save_index), ("color", cfg.save_color),
                                        ("overlay", cfg.save_overlay)) if wanted]
     plan = plan_outputs(paths, base, output, kinds=kinds)
+    failed = drop_unwritable_names(plan)  # those images are named at the end; the others are written
+    paths = [p for p in paths if p in plan]
     refuse_existing(plan, overwrite=cfg.overwrite)
     remove_killed_writes(plan)
     predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
@@ -63,7 +65,7 @@ def predict_into(output: Path, cfg: DictConfig, base: Path, paths: list[Path], s
     if record is not None:
         record.keep(output_dir)
     table = palette_array(predictor.palette)
-    failed: list[str] = []
+    unwritable = len(failed)
     with progress_bar(desc="predict", total=len(paths), unit=" images") as progress:
         for batch in batches(paths, cfg.batch_size, failed):
             labels = predictor.predict_batch([image for _, image in batch]).argmax(1).cpu().numpy()
@@ -71,13 +73,14 @@ def predict_into(output: Path, cfg: DictConfig, base: Path, paths: list[Path], s
                 save_outputs(image, label, plan[path], table, alpha=cfg.alpha)
             progress.update(len(batch))
         progress.update(len(failed))
-    if len(failed) == len(paths):
-        raise DataError(f"input={cfg.input}: none of the {len(paths)} image(s) could be read, e.g. {failed[0]}")
-    print(f"{len(paths) - len(failed)} image(s) written to {output}")
+    if len(failed) - unwritable == len(paths):
+        raise DataError(f"input={cfg.input}: none of the {len(paths) + unwritable} image(s) could be predicted, e.g. "
+                        f"{failed[0]}")
+    print(f"{len(paths) - len(failed) + unwritable} image(s) written to {output}")
     for line in summary(skipped, [p for p in paths if frame_count(p) > 1]):
         print(line)
     if failed:
-        print(f"{len(failed)} image(s) could not be read:\n" + "\n".join(f"  {msg}" for msg in failed))
+        print(f"{len(failed)} image(s) could not be read or written:\n" + "\n".join(f"  {msg}" for msg in failed))
     return len(failed)
 
 
