@@ -61,6 +61,9 @@ def _colour_to_index(path: Path, rgb: np.ndarray, palette: Sequence[Sequence[int
         owners.setdefault((r << 16) | (g << 8) | b, []).append(i)
     uniques, inverse = np.unique(codes, return_inverse=True)
     unknown = [int(c) for c in uniques if int(c) not in owners]
+    if unknown and lossy_pattern(codes, ~np.isin(codes, list(owners))):
+        raise DataError(f"{path}: RGB mask has {len(unknown)} colours not in the dataset palette, in the pattern "
+                        f"lossy compression leaves along the edges between classes; {LOSSLESS_FIX}")
     if unknown:
         shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in unknown[:5])
         raise DataError(f"{path}: RGB mask has {len(unknown)} colour(s) not in the dataset palette, e.g. {shown}. "
@@ -74,6 +77,34 @@ def _colour_to_index(path: Path, rgb: np.ndarray, palette: Sequence[Sequence[int
     return np.array([owners[int(c)][0] for c in uniques], dtype=np.uint8)[inverse.reshape(codes.shape)]
 
 
+# Formats whose compression changes pixel values (MPO: a camera's multi-picture JPEG), and what a mask so saved needs.
+LOSSY_FORMATS = ("JPEG", "MPO")
+LOSSLESS_FIX = ("the masks were saved lossy: export them again losslessly, as PNG, from their source (converting "
+                "these files to PNG keeps the changed values)")
+
+
+def lossy_pattern(values: np.ndarray, stray: np.ndarray) -> bool:
+    """Whether the `stray` pixels of a mask (those whose value is no class, no ignore index, no palette colour) are
+    what lossy saving leaves: JPEG (or a resize that blends pixels) smears the edges between classes into many
+    values, in specks and thin bands that fill no region of their own.
+
+    The test: at least 3 distinct stray values; at most half the pixels stray; and at most half of the stray pixels
+    with a 3x3 neighbourhood all of their own value. Measured on masks saved as JPEG at quality 50-100 (greyscale
+    and colour): 9-250+ stray values, under a third of them inside such a neighbourhood (0 for greyscale). Masks of
+    another id scheme, colours that the palette lacks, or class indices scaled to 0-255 hold few stray values, each
+    filling regions (over 70% inside); a photo saved as a mask strays almost everywhere.
+    """
+    if not stray.any() or len(np.unique(values[stray])) < 3 or stray.mean() > 0.5:
+        return False
+    padded = np.pad(values, 1, mode="edge")
+    height, width = values.shape
+    uniform = np.ones(values.shape, bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            uniform &= padded[dy:dy + height, dx:dx + width] == values
+    return (uniform & stray).sum() <= 0.5 * stray.sum()
+
+
 # PIL modes whose pixels are one value each; "LA" and "PA" carry an alpha channel besides, which is dropped.
 INDEX_MODES = ("1", "L", "P", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
 COLOUR_MODES = ("RGB", "RGBA", "RGBX")
@@ -84,6 +115,9 @@ def _mask_pixels(path: Path) -> tuple[str, np.ndarray]:
     try:
         with Image.open(path) as img:
             mode = img.mode
+            if img.format in LOSSY_FORMATS:  # read from its bytes, whatever its extension says
+                raise DataError(f"{path}: this mask file holds JPEG data, and JPEG compression changes label values "
+                                f"along the edges between classes; {LOSSLESS_FIX}")
             if mode in COLOUR_MODES + ("LA",) and any(_raw_mode(tile).endswith(";16B") for tile in img.tile):
                 # PIL keeps only the high byte of 16-bit colour: small values would all read as 0
                 raise DataError(f"{path}: 16-bit {mode} mask; save it as an 8-bit PNG (palette or greyscale class "
@@ -144,6 +178,10 @@ def check_labels(path: Path, mask: np.ndarray, *, num_classes: int, ignore_index
     """Raise if the mask holds values that are neither a class index nor the ignore index."""
     present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
     bad = [int(v) for v in present if v >= num_classes and v != ignore_index]
+    if bad and lossy_pattern(mask, (mask >= num_classes) & (mask != ignore_index)):
+        raise DataError(f"{path}: {len(bad)} label values outside the {num_classes} classes (e.g. {bad[:5]}) lie "
+                        f"along the edges between classes, the pattern lossy compression (JPEG) leaves; "
+                        f"{LOSSLESS_FIX}")
     if bad:
         raise DataError(f"{path}: label values {bad[:10]} are outside the {num_classes} classes (0-{num_classes - 1}) "
                         f"and the ignore index {ignore_index}. If these are colours or another id scheme, "
