@@ -1,4 +1,9 @@
-"""Segmentation metrics from one confusion matrix accumulated over a whole split (the VOC definition)."""
+"""Segmentation metrics from one confusion matrix accumulated over a whole split (the VOC definition), and the
+strict JSON every metrics file is written in."""
+
+import json
+import math
+from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
@@ -60,3 +65,22 @@ def format_metrics(metrics: dict, class_names: list[str]) -> str:
     lines.append(f"pixel acc {metrics['pixel_acc']:.4f}   mean class acc {metrics['mean_class_acc']:.4f}   "
                  f"fwIoU {metrics['fwIoU']:.4f}   ({metrics['pixels']:,} labelled pixels)")
     return "\n".join(lines)
+
+
+def _finite(value):
+    """`value` with NaN and infinities (an mIoU with no class present) replaced by None, in mappings and lists too."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def json_text(value, **options) -> str:
+    """`value` as strict JSON (RFC 8259), the one way the project writes JSON: NaN and infinities become null.
+
+    Python's json writes them as bare NaN and Infinity, which strict readers refuse (JavaScript's JSON.parse, jq,
+    Go, Rust's serde_json). `options` go to json.dumps (indent, default...)."""
+    return json.dumps(_finite(value), allow_nan=False, **options)

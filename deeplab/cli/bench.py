@@ -1,7 +1,6 @@
 """`python -m deeplab.bench [sections=[model,inference,train,loader]] [key=value ...]`: the benchmark sections side
 by side, as ratios measured in one run."""
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from deeplab.bench.modes import INFERENCE_MODES, TRAINING_MODES, check_modes, sp
 from deeplab.cli import command, typed_settings
 from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe_cpu, resolve_device
 from deeplab.errors import ConfigError
+from deeplab.metrics import json_text
 from deeplab.model.summary import summarize
 
 
@@ -108,7 +108,7 @@ def run(cfg) -> dict:
         results["loader"] = bench_loader(**cfg.loader)
         print(format_loader(results["loader"]))
     if json_path:
-        json_path.write_text(json.dumps(results, indent=2))
+        json_path.write_text(json_text(results, indent=2))
         print(f"JSON written to {json_path}")
     return results
 

@@ -1,6 +1,5 @@
 """`python evaluate.py`: mIoU of a checkpoint (or of a folder of saved predictions) on a validation split."""
 
-import json
 from pathlib import Path
 
 import cv2
@@ -19,7 +18,7 @@ from deeplab.engine.tta import check_tta, is_channels_last
 from deeplab.errors import ConfigError
 from deeplab.figures import MissingDependency, confusion_figure, iou_chart
 from deeplab.inference import model_from_checkpoint
-from deeplab.metrics import format_metrics
+from deeplab.metrics import format_metrics, json_text
 from deeplab.schema import ranged
 from deeplab.torch_files import folder_lock
 
@@ -97,7 +96,7 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     print(format_metrics(metrics, names))
     result = {"source": str(cfg.checkpoint or cfg.predictions), "split": split, "images": len(dataset),
               "class_names": names, **metrics, "confusion_matrix": matrix.mat.cpu().tolist()}
-    (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    (output_dir / "metrics.json").write_text(json_text(result, indent=2))
     written = ["metrics.json", *write_figures(output_dir, result["confusion_matrix"], metrics, names)]
     print(f"{', '.join(written[:-1])} and {written[-1]}" if len(written) > 1 else written[0],
           f"written to {output_dir}")

@@ -4,7 +4,6 @@
 import itertools
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from deeplab.engine.run_config import _flat
 from deeplab.figures import MissingDependency, confusion_figure, iou_chart
+from deeplab.metrics import json_text
 from deeplab.torch_files import atomic_write
 from deeplab.visualization import comparison_grid, denormalize
 
@@ -100,17 +100,6 @@ def wait_to_sort_last(tb_dir: Path) -> None:
         time.sleep(newest + 1 - time.time())
 
 
-def _plain(value):
-    """JSON-safe: NaN and infinities (an mIoU with no class present) become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def truncate_history(path: Path, iteration: int) -> int:
     """Drop the lines of `path` logged after `iteration` (what a killed run wrote after its last checkpoint, redone by
     the resumed run) and a line a kill cut short, rewriting the file atomically; returns how many were dropped."""
@@ -145,7 +134,7 @@ class RunHistory:
     def write(self, kind: str, iteration: int, fields: Mapping) -> None:
         line = {"kind": kind, "iteration": iteration, "time": round(time.time(), 3),
                 "elapsed_s": round(time.monotonic() - self.started, 3), **fields}
-        self.file.write(json.dumps(_plain(line), allow_nan=False, default=str) + "\n")
+        self.file.write(json_text(line, default=str) + "\n")
         self.file.flush()
 
     def close(self) -> None:
