@@ -7,8 +7,9 @@ inside `user_errors(...)`, which prints that sentence (never a traceback) and ex
 
 import errno
 import logging
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -48,18 +49,46 @@ DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
                errno.EPERM: "operation not permitted"}
 
 
+# the exit status of a writer whose reader has gone (`... | head`): what the shell reports for a process ended by
+# SIGPIPE (13), as `cat` and `yes` are; Python ignores that signal and raises BrokenPipeError instead
+CLOSED_PIPE_STATUS = 128 + 13
+
+
+def _pipe_errors_raise(handle_error: Callable) -> Callable:
+    """A log handler's handleError that lets a BrokenPipeError through: logging would print a "--- Logging error ---"
+    traceback for every later line instead, and the command would go on writing into the closed pipe."""
+    def handle(record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            raise sys.exc_info()[1]
+        handle_error(record)
+    return handle
+
+
 @contextmanager
 def user_errors(logger: str) -> Iterator[None]:
-    """Run a command's body: a UserError or a file-system refusal ends it with one logged sentence and exit 1."""
+    """Run a command's body: a UserError or a file-system refusal ends it with one logged sentence and exit 1.
+
+    Output into a pipe whose reader has gone (`python evaluate.py ... | head -n 2`) ends the command quietly with
+    CLOSED_PIPE_STATUS, as the standard recipe in Python's `signal` docs does: what it prints is flushed here, and
+    the rest goes to os.devnull, so the interpreter's own flush at exit finds no broken pipe either."""
+    for handler in logging.getLogger().handlers:  # the console handler the command's logging config set up
+        if getattr(handler, "stream", None) is sys.stdout:
+            handler.handleError = _pipe_errors_raise(handler.handleError)
     try:
-        yield
-    except UserError as exc:
-        logging.getLogger(logger).error("%s", one_line(exc))
-        sys.exit(1)
-    except OSError as exc:
-        if exc.errno not in DISK_ERRORS:
-            raise
-        where = exc.filename or "a file"
-        logging.getLogger(logger).error("%s: %s (%s); free space or choose another folder, then run the command "
-                                        "again", where, DISK_ERRORS[exc.errno], exc.strerror or exc)
-        sys.exit(1)
+        try:
+            yield
+        except UserError as exc:
+            logging.getLogger(logger).error("%s", one_line(exc))
+            sys.exit(1)
+        except OSError as exc:
+            if exc.errno not in DISK_ERRORS:
+                raise
+            where = exc.filename or "a file"
+            logging.getLogger(logger).error("%s: %s (%s); free space or choose another folder, then run the "
+                                            "command again", where, DISK_ERRORS[exc.errno], exc.strerror or exc)
+            sys.exit(1)
+        finally:
+            sys.stdout.flush()  # a closed pipe is met here, inside the command, not at the interpreter's exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(CLOSED_PIPE_STATUS)
