@@ -26,7 +26,7 @@ class CheckpointError(UserError):
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: int = 0, durable: bool = True,
-                 then: str = "run the command again", sweep: bool = True) -> Path:
+                 then: str = "run the command again", sweep: bool = True, replace: bool = True) -> Path:
     """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.
 
     A crash or a kill mid-write leaves the previous file intact; the temp file a kill leaves behind
@@ -37,6 +37,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     durable=False skips the fsync, for files that can be made again (cached masks): readers still never see half.
     `then`: what to do once there is room, the end of that sentence (a training run: continue it with resume=...).
     sweep=False skips the search for a killed write's temp files (a folder of thousands of outputs: predict).
+    replace=False: the file is put in place only if `path` still does not exist (a hard link, which fails on an
+    existing name): another process that wrote it while this one ran keeps its file, and this write is refused.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _link_new(Path(tmp), path)
     except BaseException as exc:
         written = Path(tmp).stat().st_size if Path(tmp).is_file() else 0
         Path(tmp).unlink(missing_ok=True)
@@ -62,6 +67,22 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
             raise CheckpointError(full) from exc
         raise
     return path
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Put `tmp` in place at `path` only if no file is there (on a file system without hard links: checked, then
+    renamed)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise UserError(f"{path}: another process wrote this file while this command ran, and it is kept; write to "
+                        f"another file, or run again with overwrite=true to replace it") from None
+    except OSError:  # no hard links here (FAT, some network file systems)
+        if path.exists():
+            raise UserError(f"{path}: another process wrote this file while this command ran, and it is kept; write "
+                            f"to another file, or run again with overwrite=true to replace it") from None
+        os.replace(tmp, path)
+    tmp.unlink(missing_ok=True)
 
 
 def output_file_problem(path: Path, *, source: Path | None, overwrite: bool, example: str) -> str | None:

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from deeplab.engine.checkpoint import CheckpointError, find_latest, load_checkpoint, load_model_weights, save_checkpoint
-from deeplab.torch_files import tensor_bytes
+from conftest import one_sentence
+from deeplab.errors import UserError
+from deeplab.torch_files import atomic_write, tensor_bytes
 from deeplab.model import build_model
 
 
@@ -189,3 +191,23 @@ def test_wrong_model_mismatch_messages(tmp_path):
         load_model_weights(dense, three.state_dict(), source="y.pt")
     assert load_model_weights(five, three.state_dict(), source="z", reinit_classifier=True) == [
         "decoder.classifier.weight", "decoder.classifier.bias"]
+
+
+def test_a_write_that_must_not_replace_keeps_a_file_another_process_wrote_meanwhile(tmp_path):
+    """export and convert check, before a long write, that their output does not exist (overwrite=false); a second
+    command with the same output= that finishes first must keep its file, not have it replaced by the slower one."""
+    path = tmp_path / "model.onnx"
+
+    def slow_write(tmp):
+        path.write_bytes(b"the other process's export")  # it finishes while this one writes
+        tmp.write_bytes(b"this process's export")
+    with pytest.raises(UserError) as info:
+        atomic_write(path, slow_write, replace=False)
+    one_sentence(info, path, "another process wrote this file", "overwrite=true")
+    assert path.read_bytes() == b"the other process's export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left
+    atomic_write(path, lambda tmp: tmp.write_bytes(b"replaced"))  # overwrite=true replaces, as before
+    assert path.read_bytes() == b"replaced"
+    new = tmp_path / "new.pt"
+    save_checkpoint(new, {"model": {}, "config": {}}, replace=False)  # nothing there: written
+    assert load_checkpoint(new)["config"] == {}

@@ -251,5 +251,5 @@ def convert_checkpoint(source_path: str | Path, *, source: str, dataset: Mapping
     provenance = {"repository": REPOSITORIES[source], "format": source, "architecture": layout.name,
                   "file": str(source_path), "sha256": digest, **info}
     config = {"model": layout.model, "dataset": data}
-    save_checkpoint(output, {"model": weights, "config": config, "converted_from": provenance})
+    save_checkpoint(output, {"model": weights, "config": config, "converted_from": provenance}, replace=overwrite)
     return Converted(output, layout.name, config, len(state))

@@ -10,14 +10,15 @@ from deeplab.torch_files import CheckpointError, atomic_write, read_torch_file, 
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
+def save_checkpoint(path: str | Path, state: dict, *, replace: bool = True) -> None:
     """Write `state` to `path` atomically: the last good checkpoint is never lost to a crash mid-write. A full disk
     says how to go on: continue the run from its last.pt (the same command again would be refused, as a new run in a
-    folder that holds one), or start it again when none was written yet."""
+    folder that holds one), or start it again when none was written yet. replace=False: a file another process put
+    at `path` meanwhile is kept, and this write refused (atomic_write)."""
     last = Path(path).parent / "last.pt"
     then = f"continue the run with resume={last}" if last.is_file() else "start the run again"
     atomic_write(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp),
-                 size_hint=tensor_bytes(state), then=then)
+                 size_hint=tensor_bytes(state), then=then, replace=replace)
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict:

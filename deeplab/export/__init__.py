@@ -61,8 +61,9 @@ def check_output(path: str | Path, *, overwrite: bool, checkpoint: str | Path | 
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None], *, overwrite: bool, size_hint: int = 0) -> Path:
-    """Write through a temp file and os.replace (see atomic_write) where `check_output` allows it."""
-    return atomic_write(check_output(path, overwrite=overwrite), write, size_hint=size_hint)
+    """Write through a temp file and os.replace (see atomic_write) where `check_output` allows it; without overwrite
+    a file another process wrote there meanwhile is kept and this write refused."""
+    return atomic_write(check_output(path, overwrite=overwrite), write, size_hint=size_hint, replace=overwrite)
 
 
 def _plain_folded(model: nn.Module) -> nn.Module:
