@@ -12,7 +12,7 @@ with a DataError naming the files.
 import glob
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -29,13 +29,27 @@ SUFFIXES = {"index": ".png", "color": "_color.png", "overlay": "_overlay.jpg"}  
 EXTENSIONS = " ".join(IMAGE_EXTENSIONS)
 
 
-def list_inputs(spec: str) -> tuple[Path, list[Path], list[Path]]:
-    """(base folder, image paths, files skipped) for an image file, a folder (searched recursively) or a glob.
+def list_inputs(spec: str | Sequence[str]) -> tuple[Path, list[Path], list[Path]]:
+    """(base folder, image paths, files skipped) for an image file, a folder (searched recursively) or a glob, or a
+    list of them (predict.py "input=[a.jpg,b.jpg]").
 
     A folder or a glob gives its files with an image extension (IMAGE_EXTENSIONS, any case); the other files (HEIC,
     AVIF, GIF, text...; hidden files aside) are the skipped ones, which predict names at the end. A file named
     directly is read whatever its extension. No image at all is a DataError.
+
+    A list's entries are read each as one input is, and become one input whose base is their deepest common folder
+    (absolute paths): outputs keep their paths below it and are planned and checked together, as a folder's are.
+    An image that two entries give (a.jpg, and the folder holding it) is predicted once.
     """
+    if not isinstance(spec, (str, os.PathLike)):
+        entries = [list_inputs(str(entry)) for entry in spec]
+        if len(entries) == 1:
+            return entries[0]
+        def absolute(paths) -> list[Path]:  # normalised too: a/../b is b, so no output escapes the output folder
+            return list(dict.fromkeys(Path(os.path.abspath(p)) for p in paths))
+        return (Path(os.path.commonpath(absolute(base for base, _, _ in entries))),
+                absolute(p for _, paths, _ in entries for p in paths),
+                absolute(p for _, _, skipped in entries for p in skipped))
     path = Path(spec).expanduser()
     if path.is_file():
         return path.parent, [path], []
