@@ -114,10 +114,8 @@ def test_val_ratio_outside_0_1_names_the_key(tmp_path, ratio):
     one_sentence(exc.value, f"dataset.val_ratio={ratio!r}", "between 0 and 1")
 
 
-def test_a_batch_larger_than_the_training_split_names_the_key():
-    with pytest.raises(ConfigError) as exc:
-        TrainBatches(3, batch_size=8, total_iters=1)
-    one_sentence(exc.value, "trainer.batch_size=8", "3 samples")
+def test_a_batch_that_does_not_split_over_the_processes_names_the_key():
+    # (a batch larger than the split is filled by repeating it: test_bad_inputs_conventions.py)
     with pytest.raises(ConfigError) as exc:
         TrainBatches(30, batch_size=8, total_iters=1, world_size=3)
     one_sentence(exc.value, "trainer.batch_size=8", "trainer.grad_accum", "not divisible")

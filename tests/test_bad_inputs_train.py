@@ -109,13 +109,6 @@ def test_bad_config_value_is_one_sentence_before_anything_is_touched(override, n
     assert _digest(voc_root) == before
 
 
-def test_batch_larger_than_the_training_split_names_split_and_root(tmp_path):
-    tree = make_voc_tree(tmp_path / "VOC", n_train=3, n_val=1)
-    with pytest.raises(ConfigError) as exc_info:
-        train(_cfg(tree, tmp_path / "outputs"), tmp_path / "run")  # batch 4, 3 training images
-    _one_sentence(exc_info, "trainer.batch_size=4", "'train'", "3 samples", str(tree))
-
-
 def test_offline_imagenet_default_says_where_to_put_the_file_or_how_to_choose_random(voc_root, tmp_path,
                                                                                      monkeypatch):
     import urllib.error

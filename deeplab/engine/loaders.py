@@ -1,5 +1,6 @@
 """Iteration-based sampling that makes a run resumable to the exact sample, and the train/val DataLoaders."""
 
+import logging
 import signal
 from collections.abc import Iterator
 
@@ -9,6 +10,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from deeplab.data import DataError
 from deeplab.errors import ConfigError
+
+log = logging.getLogger("deeplab.train")
 
 
 def check_batch_split(batch_size: int, *, accum: int, world_size: int = 1, min_share: int = 2) -> None:
@@ -32,34 +35,45 @@ class TrainBatches(Sampler):
     Iteration `it` takes the next `batch_size` ids of a seeded per-epoch permutation (the global batch); each rank
     takes every world_size-th of them, split into `accum` micro-batches. Because it depends only on (seed, it),
     resuming at iteration k yields exactly what the interrupted run would have, and N processes see the same global
-    batch as one.
+    batch as one. A split smaller than the batch (a dataset of two images) fills each batch from several epochs'
+    permutations: its samples come back within the batch, each time with an augmentation seed of its own.
     """
 
     def __init__(self, size: int, *, batch_size: int, total_iters: int, start_iter: int = 0, seed: int = 0,
                  rank: int = 0, world_size: int = 1, accum: int = 1) -> None:
-        if size < batch_size:
-            raise ConfigError(f"the training split has {size} samples, fewer than trainer.batch_size={batch_size} "
-                              f"(one optimizer step's batch); lower trainer.batch_size to at most {size}, or add "
-                              "training samples")
+        if size < 1:
+            raise ConfigError("the training split has no samples; add training samples")
         check_batch_split(batch_size, accum=accum, world_size=world_size, min_share=1)  # the sampler's own need
+        if size < batch_size and rank == 0:
+            log.warning("the training split has %d sample(s), fewer than trainer.batch_size=%d: each batch repeats "
+                        "them, each time with its own random augmentation", size, batch_size)
         self.size, self.batch_size, self.total, self.start = size, batch_size, total_iters, start_iter
         self.seed, self.rank, self.world, self.accum = seed, rank, world_size, accum
 
     def __len__(self) -> int:
         return (self.total - self.start) * self.accum
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        per_epoch = self.size // self.batch_size  # the last partial batch of each epoch is dropped
-        order, order_epoch = None, -1
-        for it in range(self.start, self.total):
+    def draws(self, it: int) -> list[tuple[int, int]]:
+        """(epoch, position in that epoch's permutation) of each sample of iteration `it`'s global batch."""
+        per_epoch = self.size // self.batch_size
+        if per_epoch:  # the last partial batch of each epoch is dropped
             epoch, step = divmod(it, per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.size), epoch
-            first = step * self.batch_size
+            return [(epoch, step * self.batch_size + k) for k in range(self.batch_size)]
+        # fewer samples than the batch: each iteration takes whole epochs, as many as fill the batch (the last in
+        # part), so each sample comes once or twice as often as any other in the batch, never more
+        epochs = -(-self.batch_size // self.size)
+        return [(it * epochs + k // self.size, k % self.size) for k in range(self.batch_size)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        orders: dict[int, np.ndarray] = {}
+        for it in range(self.start, self.total):
+            draws = self.draws(it)
+            orders = {epoch: orders[epoch] if epoch in orders else
+                      np.random.default_rng([self.seed, epoch]).permutation(self.size) for epoch, _ in draws}
             # each draw's augmentation seed is a pure function of (seed, epoch, position), so a resumed run augments
             # exactly as before (int tuples hash the same in every process)
-            mine = [(int(order[first + k]), hash((self.seed, epoch, first + k)) & 0xFFFFFFFF)
-                    for k in range(self.rank, self.batch_size, self.world)]
+            mine = [(int(orders[epoch][position]), hash((self.seed, epoch, position)) & 0xFFFFFFFF)
+                    for epoch, position in draws[self.rank::self.world]]
             micro = len(mine) // self.accum
             for a in range(self.accum):
                 yield mine[a * micro:(a + 1) * micro]

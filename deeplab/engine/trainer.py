@@ -219,7 +219,7 @@ def _same_architecture(path: str, theirs: dict, ours: dict) -> None:
 def probe_batch(dataset: torch.utils.data.Dataset, share: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two training crops of up to 192x192 to time the training plans on: a second or two of measuring for the
     dense model on 2 CPU cores, however large the real batch and crops are."""
-    samples = [dataset[(i, i)] for i in range(min(share, 2, len(dataset)))]
+    samples = [dataset[(i % len(dataset), i)] for i in range(min(share, 2))]  # a one-image split: two crops of it
     images, masks = torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])
     return images[..., :192, :192], masks[..., :192, :192]
 
@@ -248,10 +248,6 @@ def build_run(config: dict, settings: TrainerSettings, output_dir: Path, state: 
     with rank_zero_first(world):  # one process builds a dataset's cache (COCO's masks); the others then read it
         train_set, val_set = build_datasets(config["dataset"], config["augment"],
                                             preflight_samples=settings.preflight_samples)
-    if len(train_set) < settings.batch_size:
-        raise ConfigError(f"trainer.batch_size={settings.batch_size} is larger than the training split "
-                          f"'{config['dataset']['train_split']}' ({len(train_set)} samples under "
-                          f"{config['dataset']['root']}); lower trainer.batch_size or add data")
     model, plan = build_network(config, state, settings, device, world,
                                 probe_batch(train_set, settings.batch_size // (world.world_size * settings.grad_accum)))
     ema = ModelEma(model, settings.ema_decay) if settings.ema_decay is not None else None  # before any wrapper
