@@ -59,10 +59,10 @@ def test_every_parameter_gets_a_gradient_and_no_nan(separable):
 def test_builder_is_keyword_only_and_checks_num_classes():
     with pytest.raises(TypeError):
         build_model(21)  # noqa: the point is that positional use fails
-    with pytest.raises(TypeError, match="unexpected keyword argument 'num_clases'"):
-        build_model(num_clases=21)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'separabel'; did you mean separable"):
+        build_model(num_classes=21, separabel=True)
     for bad in (0, -3, 2.5, True):
-        with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        with pytest.raises(ConfigError, match=r"^model.num_classes=.*: must be an integer >= 1"):
             build_model(num_classes=bad)
 
 

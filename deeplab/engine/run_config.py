@@ -18,8 +18,8 @@ from deeplab.engine.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_s
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.errors import ConfigError, one_line
 from deeplab.losses import CLASS_WEIGHTINGS, LOSSES, build_loss
-from deeplab.model import BACKBONES, build_model, upgrade_model_config
-from deeplab.model.backbone import check_backbone_options, split_backbone
+from deeplab.model import build_model, upgrade_model_config
+from deeplab.model.backbone import typed_backbone
 from deeplab.model.deeplabv3plus import LEGACY_BACKBONE_KEYS
 from deeplab.schema import Count, NonNegativeInt, Positive, checked, keyword_hints, ranged
 
@@ -107,17 +107,9 @@ def validate_config(config: Mapping) -> dict:
         typed = checked(name, values, hints, where=where, unknown=unknown)
         config[name] = {**section, **typed}
     if "backbone" in config["model"]:
-        config["model"]["backbone"] = _typed_backbone(config["model"]["backbone"])
+        config["model"]["backbone"] = typed_backbone(config["model"]["backbone"])
     _check_consistency(config)
     return config
-
-
-def _typed_backbone(backbone):
-    """`model.backbone` checked: a name in BACKBONES, or a mapping of one and that backbone's own options (typed)."""
-    name, options = split_backbone(backbone)
-    check_backbone_options(name, options)
-    typed = checked("model.backbone", options, keyword_hints(BACKBONES[name], ("output_stride",)))
-    return backbone if isinstance(backbone, str) else {"name": name, **typed}
 
 
 def _check_consistency(config: Mapping) -> None:

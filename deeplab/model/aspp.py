@@ -5,9 +5,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.model.layers import conv3x3_bn_relu, conv_bn_relu
+from deeplab.schema import ranged
 
 # The DeepLab rates are tuned for OS16; they scale with the feature map so the receptive fields stay put.
 RATES_BY_OUTPUT_STRIDE = {8: (12, 24, 36), 16: (6, 12, 18), 32: (3, 6, 9)}
+AtrousRates = ranged(list[int], lambda v: len(v) >= 1 and all(r >= 1 for r in v),
+                     "null (the rates of the output stride) or a list of one or more dilation rates >= 1, "
+                     "e.g. [6, 12, 18]")
 
 
 def default_rates(output_stride: int) -> tuple[int, ...]:

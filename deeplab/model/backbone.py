@@ -15,10 +15,11 @@ from deeplab.errors import ConfigError
 from deeplab.model.contract import OUTPUT_STRIDES, FeatureInfo
 from deeplab.model.mobilenet import MobileNetV2Backbone
 from deeplab.model.resnet import ResNet50Backbone, ResNet101Backbone
+from deeplab.schema import checked, keyword_hints
 from deeplab.torch_files import CheckpointError, read_torch_file
 
 __all__ = ["BACKBONES", "OUTPUT_STRIDES", "FeatureInfo", "MobileNetV2Backbone", "backbone_architecture",
-           "build_backbone", "imagenet_cache_path", "load_backbone_weights", "split_backbone"]
+           "build_backbone", "imagenet_cache_path", "load_backbone_weights", "split_backbone", "typed_backbone"]
 
 # model.backbone.name -> the class; its keyword arguments besides output_stride are that backbone's own options.
 # The names are torchvision's model builders, whose state dicts each one loads.
@@ -65,10 +66,18 @@ def check_backbone_options(name: str, options: Mapping) -> None:
         raise ConfigError(f"model.backbone.{key}: the {name} backbone has no such option ({listed}); {fix}")
 
 
-def build_backbone(backbone: str | Mapping, *, output_stride: int) -> nn.Module:
-    """The backbone a `model.backbone` value names, with its options, at `output_stride`."""
+def typed_backbone(backbone: str | Mapping) -> str | dict:
+    """`model.backbone` checked: a name in BACKBONES, or a mapping of one and that backbone's own options, typed and
+    range-checked by their hints (`deeplab.schema.checked`); otherwise a ConfigError naming model.backbone.<key>."""
     name, options = split_backbone(backbone)
     check_backbone_options(name, options)
+    typed = checked("model.backbone", options, keyword_hints(BACKBONES[name], ("output_stride",)))
+    return backbone if isinstance(backbone, str) else {"name": name, **typed}
+
+
+def build_backbone(backbone: str | Mapping, *, output_stride: int) -> nn.Module:
+    """The backbone a `model.backbone` value names, with its options (checked: `typed_backbone`), at `output_stride`."""
+    name, options = split_backbone(typed_backbone(backbone))
     return BACKBONES[name](output_stride=output_stride, **options)
 
 

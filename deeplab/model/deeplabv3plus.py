@@ -1,19 +1,22 @@
 """DeepLabV3+ = backbone (MobileNetV2, ResNet-50/101) + ASPP + decoder, its keyword-only builder, and the upgrade of
 saved model configs of the MobileNetV2-only layout."""
 
+import difflib
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deeplab.model.aspp import ASPP, default_rates
+from deeplab.model.aspp import ASPP, AtrousRates, default_rates
 from deeplab.model.backbone import build_backbone, load_backbone_weights
 from deeplab.model.contract import OutputStride
 from deeplab.model.decoder import Decoder
 from deeplab.model.layers import init_head
-from deeplab.schema import BelowOne, Count, ranged
+from deeplab.schema import BelowOne, Count, checked, keyword_hints, ranged
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +63,27 @@ class DeepLabV3Plus(nn.Module):
 
 
 DecoderConvs = ranged(int, lambda v: v in (1, 2), "1 or 2 (2: the paper's decoder; 1: VainF's)")
+BackboneWeights = ranged(str | Path, lambda v: isinstance(v, (str, Path)) and str(v).strip() != "",
+                         "imagenet (torchvision's ImageNet weights), the path of a torchvision state dict of the "
+                         "backbone, or null (None) for random init")
+# keywords of torchvision's segmentation builders (deeplabv3_resnet50(weights=..., weights_backbone=..., aux_loss=...))
+# that people bring from it, and what they are here
+TRAINED = ("a trained model comes with its checkpoint: Predictor.from_checkpoint(path) or model_from_checkpoint(path) "
+           "rebuilds it, and train.py init_from=FILE fine-tunes from it")
+TORCHVISION_KEYWORDS = {
+    "weights": TRAINED, "pretrained": TRAINED,
+    "weights_backbone": "use backbone_weights='imagenet' (or a state dict's path, or None)",
+    "pretrained_backbone": "use backbone_weights='imagenet' (or None for random init)",
+    "aux_loss": "this DeepLabV3+ has no auxiliary FCN head: drop it",
+    "progress": "drop it (the ImageNet download shows its progress anyway)",
+}
 
 
 def build_model(*, num_classes: Count, backbone: str | Mapping = "mobilenet_v2", output_stride: OutputStride = 16,
-                separable: bool = False, backbone_weights: str | None = None, aspp_rates: list[int] | None = None,
-                aspp_channels: Count = 256, aspp_dropout: BelowOne = 0.1, low_level_channels: Count = 48,
-                decoder_channels: Count = 256, decoder_convs: DecoderConvs = 2,
-                align_corners: bool = False) -> DeepLabV3Plus:
+                separable: bool = False, backbone_weights: BackboneWeights | None = None,
+                aspp_rates: AtrousRates | None = None, aspp_channels: Count = 256, aspp_dropout: BelowOne = 0.1,
+                low_level_channels: Count = 48, decoder_channels: Count = 256, decoder_convs: DecoderConvs = 2,
+                align_corners: bool = False, **unknown) -> DeepLabV3Plus:
     """Build DeepLabV3+ on a backbone of `deeplab.model.backbone.BACKBONES`.
 
     backbone: a name ("mobilenet_v2", "resnet50", "resnet101") or a mapping {name: ..., **that backbone's options}
@@ -76,12 +93,35 @@ def build_model(*, num_classes: Count, backbone: str | Mapping = "mobilenet_v2",
     those that follow the output stride. decoder_convs: the decoder's 3x3 convs, 2 (the paper's best) or 1
     (VainF/DeepLabV3Plus-Pytorch's). align_corners: that of every bilinear resize of the head (ASPP pooling, decoder
     upsampling, the logits to the input size): False (torchvision, VainF) or True (bubbliiiing/deeplabv3-plus-pytorch).
+
+    Every value is checked as the `model` config section is (`deeplab.schema.checked`: the same types, range rules
+    and sentences), so a wrong one is a ConfigError naming model.<key>; an unknown keyword is a TypeError.
     """
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    arguments = dict(locals())  # first, before any other local name: the keyword arguments as given
+    if arguments.pop("unknown"):
+        raise TypeError(_unknown_keyword(next(iter(unknown))))
+    numbers = {key: value.item() if isinstance(value, np.generic) else value  # a numpy scalar is a plain number
+               for key, value in arguments.items()}
+    return _assemble(**checked("model", numbers, build_model))
+
+
+def _unknown_keyword(key: str) -> str:
+    """The TypeError's sentence for a keyword build_model does not take: what it means here, or the nearest one."""
+    if key in TORCHVISION_KEYWORDS:
+        return (f"build_model() got an unexpected keyword argument {key!r}, torchvision's; "
+                f"{TORCHVISION_KEYWORDS[key]}")
+    near = difflib.get_close_matches(key, keyword_hints(build_model), n=1)
+    return f"build_model() got an unexpected keyword argument {key!r}" + (f"; did you mean {near[0]}?" if near else "")
+
+
+def _assemble(*, num_classes: int, backbone: str | Mapping, output_stride: int, separable: bool,
+              backbone_weights: str | Path | None, aspp_rates: list[int] | None, aspp_channels: int,
+              aspp_dropout: float, low_level_channels: int, decoder_channels: int, decoder_convs: int,
+              align_corners: bool) -> DeepLabV3Plus:
+    """The model of checked settings (`build_model`)."""
     encoder = build_backbone(backbone, output_stride=output_stride)
     low, out = encoder.feature_info
-    rates = tuple(aspp_rates) if aspp_rates else default_rates(output_stride)
+    rates = tuple(aspp_rates) if aspp_rates is not None else default_rates(output_stride)
     aspp = ASPP(out.channels, rates=rates, channels=aspp_channels, separable=separable, dropout=aspp_dropout,
                 align_corners=align_corners)
     decoder = Decoder(in_channels=aspp.out_channels, low_in_channels=low.channels, num_classes=num_classes,
