@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import one_sentence
+from deeplab.data.transforms import train_transform
 from deeplab.errors import ConfigError
 from deeplab.model import build_model
 from deeplab.schema import checked
@@ -73,3 +74,29 @@ def test_torchvision_keywords_say_what_they_are_here(keyword, fix):
     with pytest.raises(TypeError) as info:
         build_model(num_classes=3, **{keyword: None})
     one_sentence(info, f"unexpected keyword argument {keyword!r}, torchvision's", fix)
+
+
+# --- the transforms ----------------------------------------------------------------------------------------------
+
+BAD_AUGMENT = [
+    (dict(crop_size=0), "augment.crop_size=0: must be a whole number of pixels >= 1"),
+    (dict(crop_size=[0, 0]), "augment.crop_size=[0, 0]: must be"),
+    (dict(crop_size=[]), "augment.crop_size=[]: must be"),
+    (dict(crop_size=[64, 64, 64]), "augment.crop_size=[64, 64, 64]: must be"),
+    (dict(crop_size="513"), "augment.crop_size='513': must be"),  # was a 5x3 crop, read character by character
+    (dict(crop_size=64.5), "augment.crop_size=64.5: must be"),
+    (dict(scale_range=(0.5,)), "augment.scale_range=(0.5,): must be [low, high] with 0 < low <= high"),
+    (dict(scale_range=(2.0, 1.0)), "augment.scale_range=(2.0, 1.0): must be"),
+    (dict(hflip=2), "augment.hflip=2: must be a number in [0, 1]"),
+    (dict(color_jitter=-0.5), "augment.color_jitter=-0.5: must be a number >= 0"),
+    (dict(mean=(123.675, 116.28, 103.53)), "dataset.mean=(123.675, 116.28, 103.53): must be three numbers in [0, 1]"),
+    (dict(std=(0.2, 0.2)), "dataset.std=(0.2, 0.2): must be three numbers in (0, 1]"),
+]
+
+
+@pytest.mark.parametrize("options, sentence", BAD_AUGMENT, ids=[next(iter(o)) + str(i) for i, (o, _) in
+                                                                enumerate(BAD_AUGMENT)])
+def test_train_transform_refuses_a_value_in_one_sentence(options, sentence):
+    with pytest.raises(ConfigError) as info:
+        train_transform(**options)
+    assert one_sentence(info).startswith(sentence)

@@ -8,6 +8,7 @@ from deeplab.data.cityscapes import cityscapes_samples
 from deeplab.data.coco import coco_samples
 from deeplab.data.demo import demo_samples
 from deeplab.data.folder import folder_samples
+from deeplab.data.transforms import check_normalisation
 from deeplab.data.voc import voc_samples
 from deeplab.errors import ConfigError
 
@@ -56,13 +57,7 @@ def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, cl
         twice = next(n for n in class_names if list(map(str, class_names)).count(str(n)) > 1)
         raise ConfigError(f"dataset.class_names names {twice!r} more than once; per-class metrics and logs are "
                           "keyed by name, so give each class its own name")
-    for key, values, low in (("mean", mean, 0.0), ("std", std, None)):
-        if values is not None and (isinstance(values, (str, bytes)) or len(values) != 3 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and (v > 0 if low is None else v >= low)
-                for v in values)):
-            rule = "three numbers > 0" if low is None else "three numbers >= 0"
-            raise ConfigError(f"dataset.{key}={values!r}: must be {rule}, one per RGB channel on the 0-1 scale "
-                              f"(ImageNet's: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225])")
+    check_normalisation(mean, std)  # the transforms' rule, which they check themselves as well
     if palette is not None:
         if len(palette) < num_classes:
             raise ConfigError(f"dataset.palette has {len(palette)} colours for dataset.num_classes={num_classes}; "

@@ -1,6 +1,7 @@
 """Paired image/mask transforms on albumentations: the train and eval presets."""
 
 from collections.abc import Sequence
+from numbers import Integral, Real
 
 import albumentations as A
 import cv2
@@ -8,10 +9,30 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from deeplab.schema import NonNegative, Ratio, ranged
+from deeplab.schema import NonNegative, Ratio, checked, ranged, require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _per_channel(test):
+    """A rule for three numbers, one per RGB channel, each passing `test`."""
+    return lambda v: not isinstance(v, (str, bytes)) and len(v) == 3 and all(
+        isinstance(x, Real) and not isinstance(x, bool) and test(x) for x in v)
+
+
+# the normalisation, on the 0-1 pixel scale as torchvision's: 0-255 values (mmseg's [123.675, 116.28, 103.53]) would
+# make every normalised pixel about -2 and the model see a blank image, silently
+Mean = ranged(Sequence[float], _per_channel(lambda x: 0 <= x <= 1), "three numbers in [0, 1], one per RGB channel on "
+              "the 0-1 pixel scale (ImageNet's: [0.485, 0.456, 0.406]; divide 0-255 values by 255)")
+Std = ranged(Sequence[float], _per_channel(lambda x: 0 < x <= 1), "three numbers in (0, 1], one per RGB channel on "
+             "the 0-1 pixel scale (ImageNet's: [0.229, 0.224, 0.225]; divide 0-255 values by 255)")
+
+
+def check_normalisation(mean, std) -> None:
+    """A ConfigError naming dataset.mean or dataset.std unless each is three numbers on the 0-1 scale (std > 0)."""
+    require(Mean, "dataset.mean", mean)
+    require(Std, "dataset.std", std)
 
 
 class PairedTransform:
@@ -32,19 +53,33 @@ class PairedTransform:
         return out["image"], out["mask"].long()
 
 
-CropSize = ranged(int | Sequence[int], lambda v: all(int(c) >= 1 for c in ([v] if isinstance(v, int) else v)),
-                  "a size >= 1, e.g. [513, 513]")
+def _sides(v) -> list:
+    """The sides a crop size gives: one (a square) or two (height, width); none for anything else."""
+    if isinstance(v, Integral):
+        return [v]
+    return list(v) if isinstance(v, Sequence) and not isinstance(v, str) and 1 <= len(v) <= 2 else []
+
+
+CropSize = ranged(int | Sequence[int], lambda v: bool(_sides(v)) and all(
+    isinstance(c, Integral) and not isinstance(c, bool) and c >= 1 for c in _sides(v)),
+    "a whole number of pixels >= 1, or [height, width] of them, e.g. 513 or [513, 513]")
 ScaleRange = ranged(Sequence[float], lambda v: len(v) == 2 and 0 < v[0] <= v[1], "[low, high] with 0 < low <= high")
 
 
-def train_transform(*, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                    crop_size: CropSize = 513, scale_range: ScaleRange = (0.5, 2.0), hflip: Ratio = 0.5,
-                    color_jitter: NonNegative = 0.0, ignore_index: int = 255) -> PairedTransform:
-    """Random scale, pad to the crop (mask with the ignore index), random crop, flip, optional jitter, normalise."""
-    height, width = (crop_size, crop_size) if isinstance(crop_size, int) else (int(crop_size[0]), int(crop_size[-1]))
-    low, high = scale_range
-    if not 0 < low <= high:
-        raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
+def train_transform(*, mean: Mean = IMAGENET_MEAN, std: Std = IMAGENET_STD, crop_size: CropSize = 513,
+                    scale_range: ScaleRange = (0.5, 2.0), hflip: Ratio = 0.5, color_jitter: NonNegative = 0.0,
+                    ignore_index: int = 255) -> PairedTransform:
+    """Random scale, pad to the crop (mask with the ignore index), random crop, flip, optional jitter, normalise.
+
+    The augment values are checked as the `augment` config section is (`deeplab.schema.checked`), mean and std as
+    dataset.mean and dataset.std: a wrong one is a ConfigError naming the key."""
+    check_normalisation(mean, std)
+    augment = checked("augment", {"crop_size": crop_size, "scale_range": scale_range, "hflip": hflip,
+                                  "color_jitter": color_jitter}, train_transform)
+    sides = _sides(augment["crop_size"])
+    height, width = int(sides[0]), int(sides[-1])
+    low, high = augment["scale_range"]
+    hflip, color_jitter = augment["hflip"], augment["color_jitter"]
     steps = [A.RandomScale(scale_limit=(low - 1.0, high - 1.0), interpolation=cv2.INTER_LINEAR,
                            mask_interpolation=cv2.INTER_NEAREST, p=1.0)] if (low, high) != (1.0, 1.0) else []
     # Padding the image with the mean pixel makes it 0 after normalisation; the mask gets the ignore index,
@@ -60,6 +95,7 @@ def train_transform(*, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[floa
     return PairedTransform(A.Compose(steps))
 
 
-def eval_transform(*, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> PairedTransform:
+def eval_transform(*, mean: Mean = IMAGENET_MEAN, std: Std = IMAGENET_STD) -> PairedTransform:
     """Normalise only: validation runs on the full-resolution image, never a crop."""
+    check_normalisation(mean, std)
     return PairedTransform(A.Compose([A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]))
