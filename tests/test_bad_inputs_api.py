@@ -5,20 +5,38 @@ fix, the same sentence the config path gives for the same rule."""
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import one_sentence
-from deeplab.data.transforms import train_transform
+from deeplab.data import check_dataset_config
+from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.errors import ConfigError
+from deeplab.inference import Predictor
 from deeplab.model import build_model
 from deeplab.schema import checked
 
 TINY = dict(backbone={"name": "mobilenet_v2", "width_mult": 0.5}, aspp_channels=16, low_level_channels=8,
             decoder_channels=16)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def tiny_model(num_classes: int = 3, **options) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(num_classes=num_classes, **{**TINY, **options})
+
+
+def predictor_of(model: torch.nn.Module) -> Predictor:
+    names = [f"c{i}" for i in range(model.num_classes)]
+    return Predictor(model, mean=MEAN, std=STD, class_names=names, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return predictor_of(tiny_model())
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (37, 45, 3), dtype=np.uint8)
+GREY = RGB[..., 0]
 
 
 # --- build_model: every value checked as the model config section is ----------------------------------------------
@@ -100,3 +118,123 @@ def test_train_transform_refuses_a_value_in_one_sentence(options, sentence):
     with pytest.raises(ConfigError) as info:
         train_transform(**options)
     assert one_sentence(info).startswith(sentence)
+
+
+def test_normalisation_is_on_the_0_1_scale_everywhere_with_one_sentence():
+    """mmseg's 0-255 mean would make every normalised pixel about -2: the transforms, the Predictor and the dataset
+    config refuse it with the same words."""
+    mean = (123.675, 116.28, 103.53)
+    sentences = set()
+    for call in (lambda: eval_transform(mean=mean), lambda: train_transform(mean=mean),
+                 lambda: Predictor(tiny_model(), mean=mean, std=STD, class_names="abc", device="cpu"),
+                 lambda: check_dataset_config(format="folder", num_classes=3, ignore_index=255, class_names=None,
+                                              palette=None, ignore_colour=None, label_map=None,
+                                              allow_ignore_only_masks=None, options={}, mean=mean, std=STD)):
+        with pytest.raises(ConfigError) as info:
+            call()
+        sentences.add(one_sentence(info, "dataset.mean=(123.675, 116.28, 103.53)", "divide 0-255 values by 255"))
+    assert len(sentences) == 1
+    with pytest.raises(ConfigError, match=r"^dataset.mean=\(0.5, 0.5, 0.5, 0.5\): must be three numbers"):
+        Predictor(tiny_model(), mean=(0.5,) * 4, std=STD, class_names="abc", device="cpu")
+
+
+# --- Predictor.predict: what notebooks hold ----------------------------------------------------------------------
+
+def _pil(array, mode=None):
+    return Image.fromarray(array, mode) if mode else Image.fromarray(array)
+
+
+ACCEPTED = {  # the input -> the RGB uint8 image it means
+    "PIL RGB": (lambda: _pil(RGB), RGB),
+    "PIL L": (lambda: _pil(GREY), np.dstack([GREY] * 3)),
+    "PIL RGBA": (lambda: _pil(np.dstack([RGB, np.full(GREY.shape, 9, np.uint8)])), RGB),
+    "PIL palette": (lambda: _pil(RGB).convert("P"), np.asarray(_pil(RGB).convert("P").convert("RGB"))),
+    "PIL 16-bit": (lambda: _pil(GREY.astype(np.uint16) * 257), np.dstack([GREY] * 3)),
+    "nested list": (lambda: RGB.tolist(), RGB),
+    "grey (H, W)": (lambda: GREY, np.dstack([GREY] * 3)),
+    "grey (H, W, 1)": (lambda: GREY[..., None], np.dstack([GREY] * 3)),
+    "RGBA (H, W, 4)": (lambda: np.dstack([RGB, GREY]), RGB),
+    "channels first": (lambda: np.ascontiguousarray(RGB.transpose(2, 0, 1)), RGB),
+    "float in [0, 1]": (lambda: RGB / 255.0, RGB),
+    "float32 CHW tensor in [0, 1]": (lambda: torch.from_numpy(RGB).permute(2, 0, 1).float() / 255, RGB),
+    "uint16": (lambda: RGB.astype(np.uint16) * 257, RGB),
+    "int64 in 0-255": (lambda: RGB.astype(np.int64), RGB),
+    "uint8 HWC tensor": (lambda: torch.from_numpy(RGB), RGB),
+    "uint8 CHW tensor": (lambda: torch.from_numpy(RGB).permute(2, 0, 1), RGB),
+    "non-contiguous": (lambda: np.ascontiguousarray(RGB[:, ::-1])[:, ::-1], RGB),
+}
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_predict_takes_an_image_in_any_form_that_means_one_image(predictor, name):
+    image, meaning = ACCEPTED[name]
+    labels, probs = predictor.predict(image(), return_probs=True)
+    expected_labels, expected = predictor.predict(meaning, return_probs=True)
+    assert labels.shape == meaning.shape[:2] and labels.dtype == np.uint8
+    assert np.allclose(probs, expected, atol=1e-5) and (labels == expected_labels).all()
+
+
+REFUSED = [
+    (lambda: RGB.astype(np.float32), ValueError, "floats must be in [0, 1]"),  # 0-255 floats: no guessing
+    (lambda: np.full((8, 8, 3), np.nan), ValueError, "floats must be in [0, 1]"),
+    (lambda: RGB.astype(np.int64) * 2, ValueError, "must be in 0-255"),
+    (lambda: RGB > 128, ValueError, "image: bool pixels; pass uint8"),
+    (lambda: np.zeros((0, 10, 3), np.uint8), ValueError, "has no pixels"),
+    (lambda: RGB[..., :2], ValueError, "is no image"),
+    (lambda: RGB[None], ValueError, "a list of them to predict_batch"),
+    (lambda: {"image": RGB}, TypeError, "image: got a dict"),
+]
+
+
+@pytest.mark.parametrize("image, error, words", REFUSED, ids=[w for _, _, w in REFUSED])
+def test_predict_refuses_what_is_not_one_image_in_one_sentence(predictor, image, error, words):
+    with pytest.raises(error) as info:
+        predictor.predict(image())
+    one_sentence(info, "image", words)
+
+
+def test_predict_batch_of_no_images_mixed_sizes_or_one_image(predictor):
+    assert predictor.predict_batch([]).shape == (0, 3, 0, 0)
+    with pytest.raises(ValueError) as info:
+        predictor.predict_batch([RGB, RGB[:20]])
+    one_sentence(info, "a batch holds images of one size", "(20x45, 37x45)", "pass each to predict")
+    with pytest.raises(TypeError) as info:
+        predictor.predict_batch(RGB)  # its rows are not images
+    one_sentence(info, "one image, not a batch", "predict(image)")
+    mixed = predictor.predict_batch([RGB, _pil(RGB), torch.from_numpy(RGB).permute(2, 0, 1)])
+    assert mixed.shape == (3, 3, 37, 45) and torch.allclose(mixed[0], mixed[2]) and torch.allclose(mixed[0], mixed[1])
+
+
+def test_labels_of_more_than_256_classes_are_not_wrapped():
+    model = tiny_model(300)
+    with torch.no_grad():
+        model.decoder.classifier.bias[299] = 50.0  # class 299 wins everywhere
+    labels = predictor_of(model).predict(RGB)
+    assert labels.dtype == np.uint16 and (labels == 299).all(), "299 was 43 as uint8"
+
+
+# --- the Predictor's model and checkpoint ------------------------------------------------------------------------
+
+def test_a_model_put_back_in_training_mode_still_predicts_in_eval_mode():
+    model = tiny_model()
+    predictor = predictor_of(model)
+    expected = predictor.predict_batch([RGB])
+    model.train()  # a notebook that goes on training the model it made a Predictor of
+    assert torch.allclose(predictor.predict_batch([RGB]), expected, atol=1e-6), "BN and dropout in eval mode"
+    assert predictor.predict(RGB[:1, :1]).shape == (1, 1), "a 1x1 image: batch norm in training mode refuses it"
+    assert model.training, "the caller's model is left in the mode it was in"
+
+
+def test_predictor_wants_a_model_and_from_checkpoint_a_path(tmp_path):
+    with pytest.raises(TypeError) as info:
+        Predictor(str(tmp_path / "best.pt"), mean=MEAN, std=STD, class_names="abc")
+    one_sentence(info, "model: got a str", "Predictor.from_checkpoint(path)")
+    for wrong in ({"model": {}, "config": {}}, tiny_model(), None):
+        with pytest.raises(TypeError) as info:
+            Predictor.from_checkpoint(wrong, device="cpu")
+        one_sentence(info, "not a file path", "Predictor(model, mean=..., std=..., class_names=...)")
+    with pytest.raises(ValueError) as info:
+        Predictor(tiny_model(), mean=MEAN, std=STD, class_names=["a", "b"], device="cpu")
+    one_sentence(info, "class_names: 2 names for a model of 3 classes")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tta'"):  # before any file is read
+        Predictor.from_checkpoint(tmp_path / "missing.pt", device="cpu", tta=True)

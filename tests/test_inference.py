@@ -23,8 +23,8 @@ def test_predictor_labels_and_probabilities_for_any_size(trained):
     assert labels.shape == (37, 53) and labels.dtype == np.uint8
     assert probs.shape == (21, 37, 53) and np.allclose(probs.sum(0), 1, atol=1e-5)
     assert (labels == probs.argmax(0)).all()
-    with pytest.raises(ValueError, match="RGB uint8"):
-        predictor.predict(image[..., 0])
+    with pytest.raises(ValueError, match=r"image: an array of shape \(37, 53, 2\) is no image"):
+        predictor.predict(image[..., :2])
 
 
 def test_single_scale_without_flip_is_plain_inference(trained):
