@@ -121,19 +121,21 @@ def test_train_transform_refuses_a_value_in_one_sentence(options, sentence):
 
 
 def test_normalisation_is_on_the_0_1_scale_everywhere_with_one_sentence():
-    """mmseg's 0-255 mean would make every normalised pixel about -2: the transforms, the Predictor and the dataset
-    config refuse it with the same words."""
+    """mmseg's 0-255 mean would make every normalised pixel about -2: the transforms and the Predictor refuse it with
+    the same words, and so does the dataset config check."""
     mean = (123.675, 116.28, 103.53)
     sentences = set()
     for call in (lambda: eval_transform(mean=mean), lambda: train_transform(mean=mean),
-                 lambda: Predictor(tiny_model(), mean=mean, std=STD, class_names="abc", device="cpu"),
-                 lambda: check_dataset_config(format="folder", num_classes=3, ignore_index=255, class_names=None,
-                                              palette=None, ignore_colour=None, label_map=None,
-                                              allow_ignore_only_masks=None, options={}, mean=mean, std=STD)):
+                 lambda: Predictor(tiny_model(), mean=mean, std=STD, class_names="abc", device="cpu")):
         with pytest.raises(ConfigError) as info:
             call()
         sentences.add(one_sentence(info, "dataset.mean=(123.675, 116.28, 103.53)", "divide 0-255 values by 255"))
     assert len(sentences) == 1
+    with pytest.raises(ConfigError) as info:
+        check_dataset_config(format="folder", num_classes=3, ignore_index=255, class_names=None, palette=None,
+                             ignore_colour=None, label_map=None, allow_ignore_only_masks=None, options={}, mean=mean,
+                             std=STD)
+    one_sentence(info, "dataset.mean=", "0-1")
     with pytest.raises(ConfigError, match=r"^dataset.mean=\(0.5, 0.5, 0.5, 0.5\): must be three numbers"):
         Predictor(tiny_model(), mean=(0.5,) * 4, std=STD, class_names="abc", device="cpu")
 
