@@ -248,14 +248,22 @@ def remove_killed_writes(plan: dict[Path, dict[str, Path]]) -> None:
 
 def save_outputs(image: np.ndarray, labels: np.ndarray, targets: dict[str, Path], table: np.ndarray, *,
                  alpha: float) -> None:
-    """Write the planned outputs (`plan_outputs`): index (palette PNG of class indices), color, overlay. Each is
-    written whole or not at all (a temp file renamed): a Ctrl-C or a kill leaves no half image behind."""
+    """Write the planned outputs (`plan_outputs`): index (palette PNG of class indices; a 16-bit greyscale PNG where an
+    index is past 255, which 8 bits cannot hold), color, overlay. Each is written whole or not at all (a temp file
+    renamed): a Ctrl-C or a kill leaves no half image behind."""
     def write(kind: str, img: Image.Image, **options) -> None:
         atomic_write(targets[kind], lambda tmp: img.save(tmp, **options), durable=False, sweep=False)
 
     if "index" in targets:
-        img = Image.fromarray(labels.astype(np.uint8), mode="P")
-        img.putpalette(table.ravel().tolist())
+        top = int(labels.max(initial=0))
+        if top > np.iinfo(np.uint16).max:
+            raise ValueError(f"labels: class index {top} does not fit a 16-bit PNG, the widest PNG of indices; save "
+                             "labels of more than 65536 classes with np.save")
+        if top > 255:
+            img = Image.fromarray(labels.astype(np.uint16))  # read back as they were by np.array(Image.open(path))
+        else:
+            img = Image.fromarray(labels.astype(np.uint8), mode="P")
+            img.putpalette(table[:256].ravel().tolist())
         write("index", img, format="PNG")
     coloured = colourize(labels, table)
     if "color" in targets:

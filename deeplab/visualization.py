@@ -18,8 +18,9 @@ def default_palette(num_colours: int = 256) -> list[list[int]]:
 
 def palette_array(palette: Sequence[Sequence[int]] | None, *, ignore_index: int = 255,
                   ignore_colour: Sequence[int] = (224, 224, 192)) -> np.ndarray:
-    """A (256, 3) uint8 lookup table: the classes' colours, then the default map, the ignore index in cream."""
-    table = np.array(default_palette(256), np.uint8)
+    """A (256, 3) uint8 lookup table (longer for a longer palette): the classes' colours, then the default map, the
+    ignore index in cream."""
+    table = np.array(default_palette(max(256, len(palette or ()))), np.uint8)
     if palette:
         table[: len(palette)] = np.array(palette, np.uint8)
     if 0 <= ignore_index < 256:
@@ -28,8 +29,12 @@ def palette_array(palette: Sequence[Sequence[int]] | None, *, ignore_index: int 
 
 
 def colourize(labels: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 colours."""
-    return table[labels.astype(np.uint8)]
+    """(H, W) class indices -> (H, W, 3) uint8 colours; indices past the table's end (a model of more than 256
+    classes) get the default map's colours, never those of index % 256."""
+    end = int(labels.max(initial=0)) + 1
+    if end > len(table):
+        table = np.concatenate([table, np.array(default_palette(end), np.uint8)[len(table):]])
+    return table[labels]
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

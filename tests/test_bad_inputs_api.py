@@ -13,7 +13,9 @@ from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.errors import ConfigError
 from deeplab.inference import Predictor
 from deeplab.model import build_model
+from deeplab.prediction_files import save_outputs
 from deeplab.schema import checked
+from deeplab.visualization import colourize, palette_array
 
 TINY = dict(backbone={"name": "mobilenet_v2", "width_mult": 0.5}, aspp_channels=16, low_level_channels=8,
             decoder_channels=16)
@@ -240,3 +242,23 @@ def test_predictor_wants_a_model_and_from_checkpoint_a_path(tmp_path):
     one_sentence(info, "class_names: 2 names for a model of 3 classes")
     with pytest.raises(TypeError, match="unexpected keyword argument 'tta'"):  # before any file is read
         Predictor.from_checkpoint(tmp_path / "missing.pt", device="cpu", tta=True)
+
+
+# --- the prediction files: label maps of more than 256 classes -----------------------------------------------------
+
+def test_saved_index_png_holds_class_indices_past_255(tmp_path):
+    labels = np.array([[0, 1], [299, 256]], np.uint16)
+    targets = {"index": tmp_path / "x.png", "color": tmp_path / "x_color.png"}
+    save_outputs(np.zeros((2, 2, 3), np.uint8), labels, targets, palette_array(None), alpha=0.5)
+    assert np.array_equal(np.array(Image.open(targets["index"])), labels), "a 16-bit PNG, read back as saved"
+    colours = np.array(Image.open(targets["color"])).reshape(4, 3)
+    assert len({tuple(c) for c in colours}) == 4, "class 256 does not take class 0's colour, nor 299 class 43's"
+    small = np.array([[0, 1], [2, 20]])
+    save_outputs(np.zeros((2, 2, 3), np.uint8), small, {"index": tmp_path / "y.png"}, palette_array(None), alpha=0.5)
+    assert Image.open(tmp_path / "y.png").mode == "P", "up to 255 it stays the palette PNG"
+
+
+def test_a_palette_of_more_than_256_colours_is_a_longer_table():
+    palette = [[i % 256, i // 256, 7] for i in range(300)]
+    table = palette_array(palette)
+    assert table.shape == (300, 3) and tuple(colourize(np.array([[299]]), table)[0, 0]) == (43, 1, 7)
