@@ -42,6 +42,17 @@ Positive = ranged(float, lambda v: v > 0, "a number > 0")
 Ratio = ranged(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 BelowOne = ranged(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
+# keys other frameworks' configs use, and what does their work here: the sentence for such an unknown key
+FOREIGN_KEYS = {
+    "reduce_zero_label": "mmsegmentation's key (mask value 0 ignored, the others one class lower) is "
+                         "dataset.label_map here: dataset.label_map='{0: 255, 1: 0, 2: 1, ...}' (one entry per "
+                         "class) with dataset.ignore_index=255",
+    "img_scale": "mmsegmentation's key (the size images are resized to before the random scaling) has no "
+                 "counterpart here: images are scaled by a factor drawn from augment.scale_range (e.g. [0.5, 2.0]) "
+                 "of their own size, then cropped to augment.crop_size ([height, width])",
+    "ratio_range": "mmsegmentation's key is augment.scale_range here (e.g. augment.scale_range=[0.5,2.0])",
+}
+
 _PLAIN = (int, float, bool, str)
 _WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 _PLURALS = {int: "integers", float: "numbers", bool: "true/false values", str: "strings"}
@@ -138,6 +149,8 @@ def checked(section: str, values: Mapping, hints: Mapping[str, Any] | Callable, 
     try:
         typed = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(schema), dict(values)), resolve=True)
     except ConfigKeyError as exc:
+        if str(exc.key) in FOREIGN_KEYS:
+            raise ConfigError(f"{prefix}{exc.key}: {FOREIGN_KEYS[str(exc.key)]}") from None
         near = difflib.get_close_matches(str(exc.key), known, n=1)
         hint = f"did you mean {prefix}{near[0]}? " if near else ""
         raise ConfigError(f"{prefix}{exc.key}: no such key in the {section or 'command'} section{where} (known: "

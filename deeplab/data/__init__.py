@@ -1,6 +1,7 @@
 """Datasets: each format lists (image, mask) paths; SegmentationDataset reads, checks and transforms them."""
 
 import inspect
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from deeplab.data.dataset import DataError, SegmentationDataset, no_samples_problem, read_image, read_mask
@@ -8,9 +9,13 @@ from deeplab.data.cityscapes import cityscapes_samples
 from deeplab.data.coco import coco_samples
 from deeplab.data.demo import demo_samples
 from deeplab.data.folder import folder_samples
-from deeplab.data.transforms import check_normalisation
+from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, check_normalisation
 from deeplab.data.voc import voc_samples
 from deeplab.errors import ConfigError
+from deeplab.schema import FOREIGN_KEYS
+from deeplab.torch_files import CheckpointError
+
+log = logging.getLogger("deeplab.data")
 
 # format name -> function(*, root, split, **format options) -> [(image path, mask path), ...]
 FORMATS: dict[str, Callable] = {"voc": voc_samples, "folder": folder_samples, "coco": coco_samples,
@@ -23,6 +28,41 @@ WRITES_OWN_MASKS = ("coco",)
 
 def _is_byte(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+
+
+def _normalisation_convention(mean, std) -> str | None:
+    """Why dataset.mean/std look written in another framework's convention, with the values to write here; None if
+    they do not (a value that is not three positive numbers is left to the range rule).
+
+    Images are RGB on the 0-1 scale here (torchvision's). mmsegmentation writes 0-255 values ([123.675, 116.28,
+    103.53]), which would squeeze every input into a sliver about -2; Caffe and OpenCV code lists them in BGR order,
+    which swaps the red and blue statistics silently (ImageNet's mean reversed is still in range).
+    """
+    given = {"mean": mean, "std": std}
+    if not all(isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v) for v in given.values()):
+        return None
+    unit = {key: [x / 255 for x in v] if max(v) > 1 else list(v) for key, v in given.items()}
+
+    def imagenet(values, rgb) -> bool:
+        return all(abs(a - b) < 2e-3 for a, b in zip(values, rgb))
+    bgr = imagenet(unit["mean"], IMAGENET_MEAN[::-1])
+    flip = {"mean": bgr, "std": bgr and not imagenet(unit["std"], IMAGENET_STD)}  # a std left at its RGB default
+    scaled = [key for key, v in given.items() if max(v) > 1]
+    if not scaled and not bgr:
+        return None
+    why = " and ".join([*(["on the 0-255 scale (mmsegmentation's convention)"] if scaled else []),
+                        *(["in BGR order (ImageNet's, as Caffe and OpenCV list it)"] if bgr else [])])
+    fix = " ".join(f"dataset.{key}=[{','.join(f'{x:.4g}' for x in (v[::-1] if flip[key] else v))}]"
+                   for key, v in unit.items())
+    return (f"dataset.mean={list(mean)} dataset.std={list(std)}: {why}, but images are normalised as RGB on the 0-1 "
+            f"scale here; write {fix}")
+
+
+def _zero_label_map(num_classes: int) -> str:
+    """The label_map that does what mmsegmentation's reduce_zero_label does: 0 ignored, the others down by one."""
+    shown = ", ".join(f"{k}: {k - 1}" for k in range(1, min(num_classes, 3) + 1))
+    return "{0: 255, " + shown + (f", ..., {num_classes}: {num_classes - 1}}}" if num_classes > 3 else "}")
 
 
 def _is_colour(value) -> bool:
@@ -40,6 +80,8 @@ def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, cl
     # root and split come from build_dataset; voc's `hint` is for the formats built on it (demo), not a user key
     known = [k for k in inspect.signature(FORMATS[format]).parameters if k not in ("root", "split", "hint")]
     unknown = [k for k in options if k not in known]
+    if unknown and unknown[0] in FOREIGN_KEYS:
+        raise ConfigError(f"dataset.{unknown[0]}: {FOREIGN_KEYS[unknown[0]]}")
     if unknown:
         raise ConfigError(f"dataset.{unknown[0]}: not an option of the {format} dataset format (its options: "
                           f"{', '.join(known) or 'none'}); check the spelling, or drop it")
@@ -47,9 +89,15 @@ def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, cl
         raise ConfigError(f"dataset.num_classes={num_classes!r}: must be an integer in 2-255 (masks are 8-bit; "
                           f"binary segmentation, an object on background, is num_classes=2 with masks of 0 and 1)")
     if not _is_byte(ignore_index) or ignore_index < num_classes:
+        other = ""
+        if isinstance(ignore_index, int) and ignore_index < 0:  # -1 or torch's -100 ignore a target in code
+            other = "; the ignore value is the one the masks hold, not a loss's (-1, -100)"
+        elif ignore_index == 0:  # mmsegmentation's unlabelled value (reduce_zero_label)
+            other = (f"; if 0 marks unlabelled pixels in the masks, keep 255 and shift the classes down: "
+                     f"dataset.label_map='{_zero_label_map(num_classes)}'")
         raise ConfigError(f"dataset.ignore_index={ignore_index!r}: must be an integer in {num_classes}-255 (masks are "
                           f"8-bit, and it must not be one of the dataset.num_classes={num_classes} class indices); "
-                          "usually 255")
+                          f"usually 255{other}")
     if class_names is not None and len(class_names) != num_classes:
         raise ConfigError(f"dataset.class_names lists {len(class_names)} names but dataset.num_classes="
                           f"{num_classes}; give one name per class")
@@ -57,8 +105,15 @@ def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, cl
         twice = next(n for n in class_names if list(map(str, class_names)).count(str(n)) > 1)
         raise ConfigError(f"dataset.class_names names {twice!r} more than once; per-class metrics and logs are "
                           "keyed by name, so give each class its own name")
+    convention = _normalisation_convention(mean, std)
+    if convention:
+        raise ConfigError(convention)
     check_normalisation(mean, std)  # the transforms' rule, which they check themselves as well
     if palette is not None:
+        if palette and all(_is_byte(v) for v in palette) and len(palette) % 3 == 0:  # PIL's flat putpalette form
+            triples = [list(palette[i:i + 3]) for i in range(0, min(len(palette), 9), 3)]
+            raise ConfigError(f"dataset.palette is a flat list of {len(palette)} numbers; give one [r, g, b] per "
+                              f"class instead: [{', '.join(map(str, triples))}{', ...' if len(palette) > 9 else ''}]")
         if len(palette) < num_classes:
             raise ConfigError(f"dataset.palette has {len(palette)} colours for dataset.num_classes={num_classes}; "
                               "give one [r, g, b] per class, or set dataset.palette=null")
@@ -74,6 +129,62 @@ def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, cl
     if bad_map:
         raise ConfigError(f"dataset.label_map maps {bad_map[0][0]!r} to {bad_map[0][1]!r}; both the raw mask value "
                           "and the class index it becomes must be integers in 0-255")
+
+
+def _class_names(saved: Mapping, given: Mapping) -> tuple[list[str], list[str], str]:
+    """The checkpoint's and the given config's class names (indices where none), and where they first differ."""
+    ours, theirs = [list(map(str, names or range(saved["num_classes"])))
+                    for names in (saved.get("class_names"), given.get("class_names"))]
+    i = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), 0)
+    return ours, theirs, f"its class {i} is {theirs[i] if i < len(theirs) else None!r}, the checkpoint's {ours[i]!r}"
+
+
+def fine_tuning_notes(saved: Mapping, given: Mapping, *, checkpoint: str) -> None:
+    """Log how a run started from a checkpoint's weights (train.py init_from=) differs in its dataset config from the
+    checkpoint's own: it trains with its own normalisation and classes, and with as many classes keeps the
+    classifier's rows by index (another count starts the classifier fresh, which the trainer says)."""
+    for key in ("mean", "std"):
+        if given.get(key) != saved.get(key):
+            log.warning("init_from=%s: dataset.%s=%s differs from the checkpoint's %s, which its weights were trained "
+                        "with; this run normalises with its own %s", checkpoint, key, given.get(key), saved.get(key),
+                        given.get(key))
+    ours, theirs, first = _class_names(saved, given)
+    if ours != theirs and len(ours) == len(theirs):
+        log.warning("init_from=%s: dataset.class_names differs from the checkpoint's (%s); the classifier keeps its "
+                    "rows by index, so each class starts from the checkpoint's class of its index", checkpoint, first)
+
+
+def checkpoint_dataset(saved: Mapping, given: Mapping, *, checkpoint: str) -> dict:
+    """The dataset config to score a checkpoint with when the command gives one (`given`, evaluate.py dataset=...)
+    besides the one saved in it (`saved`): the given one, which says where the data is and how its masks read, with
+    the checkpoint's mean and std (its model's input) and class names (its outputs). Masks that name the same classes
+    in another order are read in the checkpoint's order (a label_map by name). Each difference is logged with the
+    value used; another class count is a CheckpointError."""
+    n, shown = saved["num_classes"], f"{checkpoint}: dataset"
+    if given["num_classes"] != n:
+        raise CheckpointError(f"{checkpoint}: checkpoint is for {n} classes but the dataset ({given['format']}) has "
+                              f"{given['num_classes']}; evaluate it on the data it was trained for")
+    used = {"mean": "the checkpoint's, which its model was trained with", "std": "the checkpoint's, which its model "
+            "was trained with", "palette": "the dataset's, in which its RGB masks are drawn", "ignore_index":
+            "the dataset's, which its masks mark"}
+    for key, which in used.items():
+        if given.get(key) != saved.get(key):
+            log.warning("%s.%s=%s differs from the checkpoint's %s; using %s", shown, key, given.get(key),
+                        saved.get(key), which)
+    data = {**given, "mean": saved["mean"], "std": saved["std"], "class_names": saved.get("class_names")}
+    ours, theirs, first = _class_names(saved, given)
+    if ours != theirs and sorted(ours) == sorted(theirs):  # the same classes in another order: remap by name
+        order = [ours.index(name) for name in theirs]  # the dataset's class j is the checkpoint's class order[j]
+        raw = {int(k): int(v) for k, v in (given.get("label_map") or {}).items()}
+        read = {value: raw.get(value, value) for value in range(256)}  # what the dataset's label_map makes of it
+        data["label_map"] = {value: final for value, target in read.items()
+                             if (final := order[target] if target < n else target) != value}
+        log.warning("%s.class_names lists the checkpoint's classes in another order (%s); its masks are read in "
+                    "the checkpoint's order, by name (dataset.label_map=%s)", shown, first, data["label_map"])
+    elif ours != theirs:
+        log.warning("%s.class_names differs from the checkpoint's (%s); reporting the checkpoint's, which name its "
+                    "outputs: class i of the masks is scored as its class i", shown, first)
+    return data
 
 
 def build_dataset(*, split: str, format: str, root: str, num_classes: int, transform: Callable | None = None,
