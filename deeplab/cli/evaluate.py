@@ -8,9 +8,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from deeplab.cli import command, typed_settings
 from deeplab.cli.record import Record
-from deeplab.data import DataError, build_dataset
+from deeplab.data import DataError, build_dataset, checkpoint_dataset
 from deeplab.data.transforms import eval_transform
-from deeplab.engine.checkpoint import CheckpointError
 from deeplab.engine.evaluator import evaluate, score_predictions
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
@@ -67,16 +66,13 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
         data = None
     else:
         raise DataError("give checkpoint=PATH (a model to evaluate) or predictions=DIR (index PNGs to score)")
-    if cfg.get("dataset"):
-        data = OmegaConf.to_container(cfg.dataset, resolve=True)
+    if cfg.get("dataset"):  # the data's own config; a checkpoint keeps its model's input and classes (logged)
+        given = OmegaConf.to_container(cfg.dataset, resolve=True)
+        data = given if model is None else checkpoint_dataset(data, given, checkpoint=cfg.checkpoint)
     if data is None:
         raise DataError("predictions=DIR needs a dataset to score against: add dataset=<name> [dataset.root=...]")
     if cfg.data_root:
         data["root"] = cfg.data_root
-    if model is not None and model.num_classes != data["num_classes"]:
-        raise CheckpointError(f"{cfg.checkpoint}: checkpoint is for {model.num_classes} classes but the dataset "
-                              f"({data['format']}) has {data['num_classes']}; "
-                              "evaluate it on the data it was trained for")
     split = cfg.split or data["val_split"]
     if record is not None:
         record.keep(output_dir)

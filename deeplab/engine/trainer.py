@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from deeplab.data import build_dataset
+from deeplab.data import build_dataset, fine_tuning_notes
 from deeplab.data.check import preflight
 from deeplab.data.transforms import eval_transform, train_transform
 from deeplab.engine import checkpoint as ckpt
@@ -171,6 +171,7 @@ def build_network(config: dict, state: dict | None, settings: TrainerSettings, d
     elif config.get("init_from"):
         source = ckpt.load_checkpoint(config["init_from"])
         _same_architecture(config["init_from"], upgrade_model_config(source["config"]["model"]), config["model"])
+        fine_tuning_notes(source["config"]["dataset"], config["dataset"], checkpoint=config["init_from"])
         weights, which = ckpt.preferred_weights(source)
         if which:
             log.info("init_from %s: starting from %s", config["init_from"], which)
