@@ -11,10 +11,12 @@ import sys
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import (compose, kill_at_step, make_mask, make_voc_tree, one_sentence, run_predict, tiny_train_overrides,
                       write_image)
+import deeplab.data
 from deeplab import metrics
 from deeplab.cli import check as check_cli
 from deeplab.cli import evaluate as evaluate_cli
@@ -26,9 +28,12 @@ from deeplab.engine import precision
 from deeplab.engine import trainer as trainer_module
 from deeplab.engine.checkpoint import load_checkpoint
 from deeplab.engine.loaders import TrainBatches
+from deeplab.engine.run_config import validate_config
 from deeplab.engine.run_state import TrainingInterrupted
 from deeplab.engine.trainer import probe_batch, train
+from deeplab.errors import ConfigError
 from deeplab.prediction_files import list_inputs
+from deeplab.torch_files import CheckpointError
 
 # --- masks saved lossy -----------------------------------------------------------------------------------------------
 
@@ -241,3 +246,84 @@ def test_a_dataset_of_two_images_resumes_exactly(tmp_path, monkeypatch):
     train(cfg(resume), tmp_path / "unused", overrides=[resume])
     a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("straight", "broken"))
     assert b["iteration"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+# --- other frameworks' conventions -----------------------------------------------------------------------------------
+
+def _train_config(*overrides):
+    return OmegaConf.to_container(compose("train", ["dataset=voc", *overrides]), resolve=True)
+
+
+@pytest.mark.parametrize("overrides,fix", [
+    (["dataset.mean=[123.675,116.28,103.53]", "dataset.std=[58.395,57.12,57.375]"], "0-255 scale"),
+    (["dataset.std=[58.395,57.12,57.375]"], "0-255 scale"),
+    (["dataset.mean=[0.406,0.456,0.485]", "dataset.std=[0.225,0.224,0.229]"], "BGR order"),
+    (["dataset.mean=[103.53,116.28,123.675]", "dataset.std=[57.375,57.12,58.395]"], "BGR order"),
+])
+def test_mean_and_std_in_another_convention_are_refused_with_the_values_to_write(overrides, fix):
+    with pytest.raises(ConfigError) as info:
+        validate_config(_train_config(*overrides))
+    one_sentence(info, fix, "dataset.mean=[0.485,0.456,0.406] dataset.std=[0.229,0.224,0.225]")
+
+
+def test_evaluate_of_saved_predictions_refuses_0_255_mean_too(tmp_path):
+    with pytest.raises(ConfigError, match=r"0-255 scale.*dataset.mean=\[0.485,0.456,0.406\]"):
+        build_dataset(split="val", format="voc", root=str(tmp_path), num_classes=5,
+                      mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
+
+
+@pytest.mark.parametrize("override,words", [
+    ("dataset.palette=[0,0,0,128,0,0]", ["flat list of 6 numbers", "[[0, 0, 0], [128, 0, 0]]"]),
+    ("dataset.ignore_index=-1", ["dataset.ignore_index=-1", "not a loss's"]),
+    ("dataset.ignore_index=0", ["dataset.ignore_index=0", "label_map='{0: 255, 1: 0, 2: 1, 3: 2, ..., 21: 20}'"]),
+    ("+dataset.reduce_zero_label=true", ["dataset.reduce_zero_label", "dataset.label_map='{0: 255, 1: 0"]),
+    ("+augment.img_scale=[2048,512]", ["augment.img_scale", "augment.scale_range", "augment.crop_size"]),
+    ("+augment.ratio_range=[0.5,2.0]", ["augment.ratio_range", "augment.scale_range=[0.5,2.0]"]),
+])
+def test_settings_in_another_frameworks_form_say_what_they_are_here(override, words):
+    with pytest.raises(ConfigError) as info:
+        validate_config(_train_config(override))
+    one_sentence(info, *words)
+
+
+# --- a dataset config that differs from the checkpoint's -------------------------------------------------------------
+
+SAVED = {"format": "voc", "num_classes": 3, "class_names": ["bg", "cat", "dog"], "ignore_index": 255, "label_map": None,
+         "palette": [[0, 0, 0], [1, 1, 1], [2, 2, 2]], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def test_a_dataset_naming_the_checkpoints_classes_in_another_order_is_read_in_the_checkpoints(caplog):
+    given = {**SAVED, "class_names": ["dog", "bg", "cat"], "label_map": {7: 0}, "mean": [0.5, 0.5, 0.5]}
+    with caplog.at_level(logging.WARNING, logger="deeplab.data"):
+        data = deeplab.data.checkpoint_dataset(SAVED, given, checkpoint="best.pt")
+    # the masks' 0 (dog) is the checkpoint's 2, 1 (bg) its 0, 2 (cat) its 1; raw 7 (the dataset's dog) too
+    assert data["label_map"] == {0: 2, 1: 0, 2: 1, 7: 2}
+    assert data["class_names"] == SAVED["class_names"] and data["mean"] == SAVED["mean"]
+    assert "its class 0 is 'dog', the checkpoint's 'bg'" in caplog.text
+    assert "dataset.mean=[0.5, 0.5, 0.5] differs from the checkpoint's" in caplog.text and "using the checkpoint's" \
+        in caplog.text
+    with pytest.raises(CheckpointError, match="checkpoint is for 3 classes but the dataset"):
+        deeplab.data.checkpoint_dataset(SAVED, {**given, "num_classes": 4}, checkpoint="best.pt")
+
+
+def test_evaluate_with_another_mean_normalises_as_the_checkpoint_and_says_so(trained, tmp_path, caplog):
+    def evaluate(*extra):
+        cfg = compose("evaluate", [f"checkpoint={trained[1]}", "precision=fp32", "num_workers=0", *extra])
+        return evaluate_cli.run(cfg, tmp_path / str(len(extra)))
+
+    plain = evaluate()
+    with caplog.at_level(logging.WARNING, logger="deeplab.data"):
+        given = evaluate("dataset=voc", f"dataset.root={trained[0]}", "dataset.mean=[0.9,0.1,0.9]",
+                         "dataset.std=[0.05,0.05,0.05]")
+    assert "dataset.mean=[0.9, 0.1, 0.9] differs from the checkpoint's" in caplog.text
+    assert given["confusion_matrix"] == plain["confusion_matrix"]  # the model saw the input it was trained on
+
+
+def test_init_from_a_checkpoint_of_other_class_names_and_mean_says_what_the_run_uses(trained, tmp_path, caplog):
+    names = ",".join(["sky", *(f"c{i}" for i in range(1, 21))])
+    cfg = compose("train", ["dataset=voc", *tiny_train_overrides(trained[0], tmp_path / "out", 1),
+                            f"init_from={trained[1]}", f"dataset.class_names=[{names}]", "dataset.mean=[0.5,0.5,0.5]"])
+    with caplog.at_level(logging.WARNING, logger="deeplab.data"):
+        train(cfg, tmp_path / "run")
+    assert "init_from=" in caplog.text and "its class 0 is 'sky', the checkpoint's 'background'" in caplog.text
+    assert "dataset.mean=[0.5, 0.5, 0.5] differs from the checkpoint's" in caplog.text
