@@ -88,7 +88,8 @@ def user_errors(logger: str) -> Iterator[None]:
                                             "command again", where, DISK_ERRORS[exc.errno], exc.strerror or exc)
             sys.exit(1)
         finally:
-            sys.stdout.flush()  # a closed pipe is met here, inside the command, not at the interpreter's exit
+            if sys.stdout is not None:  # None when started with stdout closed (`>&-`)
+                sys.stdout.flush()  # a closed pipe is met here, inside the command, not at the interpreter's exit
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(CLOSED_PIPE_STATUS)
