@@ -327,3 +327,11 @@ def test_init_from_a_checkpoint_of_other_class_names_and_mean_says_what_the_run_
         train(cfg, tmp_path / "run")
     assert "init_from=" in caplog.text and "its class 0 is 'sky', the checkpoint's 'background'" in caplog.text
     assert "dataset.mean=[0.5, 0.5, 0.5] differs from the checkpoint's" in caplog.text
+
+
+def test_predict_refuses_a_dataset_it_would_ignore(checkpoint, tmp_path):
+    write_image(tmp_path / "in" / "a.jpg")
+    with pytest.raises(ConfigError) as info:  # Hydra advises +dataset=voc for dataset=voc, which predict cannot take
+        run_predict(checkpoint, tmp_path / "in", "+dataset=voc", output=tmp_path / "out")
+    one_sentence(info, "predict.py takes the classes, palette and mean/std from the checkpoint", "drop dataset=")
+    assert not (tmp_path / "out").exists()
