@@ -89,3 +89,24 @@ def test_a_checkpoint_gives_agreement_and_miou_on_its_own_val_images(tmp_path, t
     modes = result["inference"]["modes"]
     assert result["inference"]["samples"] == 2
     assert modes["fast"]["mIoU"] == pytest.approx(modes["eager_fp32"]["mIoU"], abs=0.02)
+
+
+def test_a_bench_never_replaces_the_json_another_bench_wrote_while_it_ran(tmp_path, monkeypatch):
+    """Two benches with one json= both pass the check for an earlier file before they run (minutes); the one that
+    ends second is refused in one sentence and the first's JSON is kept."""
+    from conftest import compose
+    from deeplab.cli import bench as bench_cli
+    from deeplab.errors import UserError
+
+    path = tmp_path / "bench.json"
+    real = bench_cli.summarize
+
+    def and_another_bench_finishes(*args, **kwargs):
+        path.write_text('{"the other bench": 1}')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(bench_cli, "summarize", and_another_bench_finishes)
+    cfg = compose("bench", [f"json={path}", "sections=[model]", "device=cpu", "model.num_classes=4",
+                            "inference.size=[64,64]"])
+    with pytest.raises(UserError, match="another process wrote this file"):
+        run(cfg)
+    assert json.loads(path.read_text()) == {"the other bench": 1}

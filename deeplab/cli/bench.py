@@ -16,6 +16,7 @@ from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe
 from deeplab.errors import ConfigError
 from deeplab.metrics import json_text
 from deeplab.model.summary import summarize
+from deeplab.torch_files import atomic_write
 
 
 def check_sections(sections: object) -> list[str]:
@@ -108,7 +109,9 @@ def run(cfg) -> dict:
         results["loader"] = bench_loader(**cfg.loader)
         print(format_loader(results["loader"]))
     if json_path:
-        json_path.write_text(json_text(results, indent=2))
+        # a second bench with the same json= may have written it meanwhile: kept unless overwrite=true
+        atomic_write(json_path, lambda tmp: tmp.write_text(json_text(results, indent=2)), durable=False,
+                     replace=bool(cfg.get("overwrite", False)))
         print(f"JSON written to {json_path}")
     return results
 
