@@ -143,14 +143,19 @@ class Predictor:
     The model runs in eval mode whatever mode it is in between calls, and is left in that mode.
     """
 
-    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float], class_names: Sequence[str],
-                 palette: Sequence[Sequence[int]] | None = None, device: str | torch.device = "auto",
-                 scales: Sequence[float] = (1.0,), flip: bool = False, window: Sequence[int] | None = None,
-                 stride: Sequence[int] | None = None, precision: str = "auto") -> None:
+    def __init__(self, model: nn.Module, *, mean: Sequence[float], std: Sequence[float],
+                 class_names: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
+                 device: str | torch.device = "auto", scales: Sequence[float] = (1.0,), flip: bool = False,
+                 window: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+                 precision: str = "auto") -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: got a {type(model).__name__}, not a torch nn.Module; for a checkpoint file use "
                             "Predictor.from_checkpoint(path)")
         classes = getattr(model, "num_classes", None)
+        if class_names is None and classes is not None:  # a dataset config may leave them out: the indices name them
+            class_names = [str(i) for i in range(classes)]
+        if isinstance(class_names, str) or not isinstance(class_names, Sequence):
+            raise TypeError(f"class_names: got {class_names!r}; pass a list of one name per class")
         if classes is not None and classes != len(class_names):
             raise ValueError(f"class_names: {len(class_names)} names for a model of {classes} classes; give one name "
                              "per class")
@@ -184,11 +189,12 @@ class Predictor:
         model, config = model_from_checkpoint(path, device=device, output_stride=output_stride, fast=fast,
                                               compile=compile, onnx=onnx)
         data = config["dataset"]
-        return cls(model, mean=data["mean"], std=data["std"], class_names=data["class_names"],
+        return cls(model, mean=data["mean"], std=data["std"], class_names=data.get("class_names"),
                    palette=data.get("palette"), device=device, **tta)
 
     def normalise(self, images: Sequence) -> torch.Tensor:
-        """Same-size images (any form `rgb_image` takes) -> a normalised float (N, 3, H, W) batch on the device."""
+        """Same-size RGB uint8 (H, W, 3) arrays (`rgb_image`'s) -> a normalised float (N, 3, H, W) batch on the
+        device."""
         batch = torch.from_numpy(np.stack(images)).to(self.device).permute(0, 3, 1, 2).float()
         return (batch - self.mean) / self.std
 

@@ -128,7 +128,7 @@ def test_normalisation_is_on_the_0_1_scale_everywhere_with_one_sentence():
     mean = (123.675, 116.28, 103.53)
     sentences = set()
     for call in (lambda: eval_transform(mean=mean), lambda: train_transform(mean=mean),
-                 lambda: Predictor(tiny_model(), mean=mean, std=STD, class_names="abc", device="cpu")):
+                 lambda: Predictor(tiny_model(), mean=mean, std=STD, class_names=["a", "b", "c"], device="cpu")):
         with pytest.raises(ConfigError) as info:
             call()
         sentences.add(one_sentence(info, "dataset.mean=(123.675, 116.28, 103.53)", "divide 0-255 values by 255"))
@@ -139,7 +139,7 @@ def test_normalisation_is_on_the_0_1_scale_everywhere_with_one_sentence():
                              std=STD)
     one_sentence(info, "dataset.mean=", "0-1")
     with pytest.raises(ConfigError, match=r"^dataset.mean=\(0.5, 0.5, 0.5, 0.5\): must be three numbers"):
-        Predictor(tiny_model(), mean=(0.5,) * 4, std=STD, class_names="abc", device="cpu")
+        Predictor(tiny_model(), mean=(0.5,) * 4, std=STD, class_names=["a", "b", "c"], device="cpu")
 
 
 # --- Predictor.predict: what notebooks hold ----------------------------------------------------------------------
@@ -231,7 +231,7 @@ def test_a_model_put_back_in_training_mode_still_predicts_in_eval_mode():
 
 def test_predictor_wants_a_model_and_from_checkpoint_a_path(tmp_path):
     with pytest.raises(TypeError) as info:
-        Predictor(str(tmp_path / "best.pt"), mean=MEAN, std=STD, class_names="abc")
+        Predictor(str(tmp_path / "best.pt"), mean=MEAN, std=STD, class_names=["a", "b", "c"])
     one_sentence(info, "model: got a str", "Predictor.from_checkpoint(path)")
     for wrong in ({"model": {}, "config": {}}, tiny_model(), None):
         with pytest.raises(TypeError) as info:
@@ -242,6 +242,30 @@ def test_predictor_wants_a_model_and_from_checkpoint_a_path(tmp_path):
     one_sentence(info, "class_names: 2 names for a model of 3 classes")
     with pytest.raises(TypeError, match="unexpected keyword argument 'tta'"):  # before any file is read
         Predictor.from_checkpoint(tmp_path / "missing.pt", device="cpu", tta=True)
+
+
+def test_the_model_itself_says_what_input_it_takes():
+    model = tiny_model().eval()
+    for wrong in (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, 32, 32), torch.zeros(1, 32, 32, 3),
+                  np.zeros((1, 3, 32, 32), np.float32)):
+        with pytest.raises(ValueError) as info:
+            model(wrong)
+        one_sentence(info, "images: the model takes a normalised float (N, 3, H, W) batch", "Predictor(model")
+
+
+def test_class_names_may_be_left_out_but_not_be_a_string(tmp_path):
+    assert Predictor(tiny_model(), mean=MEAN, std=STD, device="cpu").class_names == ["0", "1", "2"]
+    with pytest.raises(TypeError) as info:
+        Predictor(tiny_model(), mean=MEAN, std=STD, class_names="abc", device="cpu")
+    one_sentence(info, "class_names: got 'abc'", "a list of one name per class")
+    # a run whose dataset config left class_names out (dataset.class_names=null) is still predicted with, by a str path
+    model = tiny_model()
+    config = {"model": {"num_classes": 3, **TINY},
+              "dataset": {"num_classes": 3, "mean": list(MEAN), "std": list(STD), "class_names": None}}
+    torch.save({"model": model.state_dict(), "config": config}, tmp_path / "best.pt")
+    predictor = Predictor.from_checkpoint(str(tmp_path / "best.pt"), device="cpu", fast=False, precision="fp32")
+    assert predictor.class_names == ["0", "1", "2"]
+    assert torch.allclose(predictor.predict_batch([RGB]), predictor_of(model.eval()).predict_batch([RGB]), atol=1e-6)
 
 
 # --- the prediction files: label maps of more than 256 classes -----------------------------------------------------

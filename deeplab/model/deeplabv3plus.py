@@ -57,6 +57,11 @@ class DeepLabV3Plus(nn.Module):
         self.aspp.set_rates(tuple(max(1, round(r * scale)) for r in self.aspp.rates))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            got = f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"images: the model takes a normalised float (N, 3, H, W) batch, got {got}; "
+                             "Predictor(model, mean=..., std=..., class_names=...).predict(image) takes an image as "
+                             "it is")
         features = self.backbone(x)
         logits = self.decoder(self.aspp(features["out"]), features["low"])
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
