@@ -5,6 +5,7 @@ fix, the same sentence the config path gives for the same rule."""
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 from conftest import one_sentence
@@ -94,6 +95,22 @@ def test_torchvision_keywords_say_what_they_are_here(keyword, fix):
     with pytest.raises(TypeError) as info:
         build_model(num_classes=3, **{keyword: None})
     one_sentence(info, f"unexpected keyword argument {keyword!r}, torchvision's", fix)
+
+
+def test_backbone_weights_may_be_a_torchvision_segmentation_models(tmp_path):
+    """torchvision's deeplabv3_resnet50(...).state_dict() names its backbone's tensors backbone.<the network's own
+    names>, beside classifier.* and aux_classifier.*: its backbone part is loaded, not refused as a deeplab model's."""
+    net = torchvision.models.mobilenet_v2()
+    state = {**{f"backbone.{k}": v for k, v in net.state_dict().items() if k.startswith("features.")},
+             "classifier.4.weight": torch.zeros(21, 256, 1, 1), "aux_classifier.4.weight": torch.zeros(21, 10, 1, 1)}
+    torch.save(state, tmp_path / "segmentation.pth")
+    model = build_model(num_classes=3, backbone_weights=tmp_path / "segmentation.pth")
+    assert torch.equal(model.backbone.features[5].conv[1][0].weight, net.features[5].conv[1][0].weight)
+    with pytest.raises(ConfigError) as info:
+        build_model(num_classes=3, backbone="resnet50", backbone_weights=tmp_path / "segmentation.pth")
+    text = one_sentence(info, "(the backbone of a torchvision segmentation model) is not a torchvision ResNet-50",
+                        "use them with model/backbone=mobilenet_v2")
+    assert "init_from" not in text
 
 
 # --- the transforms ----------------------------------------------------------------------------------------------

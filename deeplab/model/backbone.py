@@ -99,7 +99,7 @@ def load_backbone_weights(backbone: nn.Module, weights: str | Path) -> str:
                 f"model.backbone_weights: file not found: {path}; pass the path of a torchvision {backbone.family} "
                 f"state dict (torch.save(torchvision.models.{_name_of(backbone)}(...).state_dict(), PATH)), or one "
                 f"of {sorted(IMAGENET_WEIGHTS)}, or null for random init")
-        state, source = _read_state_dict(path), str(path)
+        state, source = _segmentation_backbone(_read_state_dict(path), str(path))
     _load_torchvision_state(backbone, state, source)
     return source
 
@@ -139,6 +139,17 @@ def _read_state_dict(path: Path) -> dict:
     return state
 
 
+def _segmentation_backbone(state: dict, source: str) -> tuple[dict, str]:
+    """The backbone.* tensors of a torchvision segmentation model's state dict (deeplabv3_resnet50's, fcn_resnet101's:
+    backbone.*, classifier.*, aux_classifier.*), named as its backbone network's own; any other state dict as it is."""
+    keys = [str(k) for k in state]
+    if not any(k.startswith("classifier.") for k in keys) or not all(
+            k.startswith(("backbone.", "classifier.", "aux_classifier.")) for k in keys):
+        return state, source
+    part = {k.removeprefix("backbone."): v for k, v in state.items() if str(k).startswith("backbone.")}
+    return part, f"{source} (the backbone of a torchvision segmentation model)"
+
+
 def _holds_backbone_keys(cls: type[nn.Module], keys: set, state: Mapping) -> bool:
     """Whether `state` holds exactly the backbone keys `keys` of `cls`, besides its classifier's."""
     return keys <= set(state) and all(k in keys or str(k).startswith(cls.ignored_prefixes) for k in state)
@@ -159,7 +170,7 @@ def _what_it_is(state: Mapping) -> str:
     family = _family_of(state)
     if family:
         return f"; it holds torchvision {BACKBONES[family].family} weights: use them with model/backbone={family}"
-    if {"model", "config"} <= set(state) or any(str(k).startswith("backbone.") for k in state):
+    if {"model", "config"} <= set(state) or any(str(k).startswith(("aspp.", "decoder.")) for k in state):
         return "; it holds a deeplab model's weights: start from it with init_from=FILE instead"
     return ""
 
