@@ -74,10 +74,10 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     if cfg.data_root:
         data["root"] = cfg.data_root
     split = cfg.split or data["val_split"]
-    if record is not None:
+    dataset = build_dataset(split=split, **data, transform=eval_transform(mean=data["mean"], std=data["std"]))
+    if record is not None:  # once the data is found: a refused evaluation leaves no run folder
         record.keep(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    dataset = build_dataset(split=split, **data, transform=eval_transform(mean=data["mean"], std=data["std"]))
     if model is not None:
         tta = dict(scales=tuple(cfg.scales), flip=cfg.flip, window=cfg.window, stride=cfg.stride)
         loader = val_loader(dataset, rank=0, world_size=1, num_workers=cfg.num_workers, pin_memory=False)

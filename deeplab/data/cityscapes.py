@@ -5,7 +5,7 @@ The masks hold the 34 label ids; the dataset config's label_map turns them into 
 
 from pathlib import Path
 
-from deeplab.data.dataset import DataError, find_by_stem, pair_ids
+from deeplab.data.dataset import DataError, find_by_stem, named_root, pair_ids
 
 IMAGE_SUFFIX = "_leftImg8bit"
 MASK_SUFFIX = "_gtFine_labelIds"
@@ -27,7 +27,7 @@ def cityscapes_samples(*, root: str | Path, split: str) -> list[tuple[Path, Path
     root = Path(root).expanduser()
     for top in (root / "leftImg8bit", root / "gtFine"):
         if not top.is_dir():
-            raise DataError(f"dataset not found: looked for {top} under dataset.root={root}. {DOWNLOAD_HINT}.")
+            raise DataError(f"dataset not found: looked for {top} under {named_root(root)}. {DOWNLOAD_HINT}.")
     images_path, masks_path = root / "leftImg8bit" / split, root / "gtFine" / split
     if not images_path.is_dir():
         available = sorted(p.name for p in (root / "leftImg8bit").iterdir() if p.is_dir())

@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from deeplab.data.dataset import DataError, pair_ids
+from deeplab.data.dataset import DataError, named_root, pair_ids
 from deeplab.torch_files import atomic_write
 
 # VOC class names whose COCO category is spelt differently, so a VOC-20 selection can be written in VOC's names.
@@ -95,10 +95,10 @@ def resolve_paths(*, root: str | Path, split: str, annotations: str | None, imag
     ann_path = root / (annotations or "annotations/instances_{split}.json").format(split=split)
     image_path = root / (image_dir or "{split}").format(split=split)
     if not ann_path.is_file():
-        raise DataError(f"COCO annotations not found: looked for {ann_path} under dataset.root={root}. "
+        raise DataError(f"COCO annotations not found: looked for {ann_path} under {named_root(root)}. "
                         f"{DOWNLOAD_HINT}, or point dataset.root (and dataset.annotations) at your files.")
     if not image_path.is_dir():
-        raise DataError(f"COCO images not found: looked for the folder {image_path} under dataset.root={root}. "
+        raise DataError(f"COCO images not found: looked for the folder {image_path} under {named_root(root)}. "
                         f"{DOWNLOAD_HINT}, or set dataset.image_dir.")
     return ann_path, image_path, root / (cache_dir or "semantic_masks")
 

@@ -284,6 +284,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self.transform(image, mask, seed=seed) if seed is not None else self.transform(image, mask)
 
 
+def named_root(root: str | Path) -> str:
+    """`dataset.root=ROOT` as the data's sentences name it: a relative root also says which folder it was read from
+    (it moves with the current folder: a run's saved root is relative to where it trained) and how to give another."""
+    if Path(root).expanduser().is_absolute():
+        return f"dataset.root={root}"
+    return (f"dataset.root={root} (relative: read from the current folder {Path.cwd()}; a full path reads the same "
+            f"from any folder, e.g. evaluate.py data_root=/full/path)")
+
+
 def no_samples_problem(where: str) -> str:
     """The sentence for a split that lists no samples, naming the split and its root."""
     return (f"{where}: the split has no samples; add images and masks to it, or choose another split with "

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deeplab.data.dataset import (IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, find_by_stem, pair_ids,
-                                  unread_files_hint)
+from deeplab.data.dataset import (IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, find_by_stem, named_root,
+                                  pair_ids, unread_files_hint)
 from deeplab.data.voc import split_ids
 from deeplab.errors import ConfigError
 
@@ -35,7 +35,7 @@ def folder_samples(*, root: str | Path, split: str, image_dir: str = "images", m
     images_path, masks_path, splits_path = root / image_dir, root / mask_dir, root / split_dir
     for folder in (images_path, masks_path):
         if not folder.is_dir():
-            raise DataError(f"dataset not found: looked for {folder} under dataset.root={root}. A folder dataset is "
+            raise DataError(f"dataset not found: looked for {folder} under {named_root(root)}. A folder dataset is "
                             f"{image_dir}/ (images) and {mask_dir}/ (PNG masks of class indices, same file stems)."
                             + (f" Make it with `{prepare}`, or point dataset.root at a prepared copy." if prepare
                                else ""))

@@ -4,7 +4,8 @@ import codecs
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from deeplab.data.dataset import IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, find_by_stem, pair_ids
+from deeplab.data.dataset import (IMAGE_EXTENSIONS, MASK_EXTENSIONS, DataError, find_by_stem, named_root,
+                                  pair_ids)
 
 # Byte-order marks of encodings a split file must not be in; UTF-32's first, as UTF-32-LE's starts like UTF-16-LE's
 FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"),
@@ -75,7 +76,7 @@ def voc_samples(*, root: str | Path, split: str, image_dir: str = "JPEGImages",
     images_path, masks_path, splits_path = root / image_dir, root / mask_dir, root / split_dir
     for folder in (images_path, masks_path, splits_path):
         if not folder.is_dir():
-            raise DataError(f"dataset not found: looked for {folder} under dataset.root={root}. "
+            raise DataError(f"dataset not found: looked for {folder} under {named_root(root)}. "
                             f"Get the data with `{hint}`, or point dataset.root at a folder holding "
                             f"{image_dir}/, {mask_dir}/ and {split_dir}/.")
     split_file, images = splits_path / f"{split}.txt", find_by_stem(images_path)
