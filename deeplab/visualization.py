@@ -34,7 +34,7 @@ def colourize(labels: np.ndarray, table: np.ndarray) -> np.ndarray:
     end = int(labels.max(initial=0)) + 1
     if end > len(table):
         table = np.concatenate([table, np.array(default_palette(end), np.uint8)[len(table):]])
-    return table[labels]
+    return table[labels.astype(np.intp, copy=False)]  # as indices, whatever their dtype (a bool mask too)
 
 
 def denormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

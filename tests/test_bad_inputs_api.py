@@ -303,3 +303,4 @@ def test_a_palette_of_more_than_256_colours_is_a_longer_table():
     palette = [[i % 256, i // 256, 7] for i in range(300)]
     table = palette_array(palette)
     assert table.shape == (300, 3) and tuple(colourize(np.array([[299]]), table)[0, 0]) == (43, 1, 7)
+    assert colourize(np.array([[True, False]]), table).shape == (1, 2, 3), "a bool mask is indices 1 and 0"
