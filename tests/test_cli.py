@@ -112,3 +112,34 @@ def test_overrides_that_compose_and_flags_are_left_to_hydra():
     assert "Hydra cannot read '['" in unknown_override("train", ["-m", "output_root=a[1]"])  # a sweep's still read
     assert unknown_override("predict", ["checkpoint=x.pt", "input=images/"]) is None
     assert unknown_override("train", ["hydra.run.dri=x"]) is None  # Hydra's own keys: Hydra's own message
+
+
+@pytest.fixture
+def own_configs(tmp_path):
+    """A user's config folder adding an experiment of their own, configs/experiment/ lacks it."""
+    folder = tmp_path / "my_configs"
+    (folder / "experiment").mkdir(parents=True)
+    (folder / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  iterations: 7\n")
+    return folder
+
+
+@pytest.mark.parametrize("how", ["searchpath", "--config-dir", "-cd"])
+def test_a_typo_beside_an_option_from_the_users_own_config_folder_gets_the_closest_key(how, own_configs, entry_point,
+                                                                                       capsys, tmp_path, monkeypatch):
+    """The command line check reads every config source Hydra's main reads (hydra.searchpath, --config-dir): the
+    user's own option is valid, and the typo next to it is the one named, with the closest key."""
+    source = [f"hydra.searchpath=[file://{own_configs}]"] if how == "searchpath" else [how, str(own_configs)]
+    assert unknown_override("train", [*source, "experiment=mine"]) is None
+    assert "did you mean experiment=mine?" in unknown_override("train", [*source, "experiment=mnie"])
+    monkeypatch.chdir(tmp_path)
+    code = entry_point(train_main, *source, "experiment=mine", "trainer.iteration=5")
+    err = capsys.readouterr().err
+    assert code == 1 and "no key trainer.iteration; did you mean trainer.iterations=5?" in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["my_configs"]  # nothing written
+
+
+def test_the_help_page_lists_the_options_of_the_users_own_config_folder(own_configs, entry_point, capsys):
+    assert entry_point(train_main, "--config-dir", str(own_configs), "--help") == 0
+    groups = capsys.readouterr().out.split("== Configuration groups ==")[1]
+    assert "experiment: camvid, camvid_cpu, cityscapes, mine, voc_os16" in groups

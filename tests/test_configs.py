@@ -139,7 +139,7 @@ def test_run_dirs_are_dated_and_sweeps_get_their_own():
         cfg = hydra_compose("train", return_hydra_config=True)
     assert cfg.hydra.run.dir.startswith("outputs/train/")
     sweep = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)
-    assert sweep["dir"].startswith("outputs/multirun/") and sweep["subdir"] == "${hydra.job.num}"
+    assert cfg.hydra.sweep.dir.startswith("outputs/multirun/") and sweep["subdir"] == "${hydra.job.num}"
 
 
 def test_the_demo_recipe_applies_to_the_demo_only():

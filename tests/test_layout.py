@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deeplab"
 # The layers, bottom to top: a module may import from its own layer or below, never above. The first matching
 # prefix decides (so deeplab.model.* is layer 1). `__main__` modules are entry points, in the commands' layer.
 LAYERS = [
-    ("deeplab.cli", 4),
+    ("deeplab.cli", 4), ("deeplab.train", 4), ("deeplab.evaluate", 4), ("deeplab.predict", 4),  # python -m deeplab.*
     ("deeplab.inference", 3), ("deeplab.export", 3), ("deeplab.convert", 3), ("deeplab.bench", 3),
     ("deeplab.prediction_files", 3),
     ("deeplab.engine", 2),

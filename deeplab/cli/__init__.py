@@ -9,20 +9,32 @@ its list of config groups comes from `${deeplab.config_groups:}` below, not from
 lists every group under configs/ (the training groups on predict.py's page too).
 """
 
+import argparse
+import contextlib
 import difflib
 import functools
+import io
+import itertools
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from datetime import datetime
 from pathlib import Path
 
 import hydra
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose, version
+from hydra._internal.hydra import Hydra
+from hydra._internal.utils import create_config_search_path, get_args_parser
+from hydra.core.config_search_path import SearchPathQuery
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -30,14 +42,52 @@ from deeplab.cli.record import Record
 from deeplab.errors import UserError, user_errors
 from deeplab.schema import checked
 
-CONFIGS = str(Path(__file__).resolve().parents[2] / "configs")  # absolute: Hydra reads it as a folder
+
+def config_folder(package: Path) -> Path:
+    """The configs of the deeplab package at `package`: installed, its own deeplab/configs (pyproject.toml puts the
+    checkout's configs/ there in the wheel); in a checkout (an editable install, or the checkout on sys.path), the
+    top-level configs/ beside it, the one users edit."""
+    return next((p for p in (package / "configs", package.parent / "configs") if p.is_dir()), package / "configs")
+
+
+CONFIGS = str(config_folder(Path(__file__).resolve().parents[1]))  # absolute: Hydra reads it from any folder
 
 # keys an older version read, and where they live now
 RENAMED = {"model.width_mult": "model.backbone.width_mult", "model.expand_ratio": "model.backbone.expand_ratio"}
 
-def group_options(group: str) -> list[str]:
-    """The options of a config group: the stems of configs/<group>/*.yaml, sorted."""
-    return sorted(p.stem for p in (Path(CONFIGS) / group).glob("*.yaml"))
+def group_options(group: str, config_name: str | None = None, overrides: Sequence[str] = ()) -> list[str]:
+    """The options of a config group in every config source of the Hydra set up now: configs/, a --config-dir, and
+    the hydra.searchpath folders of `overrides` (or of the config `config_name`), sorted."""
+    loader = GlobalHydra.instance().config_loader()
+    return sorted(loader.get_group_options(group, config_name=config_name, overrides=list(overrides)))
+
+
+@contextlib.contextmanager
+def config_sources(config_dir: str | None = None) -> Iterator[None]:
+    """Hydra set up over the config sources a command's main reads, as hydra.main sets them up: configs/, then the
+    user's --config-dir (`config_dir`); a hydra.searchpath=[...] override is read by Hydra's loader itself. What
+    was set up before is restored on leaving."""
+    backup = get_gh_backup()
+    version.setbase("1.3")
+    try:
+        search_path = create_config_search_path(CONFIGS)
+        if config_dir:
+            search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(config_dir)}",
+                                anchor=SearchPathQuery(provider="schema"))
+        Hydra.create_main_hydra2(task_name="deeplab", config_search_path=search_path)
+        yield
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def hydra_args(argv: Sequence[str]) -> argparse.Namespace | None:
+    """The command line as Hydra's main reads it (its flags, --config-dir, --config-name, the overrides); None when
+    Hydra's parser refuses it (the main that follows says why)."""
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return get_args_parser().parse_args(list(argv))
+    except SystemExit:
+        return None
 
 
 def typed_settings(cfg: DictConfig, hints: Mapping) -> None:
@@ -56,10 +106,11 @@ def config_groups(*, _root_: DictConfig) -> str:
     """The config groups this command's config composes (its defaults list, with the command line's choices), one
     line each: `group: option, option*, ...`, the option in use starred; read from configs/<group>/*.yaml."""
     choices, name = _root_.hydra.runtime.choices, _root_.hydra.job.config_name
+    overrides = [*_root_.hydra.overrides.hydra, *_root_.hydra.overrides.task]  # hydra.searchpath=[...] among them
     lines = []
     for group in sorted(g for g in choices if g != "hydra" and not g.startswith("hydra/")
                         and (name == "train" or g not in TRAINING_GROUPS)):
-        options = group_options(group)
+        options = group_options(group, name, overrides)
         chosen = choices[group]
         lines.append(f"{group}: " + ", ".join(f"{o}*" if o == chosen else o for o in options)
                      + ("  (none in use)" if chosen is None else ""))
@@ -68,18 +119,62 @@ def config_groups(*, _root_: DictConfig) -> str:
 
 OmegaConf.register_new_resolver("deeplab.config_groups", config_groups, replace=True)
 
+# The run folders made by the command that is running, by parent folder; None outside a command's Hydra main (its
+# command-line check, --cfg, --help, a test's compose), where `run_dir` names a folder without making it.
+_RUN_DIRS: ContextVar[dict[str, str] | None] = ContextVar("run_dirs", default=None)
+
+
+def run_dir(parent: str, chosen: str | None = None) -> str:
+    """`${deeplab.run_dir:PARENT}`: a command's own new folder PARENT/<date_time>, made here with an exclusive mkdir
+    so that no two commands share one (Hydra's ${now:...} gives two started in one second the same folder, and one
+    metrics.json replaced the other): when another process has that name, the next free of <date_time>_02, _03, ...
+    (names that still sort by time). `chosen` (predict's output=) is the folder itself, when given."""
+    if chosen is not None:
+        return os.path.expanduser(str(chosen))
+    made = _RUN_DIRS.get()
+    if made is not None and parent in made:  # Hydra resolves the run folder more than once
+        return made[parent]
+    dated = os.path.join(parent, datetime.now().strftime("%Y-%m-%d_%H-%M-%S"))
+    if made is None:
+        return dated
+    os.makedirs(parent, exist_ok=True)
+    for n in itertools.count(1):
+        folder = dated if n == 1 else f"{dated}_{n:02d}"
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue
+        made[parent] = folder
+        return folder
+
+
+OmegaConf.register_new_resolver("deeplab.run_dir", run_dir, replace=True)
+
+
+@contextlib.contextmanager
+def making_run_dirs() -> Iterator[None]:
+    """Within (a command's Hydra main), `run_dir` makes the folders it names, one per parent folder."""
+    made = _RUN_DIRS.set({})
+    try:
+        yield
+    finally:
+        _RUN_DIRS.reset(made)
+
 
 def _compose(config_name: str, overrides: Sequence[str], *, hydra_config: bool = False) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose(config_name, overrides=list(overrides), return_hydra_config=hydra_config)
+    """The config as the command's main composes it, in `config_sources`."""
+    return compose(config_name, overrides=list(overrides), return_hydra_config=hydra_config)
 
 
-def _missing_option(group: str, option: str) -> str:
-    """`optim=sdg`: the group's options, the closest first."""
-    options = group_options(group)
+def _missing_option(group: str, option: str, config_name: str, args: Sequence[str]) -> str:
+    """`optim=sdg`: the group's options in every config source, the closest first."""
+    options = group_options(group, config_name, args)
     close = next(iter(difflib.get_close_matches(option, options, n=1)), None)
-    return (f"{group}={option}: configs/{group}/ has no option {option}; "
-            + (f"did you mean {group}={close}? " if close else "") + f"(its options: {', '.join(options)})")
+    added = any(s.provider == "command-line" for s in GlobalHydra.instance().config_loader().get_sources()) or \
+        any(a.partition("=")[0].lstrip("+") == "hydra.searchpath" for a in args)  # --config-dir, hydra.searchpath
+    return (f"{group}={option}: configs/{group}/{' and your config folders have' if added else ' has'} no option "
+            f"{option}; " + (f"did you mean {group}={close}? " if close else "")
+            + f"(its options: {', '.join(options)})")
 
 
 def _missing_key(config_name: str, args: Sequence[str], override: str) -> str:
@@ -116,14 +211,11 @@ def _readable_unquoted(parser: OverridesParser, char: str) -> bool:
         return False
 
 
-def grammar_problem(args: Sequence[str]) -> str | None:
-    """One sentence for an argument Hydra's override grammar cannot read as the user meant: a value holding one of
-    its special characters unquoted (a path with [ ] ~ or a comma: a comma reads as a sweep of several runs)."""
+def grammar_problem(args: Sequence[str], *, multirun: bool = False) -> str | None:
+    """One sentence for an override Hydra's grammar cannot read as the user meant: a value holding one of its special
+    characters unquoted (a path with [ ] ~ or a comma: a comma reads as a sweep of several runs, unless `multirun`)."""
     parser = OverridesParser.create()
-    multirun = any(arg in ("-m", "--multirun") for arg in args)
-    if any(arg.startswith("-") and arg not in ("-m", "--multirun") for arg in args):
-        return None  # Hydra's other flags (--cfg job, --help, -cn NAME...) take words that are not overrides
-    for arg in (a for a in args if not a.startswith("-")):
+    for arg in args:
         key, _, value = arg.partition("=")
         quoted, shell = (f"{key}='{value}'", f"\"{key}='{value}'\"") if "'" not in value else \
             (f'{key}="{value}"', f'"{key}=\\"{value}\\""')
@@ -141,23 +233,63 @@ def grammar_problem(args: Sequence[str]) -> str | None:
     return None
 
 
-def run_dir_problem(cfg: DictConfig, args: Sequence[str]) -> str | None:
-    """One sentence when the run folder Hydra would make is a file or lies under one (Hydra's own error is a
-    traceback), naming the key that sets it: hydra.run.dir, or output_root that it is made under."""
+# the keys a command's run folder is made from, when set: train's output_root (runs go under it), predict's output
+RUN_DIR_KEYS = ("output_root", "output")
+# room a run folder's path must leave for the files written in it, under the file system's path limit: the longest,
+# TensorBoard's tb/events.out.tfevents.<time>.<host>.<pid>.<n>, is about 100 bytes with a long host name
+FILE_ROOM = 128
+
+
+def run_dir_problem(cfg: DictConfig, args: Sequence[str], *, folder: str = "run", writes: bool = True
+                    ) -> str | None:
+    """One sentence when the run folder (`folder="sweep"`: a sweep's) that Hydra would make cannot be made (Hydra's
+    own error is a traceback): a file or a broken link on its way, a folder this user cannot write (nor, where the
+    command `writes` in it, the folder itself), a name or a path longer than the file system takes; naming the key
+    that sets it: hydra.run.dir, or output_root / output that it is made from."""
     try:
-        given = str(cfg.hydra.run.dir)
+        given = str(cfg.hydra[folder].dir)
     except Exception:  # noqa: BLE001 - a value only Hydra's own run can resolve: its check
         return None
-    named = any(a.partition("=")[0].lstrip("+") == "hydra.run.dir" for a in args)
-    key = f"hydra.run.dir={given}" if named or "output_root" not in cfg else f"output_root={cfg.output_root}"
-    run_dir = Path(given).expanduser()
+    named = any(a.partition("=")[0].lstrip("+") == f"hydra.{folder}.dir" for a in args)
+    source = None if named or folder != "run" else next((k for k in RUN_DIR_KEYS if k in cfg), None)
+    key = f"{source}={cfg[source]}" if source and cfg[source] is not None else f"hydra.{folder}.dir={given}"
+    name, path = source or f"hydra.{folder}.dir", Path(given)  # name: the key to set (predict's output=, not run.dir)
     if given.startswith("~"):  # Hydra makes the folder as written: one named "~" here, a trap for `rm -rf ~`
+        written, _, value = key.partition("=")
         return (f"{key}: Hydra does not expand ~ in its run folder and would make a folder named '~' here; write "
-                f"the full path, e.g. {key.partition('=')[0]}={Path(key.partition('=')[2]).expanduser()}")
-    blocking = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), None)
-    if blocking is None:
-        return None
-    return f"{key}: {blocking} is a file, not a folder, so the run folder {run_dir} cannot be made; choose a folder"
+                f"the full path, e.g. {written}={Path(value).expanduser()}")
+    # os.path's tests, not Path's: a name too long for the file system is no folder there, not an OSError
+    blocking = next((p for p in [path, *path.parents] if os.path.lexists(p) and not os.path.isdir(p)), None)
+    if blocking is not None:
+        what = f"a link to {os.readlink(blocking)}, which does not exist" if os.path.islink(blocking) else \
+            "a file, not a folder"
+        return f"{key}: {blocking} is {what}, so the run folder {path} cannot be made; choose a folder"
+    existing = next(p for p in [path, *path.parents, Path(".")] if os.path.isdir(p))
+    name_max, path_max = (_limit(existing, "PC_NAME_MAX", 255), _limit(existing, "PC_PATH_MAX", 4096))
+    long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
+    if long is not None:  # the key without its (long) value
+        return (f"{name}: the folder name {long[:20]}... is {len(os.fsencode(long))} bytes long, and the file system "
+                f"takes at most {name_max} bytes in one name; choose a shorter name")
+    length = len(os.fsencode(os.path.abspath(path)))
+    if length + FILE_ROOM > path_max:
+        return (f"{name}: the run folder's full path, {os.path.abspath(path)[:40]}..., is {length} bytes long, "
+                f"which leaves no room for its files' names under the file system's limit of {path_max} bytes in "
+                f"a path; choose a shorter path")
+    if (existing != path or writes) and not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if os.statvfs(existing).f_flag & os.ST_RDONLY else "no write permission"
+        where = "" if path.is_absolute() else ", or run the command from a folder you can write"
+        what = "written" if existing == path else "made"
+        return (f"{key}: the folder {path} cannot be {what}, as {os.path.abspath(existing)} cannot be written by "
+                f"this user ({why}); set {name}= to a folder you can write{where}")
+    return None
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    """A file system limit (os.pathconf) at `path`, or `default` where the system does not say."""
+    try:
+        return os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
 
 
 def interpolation_problem(cfg: DictConfig, args: Sequence[str]) -> str | None:
@@ -178,33 +310,55 @@ def interpolation_problem(cfg: DictConfig, args: Sequence[str]) -> str | None:
     return None
 
 
-def unknown_override(config_name: str, args: Sequence[str]) -> str | None:
+def unknown_override(config_name: str, args: Sequence[str], *, writes_run_dir: bool = True) -> str | None:
     """One sentence for a command line that Hydra would answer with a traceback or a less helpful message: a key the
-    config lacks (`trainer.iteration=5`, the old `model.width_mult=0.5`) or a group option that does not exist
+    config lacks (`trainer.iteration=5`, the old `model.width_mult=0.5`) or a group option that no config source has
     (`optim=sdg`), with the closest existing one; a value its grammar cannot read, an unresolvable ${...}, a run
-    folder that cannot be made. None when the overrides compose, or fail otherwise (Hydra then reports it, as for
-    flags such as --help and -m, and for its own hydra.* keys)."""
-    problem = grammar_problem(args)
-    if problem or any(arg.startswith("-") for arg in args):
-        return problem
-    try:  # one composition when the command line is sound; the configs say why when it is not
-        cfg = _compose(config_name, args, hydra_config=True)
-    except Exception:  # noqa: BLE001 - what missing_problem cannot name, the Hydra main that follows reports
-        return missing_problem(config_name, args)
-    return interpolation_problem(cfg, args) or run_dir_problem(cfg, args)
+    folder (a sweep's folder, with -m) that cannot be made, or not written where `writes_run_dir`. None when the
+    overrides compose, or fail otherwise (Hydra then reports it, as for flags such as --help, a sweep's values, and
+    its own hydra.* keys)."""
+    parsed = hydra_args(args)
+    if parsed is None:
+        return None
+    problem = grammar_problem(parsed.overrides, multirun=parsed.multirun)
+    if problem or _shows(parsed) or parsed.config_path is not None or \
+            (parsed.config_dir and not os.path.isdir(parsed.config_dir)):
+        return problem  # --help, --cfg..., and a config folder Hydra cannot find: Hydra's own
+    config_name, args = parsed.config_name or config_name, parsed.overrides
+    with config_sources(parsed.config_dir):
+        if parsed.multirun:  # the sweep's folder, from the config without the swept values (each job's: Hydra's)
+            sweeps = OverridesParser.create().parse_overrides(list(args))
+            try:
+                cfg = _compose(config_name, [a for a, o in zip(args, sweeps) if not o.is_sweep_override()],
+                               hydra_config=True)
+            except Exception:  # noqa: BLE001 - a sweep's own composition: Hydra reports it
+                return None
+            return run_dir_problem(cfg, args, folder="sweep", writes=writes_run_dir)
+        try:  # one composition when the command line is sound; the configs say why when it is not
+            cfg = _compose(config_name, args, hydra_config=True)
+        except Exception:  # noqa: BLE001 - what missing_problem cannot name, the Hydra main that follows reports
+            return missing_problem(config_name, args)
+        return interpolation_problem(cfg, args) or run_dir_problem(cfg, args, writes=writes_run_dir)
+
+
+def _shows(parsed: argparse.Namespace) -> bool:
+    """Whether Hydra's main only shows something (--help, --cfg, --info...) and runs no command."""
+    return bool(parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion)
 
 
 def missing_problem(config_name: str, args: Sequence[str]) -> str | None:
-    """A group option that configs/<group>/ lacks, or a key the composed config lacks, found from the configs
-    themselves (the group folders, and the config composed with the command line's group choices), never from the
-    wording of Hydra's errors."""
+    """A group option that no config source has, or a key the composed config lacks, found from the configs
+    themselves (the options Hydra's loader finds in configs/ and the user's config folders, and the config composed
+    with the command line's group choices), never from the wording of Hydra's errors; run in `config_sources`."""
     overrides = OverridesParser.create().parse_overrides(list(args))
     changes = [(o, arg) for o, arg in zip(overrides, args)
                if o.type == OverrideType.CHANGE and not o.key_or_group.startswith("hydra")]
-    chosen = [arg for o, arg in changes if (Path(CONFIGS) / o.key_or_group).is_dir()]
+    loader = GlobalHydra.instance().config_loader()
+    chosen = [arg for o, arg in changes if loader.get_group_options(o.key_or_group, results_filter=None,
+                                                                    config_name=config_name, overrides=list(args))]
     for o, arg in changes:
-        if arg in chosen and str(o.value()) not in group_options(o.key_or_group):
-            return _missing_option(o.key_or_group, str(o.value()))
+        if arg in chosen and str(o.value()) not in group_options(o.key_or_group, config_name, args):
+            return _missing_option(o.key_or_group, str(o.value()), config_name, args)
     try:
         base = _compose(config_name, [*chosen, *(a for o, a in zip(overrides, args) if a not in
                                                  {arg for _, arg in changes})])
@@ -271,10 +425,12 @@ def command(config_name: str, logger: str, *, record: bool = False) -> Callable:
         def main():
             nonlocal started
             started = time.time()
-            sentence = unknown_override(config_name, sys.argv[1:])
+            sentence = unknown_override(config_name, sys.argv[1:], writes_run_dir=record)
             if sentence:
                 print(sentence, file=sys.stderr)
                 sys.exit(1)
-            return hydra_main()
+            parsed = hydra_args(sys.argv[1:])
+            with contextlib.nullcontext() if parsed is None or _shows(parsed) else making_run_dirs():
+                return hydra_main()
         return main
     return decorate
