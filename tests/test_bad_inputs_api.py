@@ -126,7 +126,8 @@ BAD_AUGMENT = [
     (dict(scale_range=(2.0, 1.0)), "augment.scale_range=(2.0, 1.0): must be"),
     (dict(hflip=2), "augment.hflip=2: must be a number in [0, 1]"),
     (dict(color_jitter=-0.5), "augment.color_jitter=-0.5: must be a number >= 0"),
-    (dict(mean=(123.675, 116.28, 103.53)), "dataset.mean=(123.675, 116.28, 103.53): must be three numbers in [0, 1]"),
+    (dict(mean=(123.675, 116.28, 103.53)), "dataset.mean=[123.675, 116.28, 103.53] dataset.std=[0.229, 0.224, 0.225]: "
+                                           "on the 0-255 scale"),
     (dict(std=(0.2, 0.2)), "dataset.std=(0.2, 0.2): must be three numbers in (0, 1]"),
 ]
 
@@ -140,21 +141,22 @@ def test_train_transform_refuses_a_value_in_one_sentence(options, sentence):
 
 
 def test_normalisation_is_on_the_0_1_scale_everywhere_with_one_sentence():
-    """mmseg's 0-255 mean would make every normalised pixel about -2: the transforms and the Predictor refuse it with
-    the same words, and so does the dataset config check."""
+    """mmseg's 0-255 mean would make every normalised pixel about -2: the transforms, the Predictor and the dataset
+    config check refuse it with the same sentence, giving the values to write."""
     mean = (123.675, 116.28, 103.53)
     sentences = set()
     for call in (lambda: eval_transform(mean=mean), lambda: train_transform(mean=mean),
                  lambda: Predictor(tiny_model(), mean=mean, std=STD, class_names=["a", "b", "c"], device="cpu")):
         with pytest.raises(ConfigError) as info:
             call()
-        sentences.add(one_sentence(info, "dataset.mean=(123.675, 116.28, 103.53)", "divide 0-255 values by 255"))
-    assert len(sentences) == 1
+        sentences.add(one_sentence(info, "dataset.mean=[123.675, 116.28, 103.53]", "0-255 scale",
+                                   "write dataset.mean=[0.485,0.456,0.406]"))
     with pytest.raises(ConfigError) as info:
         check_dataset_config(format="folder", num_classes=3, ignore_index=255, class_names=None, palette=None,
                              ignore_colour=None, label_map=None, allow_ignore_only_masks=None, options={}, mean=mean,
                              std=STD)
-    one_sentence(info, "dataset.mean=", "0-1")
+    sentences.add(one_sentence(info))
+    assert len(sentences) == 1  # one rule, one sentence: the transforms, the Predictor and the dataset config
     with pytest.raises(ConfigError, match=r"^dataset.mean=\(0.5, 0.5, 0.5, 0.5\): must be three numbers"):
         Predictor(tiny_model(), mean=(0.5,) * 4, std=STD, class_names=["a", "b", "c"], device="cpu")
 

@@ -9,7 +9,7 @@ from deeplab.data.cityscapes import cityscapes_samples
 from deeplab.data.coco import coco_samples
 from deeplab.data.demo import demo_samples
 from deeplab.data.folder import folder_samples
-from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, check_normalisation
+from deeplab.data.transforms import check_normalisation
 from deeplab.data.voc import voc_samples
 from deeplab.errors import ConfigError
 from deeplab.schema import FOREIGN_KEYS
@@ -28,35 +28,6 @@ WRITES_OWN_MASKS = ("coco",)
 
 def _is_byte(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
-
-
-def _normalisation_convention(mean, std) -> str | None:
-    """Why dataset.mean/std look written in another framework's convention, with the values to write here; None if
-    they do not (a value that is not three positive numbers is left to the range rule).
-
-    Images are RGB on the 0-1 scale here (torchvision's). mmsegmentation writes 0-255 values ([123.675, 116.28,
-    103.53]), which would squeeze every input into a sliver about -2; Caffe and OpenCV code lists them in BGR order,
-    which swaps the red and blue statistics silently (ImageNet's mean reversed is still in range).
-    """
-    given = {"mean": mean, "std": std}
-    if not all(isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 3 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v) for v in given.values()):
-        return None
-    unit = {key: [x / 255 for x in v] if max(v) > 1 else list(v) for key, v in given.items()}
-
-    def imagenet(values, rgb) -> bool:
-        return all(abs(a - b) < 2e-3 for a, b in zip(values, rgb))
-    bgr = imagenet(unit["mean"], IMAGENET_MEAN[::-1])
-    flip = {"mean": bgr, "std": bgr and not imagenet(unit["std"], IMAGENET_STD)}  # a std left at its RGB default
-    scaled = [key for key, v in given.items() if max(v) > 1]
-    if not scaled and not bgr:
-        return None
-    why = " and ".join([*(["on the 0-255 scale (mmsegmentation's convention)"] if scaled else []),
-                        *(["in BGR order (ImageNet's, as Caffe and OpenCV list it)"] if bgr else [])])
-    fix = " ".join(f"dataset.{key}=[{','.join(f'{x:.4g}' for x in (v[::-1] if flip[key] else v))}]"
-                   for key, v in unit.items())
-    return (f"dataset.mean={list(mean)} dataset.std={list(std)}: {why}, but images are normalised as RGB on the 0-1 "
-            f"scale here; write {fix}")
 
 
 def _zero_label_map(num_classes: int) -> str:
@@ -105,9 +76,6 @@ def check_dataset_config(*, format: str, num_classes: int, ignore_index: int, cl
         twice = next(n for n in class_names if list(map(str, class_names)).count(str(n)) > 1)
         raise ConfigError(f"dataset.class_names names {twice!r} more than once; per-class metrics and logs are "
                           "keyed by name, so give each class its own name")
-    convention = _normalisation_convention(mean, std)
-    if convention:
-        raise ConfigError(convention)
     check_normalisation(mean, std)  # the transforms' rule, which they check themselves as well
     if palette is not None:
         if palette and all(_is_byte(v) for v in palette) and len(palette) % 3 == 0:  # PIL's flat putpalette form

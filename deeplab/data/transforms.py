@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
+from deeplab.errors import ConfigError
 from deeplab.schema import NonNegative, Ratio, checked, ranged, require
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,8 +30,41 @@ Std = ranged(Sequence[float], _per_channel(lambda x: 0 < x <= 1), "three numbers
              "the 0-1 pixel scale (ImageNet's: [0.229, 0.224, 0.225]; divide 0-255 values by 255)")
 
 
+def _normalisation_convention(mean, std) -> str | None:
+    """Why dataset.mean/std look written in another framework's convention, with the values to write here; None if
+    they do not (a value that is not three positive numbers is left to the range rule).
+
+    Images are RGB on the 0-1 scale here (torchvision's). mmsegmentation writes 0-255 values ([123.675, 116.28,
+    103.53]), which would squeeze every input into a sliver about -2; Caffe and OpenCV code lists them in BGR order,
+    which swaps the red and blue statistics silently (ImageNet's mean reversed is still in range).
+    """
+    given = {"mean": mean, "std": std}
+    if not all(isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in v) for v in given.values()):
+        return None
+    unit = {key: [x / 255 for x in v] if max(v) > 1 else list(v) for key, v in given.items()}
+
+    def imagenet(values, rgb) -> bool:
+        return all(abs(a - b) < 2e-3 for a, b in zip(values, rgb))
+    bgr = imagenet(unit["mean"], IMAGENET_MEAN[::-1])
+    flip = {"mean": bgr, "std": bgr and not imagenet(unit["std"], IMAGENET_STD)}  # a std left at its RGB default
+    scaled = [key for key, v in given.items() if max(v) > 1]
+    if not scaled and not bgr:
+        return None
+    why = " and ".join([*(["on the 0-255 scale (mmsegmentation's convention)"] if scaled else []),
+                        *(["in BGR order (ImageNet's, as Caffe and OpenCV list it)"] if bgr else [])])
+    fix = " ".join(f"dataset.{key}=[{','.join(f'{x:.4g}' for x in (v[::-1] if flip[key] else v))}]"
+                   for key, v in unit.items())
+    return (f"dataset.mean={list(mean)} dataset.std={list(std)}: {why}, but images are normalised as RGB on the 0-1 "
+            f"scale here; write {fix}")
+
+
 def check_normalisation(mean, std) -> None:
-    """A ConfigError naming dataset.mean or dataset.std unless each is three numbers on the 0-1 scale (std > 0)."""
+    """A ConfigError naming dataset.mean or dataset.std unless each is three numbers on the 0-1 scale (std > 0) in
+    RGB order; values in another framework's convention get the values to write here."""
+    convention = _normalisation_convention(mean, std)
+    if convention:
+        raise ConfigError(convention)
     require(Mean, "dataset.mean", mean)
     require(Std, "dataset.std", std)
 
