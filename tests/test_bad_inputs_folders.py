@@ -207,3 +207,30 @@ def test_a_demo_dataset_that_cannot_be_written_names_dataset_root(read_only, tmp
     assert "dataset.root=datasets/demo (relative: read from the current folder " in errors[0]
     assert "Permission denied" in errors[0] and "set dataset.root= to a folder you can write" in errors[0]
     assert digest(read_only) == before
+
+
+@pytest.mark.slow  # the command as a process, as another user
+def test_coco_on_a_read_only_root_names_dataset_cache_dir(read_only, tmp_path):
+    """COCO's masks are rasterised into a cache under the root on first use: a shared read-only copy of COCO says
+    which key moves the cache, not only that a folder could not be made."""
+    from test_coco import make_coco_tree
+
+    read_only.chmod(0o755)
+    root = make_coco_tree(read_only / "coco")
+    folders = [root, *(p for p in root.rglob("*") if p.is_dir())]
+    for folder in folders:
+        folder.chmod(0o555)
+    try:
+        before = digest(read_only)
+        check = ["-m", "deeplab.data.check", "dataset=coco", f"dataset.root={root}", "splits=val2017", "workers=0"]
+        done = _as_user(check, cwd=tmp_path)
+        out = done.stdout + done.stderr
+        assert done.returncode == 1 and "Traceback" not in out, out[-3000:]
+        assert f"dataset.cache_dir={root / 'semantic_masks'}: the rasterised masks' cache is written there" in out
+        assert "set dataset.cache_dir= to a folder you can write" in out
+        assert digest(read_only) == before
+        done = _as_user([*check, f"dataset.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+        assert done.returncode == 0 and "no problems found" in done.stdout, (done.stdout + done.stderr)[-3000:]
+    finally:
+        for folder in folders:
+            folder.chmod(0o755)

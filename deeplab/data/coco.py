@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from deeplab.data.dataset import DataError, named_root, pair_ids
+from deeplab.data.dataset import DataError, make_generated_folder, named_root, pair_ids
 from deeplab.torch_files import atomic_write
 
 # VOC class names whose COCO category is spelt differently, so a VOC-20 selection can be written in VOC's names.
@@ -127,7 +127,8 @@ def build_cache(*, ann_path: Path, folder: Path, categories: Sequence[str | int]
     by_image: dict = {}
     for ann in data["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_generated_folder(folder, key=f"dataset.cache_dir={folder.parent}", what="the rasterised masks' cache",
+                          example=Path.home() / "deeplab-cache" / "coco")
     images = sorted(data["images"], key=lambda im: im["id"])
     for image in tqdm(images, desc=f"rasterising COCO masks into {folder}", mininterval=5, leave=False):
         path = folder / mask_name(image["id"])

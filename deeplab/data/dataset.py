@@ -1,5 +1,6 @@
 """Reading images and label masks, checked, and the dataset every format shares."""
 
+import errno
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -291,6 +292,20 @@ def named_root(root: str | Path) -> str:
         return f"dataset.root={root}"
     return (f"dataset.root={root} (relative: read from the current folder {Path.cwd()}; a full path reads the same "
             f"from any folder, e.g. evaluate.py data_root=/full/path)")
+
+
+def make_generated_folder(folder: Path, *, key: str, what: str, example: str | Path) -> None:
+    """Make `folder`, where a dataset writes what it generates on first use (`what`: the demo's images, COCO's mask
+    cache); one this user cannot make (no permission, a read-only file system, a name too long) is a DataError
+    naming `key` (`named_root` for the root), the setting that moves it, with an `example`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG):
+            raise  # a full disk: the commands' own sentence
+        name = key.partition("=")[0]
+        raise DataError(f"{key}: {what} is written there on first use, but {exc.filename} cannot be made "
+                        f"({exc.strerror}); set {name}= to a folder you can write, e.g. {name}={example}") from None
 
 
 def no_samples_problem(where: str) -> str:

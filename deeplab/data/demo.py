@@ -7,7 +7,6 @@ colours with a stripe texture: a single pixel of a stripe looks exactly like an 
 look at its neighbourhood (texture, edges, shape) to tell an object from the background.
 """
 
-import errno
 import hashlib
 import json
 import os
@@ -18,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from deeplab.data.dataset import DataError, named_root
+from deeplab.data.dataset import make_generated_folder, named_root
 from deeplab.data.voc import voc_samples
 from deeplab.visualization import default_palette
 
@@ -130,14 +129,8 @@ def demo_samples(*, root: str | Path, split: str, num_train: int = 300, num_val:
         # build beside the target and rename at the end: an interrupted run never leaves a half dataset in place
         tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir(parents=True)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG):
-                raise  # a full disk: the commands' own sentence
-            raise DataError(f"{named_root(root)}: the demo dataset is generated there on first use, but "
-                            f"{exc.filename} cannot be made ({exc.strerror}); set dataset.root= to a folder you can "
-                            f"write, e.g. dataset.root={Path.home() / 'deeplab-data' / 'demo'}") from None
+        make_generated_folder(tmp, key=named_root(root), what="the demo dataset",
+                              example=Path.home() / "deeplab-data" / "demo")
         palette = default_palette(len(CLASS_NAMES))  # mask PNGs look like VOC's in an image viewer
         generate(tmp, num_train=num_train, num_val=num_val, size=size, max_objects=max_objects, border=border,
                  seed=seed, palette=palette)
