@@ -118,6 +118,16 @@ def test_a_run_folder_under_a_broken_link_is_one_sentence(entry_point, capsys, t
     assert [p.name for p in tmp_path.iterdir()] == ["runs"]
 
 
+def test_an_empty_output_root_is_one_sentence_not_a_folder_at_the_top_of_the_file_system(
+        entry_point, capsys, tmp_path, monkeypatch):
+    """output_root= made Hydra's ${output_root}/${now:...} a folder in / (as root, it was made), null one named None."""
+    monkeypatch.chdir(tmp_path)
+    for value in ("", "null"):  # (a missing dataset: a run that got past the check stops at once)
+        code = entry_point(train_main, "dataset=voc", f"dataset.root={tmp_path / 'VOC'}", f"output_root={value}")
+        _one_sentence(code, capsys.readouterr().err, f"output_root={value}: empty", "output_root=outputs/train")
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- as a user who cannot write: each command as a process ------------------------------------------------------
 
 def _as_user(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

@@ -120,6 +120,7 @@ def own_configs(tmp_path):
     folder = tmp_path / "my_configs"
     (folder / "experiment").mkdir(parents=True)
     (folder / "experiment" / "mine.yaml").write_text("# @package _global_\ntrainer:\n  iterations: 7\n")
+    (folder / "mytrain.yaml").write_text("defaults:\n  - train\n  - _self_\ntrainer:\n  iterations: 3\n")
     return folder
 
 
@@ -137,6 +138,13 @@ def test_a_typo_beside_an_option_from_the_users_own_config_folder_gets_the_close
     assert code == 1 and "no key trainer.iteration; did you mean trainer.iterations=5?" in err, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert [p.name for p in tmp_path.iterdir()] == ["my_configs"]  # nothing written
+
+
+def test_a_typo_in_a_primary_config_of_the_users_own_names_that_config(own_configs):
+    assert unknown_override("train", ["-cd", str(own_configs), "-cn", "mytrain", "trainer.iterations=5"]) is None
+    assert "mytrain.yaml (--config-name) and its groups have no key trainer.iteration; did you mean " \
+           "trainer.iterations=5?" in unknown_override("train", ["-cd", str(own_configs), "--config-name=mytrain",
+                                                                 "trainer.iteration=5"])
 
 
 def test_the_help_page_lists_the_options_of_the_users_own_config_folder(own_configs, entry_point, capsys):

@@ -129,7 +129,7 @@ def run_dir(parent: str, chosen: str | None = None) -> str:
     so that no two commands share one (Hydra's ${now:...} gives two started in one second the same folder, and one
     metrics.json replaced the other): when another process has that name, the next free of <date_time>_02, _03, ...
     (names that still sort by time). `chosen` (predict's output=) is the folder itself, when given."""
-    if chosen is not None:
+    if chosen:  # predict's output=DIR (empty, as null: the dated folder)
         return os.path.expanduser(str(chosen))
     made = _RUN_DIRS.get()
     if made is not None and parent in made:  # Hydra resolves the run folder more than once
@@ -199,8 +199,10 @@ def _missing_key(config_name: str, args: Sequence[str], override: str) -> str:
         fix = f"{'.'.join(known) or 'its top level'} holds {', '.join(map(str, keys))}"
     else:
         fix = "check the spelling"
-    return (f"{override}: configs/{config_name}.yaml and its groups have no key {'.'.join([*known, missing])}; "
-            f"{fix} (--cfg job prints every key)")
+    where = f"configs/{config_name}.yaml" if (Path(CONFIGS) / f"{config_name}.yaml").is_file() else \
+        f"{config_name}.yaml (--config-name)"  # a primary config of the user's own folder
+    return (f"{override}: {where} and its groups have no key {'.'.join([*known, missing])}; {fix} (--cfg job prints "
+            f"every key)")
 
 
 def _readable_unquoted(parser: OverridesParser, char: str) -> bool:
@@ -246,12 +248,15 @@ def run_dir_problem(cfg: DictConfig, args: Sequence[str], *, folder: str = "run"
     own error is a traceback): a file or a broken link on its way, a folder this user cannot write (nor, where the
     command `writes` in it, the folder itself), a name or a path longer than the file system takes; naming the key
     that sets it: hydra.run.dir, or output_root / output that it is made from."""
+    named = any(a.partition("=")[0].lstrip("+") == f"hydra.{folder}.dir" for a in args)
+    source = None if named or folder != "run" else next((k for k in RUN_DIR_KEYS if k in cfg), None)
+    if source == "output_root" and not cfg.output_root:  # runs would go to / (Hydra's ${now}) or nowhere
+        return (f"output_root={'null' if cfg.output_root is None else ''}: empty, but runs go under it and "
+                f"resume=auto looks there; give a folder, e.g. output_root=outputs/train")
     try:
         given = str(cfg.hydra[folder].dir)
     except Exception:  # noqa: BLE001 - a value only Hydra's own run can resolve: its check
         return None
-    named = any(a.partition("=")[0].lstrip("+") == f"hydra.{folder}.dir" for a in args)
-    source = None if named or folder != "run" else next((k for k in RUN_DIR_KEYS if k in cfg), None)
     key = f"{source}={cfg[source]}" if source and cfg[source] is not None else f"hydra.{folder}.dir={given}"
     name, path = source or f"hydra.{folder}.dir", Path(given)  # name: the key to set (predict's output=, not run.dir)
     if given.startswith("~"):  # Hydra makes the folder as written: one named "~" here, a trap for `rm -rf ~`
