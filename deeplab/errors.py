@@ -47,6 +47,10 @@ def exception_chain(exc: BaseException | None) -> Iterator[BaseException]:
 DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                errno.EPERM: "operation not permitted"}
+# the fix, where it is not to free space: a permission, or a read-only file system, is the file's or folder's own
+ACCESS_FIXES = {errno.EACCES: "give this user access to it (see its owner and mode with ls -ld), or choose another",
+                errno.EPERM: "give this user access to it (see its owner and mode with ls -ld), or choose another",
+                errno.EROFS: "choose a folder on a file system that can be written"}
 
 
 # the exit status of a writer whose reader has gone (`... | head`): what the shell reports for a process ended by
@@ -84,8 +88,9 @@ def user_errors(logger: str) -> Iterator[None]:
             if exc.errno not in DISK_ERRORS:
                 raise
             where = exc.filename or "a file"
-            logging.getLogger(logger).error("%s: %s (%s); free space or choose another folder, then run the "
-                                            "command again", where, DISK_ERRORS[exc.errno], exc.strerror or exc)
+            fix = ACCESS_FIXES.get(exc.errno, "free space or choose another folder")
+            logging.getLogger(logger).error("%s: %s (%s); %s, then run the command again", where,
+                                            DISK_ERRORS[exc.errno], exc.strerror or exc, fix)
             sys.exit(1)
         finally:
             if sys.stdout is not None:  # None when started with stdout closed (`>&-`)

@@ -244,3 +244,18 @@ def test_coco_on_a_read_only_root_names_dataset_cache_dir(read_only, tmp_path):
     finally:
         for folder in folders:
             folder.chmod(0o755)
+
+
+@pytest.mark.slow  # the command as a process, as another user
+def test_a_dataset_folder_this_user_cannot_read_says_to_give_access_not_to_free_space(tmp_path):
+    tree = make_voc_tree(tmp_path / "VOC", n_train=2, n_val=1, size=(24, 32))
+    (tree / "JPEGImages").chmod(0o000)
+    try:
+        done = _as_user(["-m", "deeplab.data.check", "dataset=voc", f"dataset.root={tree}", "workers=0"],
+                        cwd=tmp_path)
+    finally:
+        (tree / "JPEGImages").chmod(0o755)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert f"{tree / 'JPEGImages'}: permission denied" in out and "give this user access to it" in out, out[-3000:]
+    assert "free space" not in out
