@@ -147,6 +147,13 @@ def test_a_typo_in_a_primary_config_of_the_users_own_names_that_config(own_confi
                                                                  "trainer.iteration=5"])
 
 
+@pytest.mark.parametrize("multirun", [[], ["-m"]])
+def test_a_config_file_that_is_not_yaml_is_one_sentence_naming_its_line(multirun, own_configs):
+    (own_configs / "experiment" / "broken.yaml").write_text("trainer:\n  iterations: [1,\n")
+    problem = unknown_override("train", [*multirun, "-cd", str(own_configs), "experiment=broken"])
+    assert problem.startswith(f"{own_configs / 'experiment' / 'broken.yaml'}: not valid YAML at line 3, column 1 (")
+
+
 def test_the_help_page_lists_the_options_of_the_users_own_config_folder(own_configs, entry_point, capsys):
     assert entry_point(train_main, "--config-dir", str(own_configs), "--help") == 0
     groups = capsys.readouterr().out.split("== Configuration groups ==")[1]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from hydra import compose, version
 from hydra._internal.hydra import Hydra
 from hydra._internal.utils import create_config_search_path, get_args_parser
@@ -39,7 +40,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from deeplab.cli.record import Record
-from deeplab.errors import UserError, user_errors
+from deeplab.errors import UserError, exception_chain, user_errors
 from deeplab.schema import checked
 
 
@@ -336,14 +337,25 @@ def unknown_override(config_name: str, args: Sequence[str], *, writes_run_dir: b
             try:
                 cfg = _compose(config_name, [a for a, o in zip(args, sweeps) if not o.is_sweep_override()],
                                hydra_config=True)
-            except Exception:  # noqa: BLE001 - a sweep's own composition: Hydra reports it
-                return None
+            except Exception as exc:  # noqa: BLE001 - a sweep's own composition: Hydra reports it
+                return yaml_problem(exc)
             return run_dir_problem(cfg, args, folder="sweep", writes=writes_run_dir)
         try:  # one composition when the command line is sound; the configs say why when it is not
             cfg = _compose(config_name, args, hydra_config=True)
-        except Exception:  # noqa: BLE001 - what missing_problem cannot name, the Hydra main that follows reports
-            return missing_problem(config_name, args)
+        except Exception as exc:  # noqa: BLE001 - what these cannot name, the Hydra main that follows reports
+            return yaml_problem(exc) or missing_problem(config_name, args)
         return interpolation_problem(cfg, args) or run_dir_problem(cfg, args, writes=writes_run_dir)
+
+
+def yaml_problem(exc: BaseException) -> str | None:
+    """One sentence for a config file that is not valid YAML (Hydra lets the parser's traceback through): the file,
+    line and column from the parser's mark."""
+    error = next((e for e in exception_chain(exc) if isinstance(e, yaml.MarkedYAMLError) and e.problem_mark), None)
+    if error is None:
+        return None
+    mark = error.problem_mark
+    return (f"{mark.name}: not valid YAML at line {mark.line + 1}, column {mark.column + 1} ({error.problem}); "
+            f"correct that config file")
 
 
 def _shows(parsed: argparse.Namespace) -> bool:
