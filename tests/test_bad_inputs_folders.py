@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from conftest import REPO, digest, make_voc_tree
-from deeplab.cli import config_sources, making_run_dirs
+from deeplab.cli.command_line import config_sources
 from deeplab.cli.evaluate import main as evaluate_main
+from deeplab.cli.run_dirs import making_run_dirs
 from deeplab.cli.train import main as train_main
 from deeplab.engine.checkpoint import load_checkpoint
 
@@ -38,7 +39,7 @@ def test_commands_started_in_one_second_never_share_a_run_folder(config, folder,
     from hydra import compose
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("deeplab.cli.datetime", _OneSecond)
+    monkeypatch.setattr("deeplab.cli.run_dirs.datetime", _OneSecond)
     made = []
     with config_sources():
         for _ in range(3):  # three commands, each its own process
@@ -57,7 +58,7 @@ def test_commands_started_in_one_second_never_share_a_run_folder(config, folder,
 def test_two_evaluations_in_one_second_each_keep_their_metrics(trained, entry_point, tmp_path, monkeypatch):
     tree, checkpoint = trained
     monkeypatch.chdir(tmp_path)
-    for clock in ("deeplab.cli.datetime", "hydra.core.utils.datetime"):  # ours, and Hydra's ${now:...}
+    for clock in ("deeplab.cli.run_dirs.datetime", "hydra.core.utils.datetime"):  # ours, and Hydra's ${now:...}
         monkeypatch.setattr(clock, _OneSecond, raising=False)
     for _ in range(2):
         assert entry_point(evaluate_main, f"checkpoint={checkpoint}", f"data_root={tree}", "num_workers=0",

@@ -5,7 +5,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import make_voc_tree, tiny_train_overrides
-from deeplab.cli import unknown_override
+from deeplab.cli.command_line import unknown_override
 from deeplab.cli.evaluate import main as evaluate_main
 from deeplab.cli.predict import main as predict_main
 from deeplab.cli.train import main as train_main
