@@ -203,3 +203,12 @@ def test_two_predicts_started_together_into_one_output_never_mix(finished, tmp_p
     assert sorted(code for code, _ in results) == [0, 1]  # started together, each loading for seconds: they overlap
     assert len(written) == 1  # the refused one wrote nothing
     assert not (out / ".predict.lock").exists()
+
+
+def test_a_training_refused_for_its_data_leaves_no_run_folder(tmp_path):
+    """The data is found missing only once the run is being built: the dated folder Hydra's run made is removed and
+    no train.log or .hydra is kept anywhere (the record is kept only once the data and model are built)."""
+    runs = tmp_path / "runs"
+    done = _run("train.py", "dataset=voc", *tiny_train_overrides(tmp_path / "no_such_voc", runs, 2))
+    _refusal(done, "dataset.root=")
+    assert not runs.exists() or not any(runs.iterdir()), sorted(runs.rglob("*"))

@@ -313,8 +313,8 @@ def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()
     `overrides` are the command line's key=value overrides: on resume, the safe ones are applied to the saved
     config and the others refused (see run_config.resume_config). `named_run_dir`: the command set hydra.run.dir,
     so resume=auto looks there only (run_dir.resume_or_new). `keep_record(run_dir)` is called once this process
-    owns the run dir (rank 0, holding its lock): the command's log and saved config go there from then on, and a
-    command refused before writes nothing into someone's run folder.
+    owns the run dir (rank 0, holding its lock) and the run is built: the command's log and saved config go there
+    from then on, and a command refused before writes nothing into someone's run folder.
     """
     # under torchrun the process group starts here, so that rank 0 decides the run dir and what it resumes
     world = init_distributed(resolve_device(cfg.trainer.device, key="trainer.device").type)
@@ -324,14 +324,14 @@ def train(cfg: DictConfig, output_dir: str | Path, overrides: Sequence[str] = ()
         remove_stub(Path(output_dir), run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_dir_lock(run_dir):
-        if keep_record is not None and world.is_main:
-            keep_record(run_dir)
-        return train_in(run_dir, config, state, overrides)
+        return train_in(run_dir, config, state, overrides, keep_record=keep_record)
 
 
-def train_in(run_dir: Path, config: dict, state: dict | None, overrides: Sequence[str] = ()) -> float:
+def train_in(run_dir: Path, config: dict, state: dict | None, overrides: Sequence[str] = (), *,
+             keep_record: Callable[[Path], None] | None = None) -> float:
     """Train a checked config in its run dir, from scratch or from a checkpoint's state; `overrides` (the command
-    line's) pick the hparams TensorBoard shows besides the core ones (tracking.run_hparams)."""
+    line's) pick the hparams TensorBoard shows besides the core ones (tracking.run_hparams). `keep_record(run_dir)`
+    once the data and model are built: a run refused before (its data missing or unwritable) leaves no record."""
     settings = TrainerSettings(**config["trainer"])
     owed = state is not None and state.get("validated_at", state["iteration"]) < state["iteration"]
     if state is not None and state["iteration"] >= settings.iterations and not (
@@ -343,6 +343,8 @@ def train_in(run_dir: Path, config: dict, state: dict | None, overrides: Sequenc
                  "to train on", run_dir / "last.pt", settings.iterations)
         return state["best_miou"]
     run = build_run(config, settings, run_dir, state)
+    if keep_record is not None and run.dist.is_main:
+        keep_record(run_dir)
     run.command = state.get("command") if state else started_by(overrides)  # kept from the run's first command
     start = restore(run, state) if state else 0
     if run.dist.is_main:
