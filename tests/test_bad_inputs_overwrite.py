@@ -212,3 +212,19 @@ def test_a_training_refused_for_its_data_leaves_no_run_folder(tmp_path):
     done = _run("train.py", "dataset=voc", *tiny_train_overrides(tmp_path / "no_such_voc", runs, 2))
     _refusal(done, "dataset.root=")
     assert not runs.exists() or not any(runs.iterdir()), sorted(runs.rglob("*"))
+
+
+def test_a_sweep_with_resume_auto_beside_a_finished_run_starts_its_own_runs(finished, tmp_path):
+    """`train.py -m "trainer.iterations=3,4" resume=auto` with the same other settings as a finished run under the
+    same output_root: each job's command (its own value included) started no run, so each starts its own; the
+    finished run is byte-identical."""
+    tree, run = finished
+    before = digest(run)
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny_train_overrides(tree, run.parent, 2) if not o.startswith("trainer.iterations=")]
+    done = _run("train.py", "-m", "dataset=voc", *overrides, "trainer.iterations=3,4", "resume=auto",
+                f"hydra.sweep.dir={sweep}")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert digest(run) == before
+    from deeplab.engine.checkpoint import load_checkpoint
+    assert [load_checkpoint(sweep / str(n) / "last.pt")["iteration"] for n in (0, 1)] == [3, 4]
