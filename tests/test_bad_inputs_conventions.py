@@ -329,9 +329,19 @@ def test_init_from_a_checkpoint_of_other_class_names_and_mean_says_what_the_run_
     assert "dataset.mean=[0.5, 0.5, 0.5] differs from the checkpoint's" in caplog.text
 
 
-def test_predict_refuses_a_dataset_it_would_ignore(checkpoint, tmp_path):
+@pytest.mark.parametrize("command, arg", [("predict", "dataset=voc"), ("predict", "+dataset=voc"),
+                                          ("predict", "+foo=1"), ("export", "+dataset=voc"), ("bench", "+dataset=voc")])
+def test_a_dataset_or_key_a_command_would_ignore_is_refused(command, arg, entry_point, checkpoint, tmp_path, capsys,
+                                                            monkeypatch):
+    """predict and export take the classes, palette and mean/std from the checkpoint: `dataset=voc` ended in Hydra's
+    advice to write `+dataset=voc`, which (like any `+key=` the command's config lacks) was then silently ignored."""
+    from deeplab.cli import bench, export, predict
+
     write_image(tmp_path / "in" / "a.jpg")
-    with pytest.raises(ConfigError) as info:  # Hydra advises +dataset=voc for dataset=voc, which predict cannot take
-        run_predict(checkpoint, tmp_path / "in", "+dataset=voc", output=tmp_path / "out")
-    one_sentence(info, "predict.py takes the classes, palette and mean/std from the checkpoint", "drop dataset=")
-    assert not (tmp_path / "out").exists()
+    monkeypatch.chdir(tmp_path)
+    main = {"predict": predict.main, "export": export.main, "bench": bench.main}[command]
+    code = entry_point(main, f"checkpoint={checkpoint}", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}",
+                       arg) if command == "predict" else entry_point(main, f"checkpoint={checkpoint}", arg)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and err.startswith(f"{arg}: ") and "drop it" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "outputs").exists()

@@ -226,7 +226,8 @@ def unknown_override(config_name: str, args: Sequence[str], *, writes_run_dir: b
             cfg = _compose(config_name, args, hydra_config=True)
         except Exception as exc:  # noqa: BLE001 - what these cannot name, the Hydra main that follows reports
             return yaml_problem(exc) or missing_problem(config_name, args)
-        return interpolation_problem(cfg, args) or run_dir_problem(cfg, args, writes=writes_run_dir)
+        return (interpolation_problem(cfg, args) or unread_key(config_name, args)
+                or run_dir_problem(cfg, args, writes=writes_run_dir))
 
 
 def yaml_problem(exc: BaseException) -> str | None:
@@ -258,6 +259,9 @@ def missing_problem(config_name: str, args: Sequence[str]) -> str | None:
     for o, arg in changes:
         if arg in chosen and str(o.value()) not in group_options(o.key_or_group, config_name, args):
             return _missing_option(o.key_or_group, str(o.value()), config_name, args)
+    problem = unread_groups(config_name, [(o.key_or_group, arg) for o, arg in changes if arg in chosen])
+    if problem:
+        return problem
     try:
         base = _compose(config_name, [*chosen, *(a for o, a in zip(overrides, args) if a not in
                                                  {arg for _, arg in changes})])
@@ -266,6 +270,45 @@ def missing_problem(config_name: str, args: Sequence[str]) -> str | None:
     for o, arg in changes:
         if arg not in chosen and OmegaConf.select(base, o.key_or_group, default=_ABSENT) is _ABSENT:
             return _missing_key(config_name, args, arg)
+    return None
+
+
+def unread_groups(config_name: str, given: Sequence[tuple[str, str]]) -> str | None:
+    """`dataset=voc` (or `+dataset=voc`, as Hydra then advises) given to a command whose config composes no dataset
+    (predict, export): the command would ignore it; one sentence. `given`: (group, argument) pairs."""
+    composed = _compose(config_name, [], hydra_config=True).hydra.runtime.choices
+    for group, arg in given:
+        if group not in composed:
+            groups = ", ".join(sorted(g for g in composed if not g.startswith("hydra"))) or "no config group"
+            return (f"{arg}: {config_name} takes no {group} (configs/{config_name}.yaml composes {groups}), so it "
+                    f"would be ignored; drop it")
+    return None
+
+
+def unread_key(config_name: str, args: Sequence[str]) -> str | None:
+    """`+anything=...` or `+dataset=voc`: a key or group the command's config lacks, added on the command line, which
+    nothing would read (Hydra composes it without a word); one sentence. Run in `config_sources`."""
+    overrides = OverridesParser.create().parse_overrides(list(args))
+    added = [(o, arg) for o, arg in zip(overrides, args) if o.type in (OverrideType.ADD, OverrideType.FORCE_ADD)
+             and not o.key_or_group.startswith("hydra")]
+    if not added:
+        return None
+    loader = GlobalHydra.instance().config_loader()
+    groups = [(o.key_or_group, arg) for o, arg in added
+              if loader.get_group_options(o.key_or_group, results_filter=None)]
+    problem = unread_groups(config_name, groups)
+    if problem:
+        return problem
+    try:
+        base = _compose(config_name, [a for o, a in zip(overrides, args) if (o, a) not in added])
+    except Exception:  # noqa: BLE001 - not ours to word: the Hydra main that follows reports it
+        return None
+    for o, arg in added:
+        top = o.key_or_group.split(".")[0]
+        if (o.key_or_group, arg) not in groups and top not in base and not loader.get_group_options(
+                top, results_filter=None):
+            return (f"{arg}: configs/{config_name}.yaml has no key {top}, and {config_name} reads no key it lacks, so "
+                    f"it would be ignored; drop it (--cfg job prints every key)")
     return None
 
 

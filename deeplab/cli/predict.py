@@ -32,10 +32,6 @@ def check_settings(cfg: DictConfig) -> None:
     if not cfg.checkpoint or not cfg.input:
         raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
     typed_settings(cfg, SETTINGS)
-    if cfg.get("dataset") is not None:  # +dataset=voc, as Hydra advises for dataset=voc: it would be ignored
-        raise ConfigError("dataset: predict.py takes the classes, palette and mean/std from the checkpoint, which "
-                          "its model was trained with, and reads no dataset; drop dataset=... (evaluate.py scores a "
-                          "checkpoint on another dataset)")
     if not (cfg.save_index or cfg.save_color or cfg.save_overlay):
         raise ConfigError("save_index, save_color and save_overlay are all false: nothing would be written; set "
                           "at least one to true")
