@@ -36,7 +36,8 @@ def resume_or_new(cfg: DictConfig, output_dir: Path, overrides: Sequence[str], *
         path = output_dir / "last.pt" if (output_dir / "last.pt").is_file() else \
             None if named_run_dir else run_of_this_command(cfg.output_root, overrides)
         if path is None:
-            where = output_dir if named_run_dir else f"{output_dir} or under output_root={cfg.output_root}"
+            where = output_dir if named_run_dir else f"{output_dir}, nor a run of this command under output_root=" \
+                                                     f"{cfg.output_root},"
             log.info("resume=auto: no last.pt in %s to continue, so this starts a new run in %s", where, output_dir)
             return OmegaConf.to_container(cfg, resolve=True), output_dir, None, None
     else:

@@ -339,8 +339,9 @@ def train_in(run_dir: Path, config: dict, state: dict | None, overrides: Sequenc
         if state["iteration"] > settings.iterations:
             raise ConfigError(f"trainer.iterations={settings.iterations} is below the iteration this run reached "
                               f"({state['iteration']}); set trainer.iterations above it to train on")
-        log.info("nothing to train: %s already reached trainer.iterations=%d; set trainer.iterations higher "
-                 "to train on", run_dir / "last.pt", settings.iterations)
+        log.info("nothing to train: %s already reached trainer.iterations=%d; to train it on, name it with a "
+                 "higher count: resume=%s trainer.iterations=N", run_dir / "last.pt", settings.iterations,
+                 run_dir / "last.pt")
         return state["best_miou"]
     run = build_run(config, settings, run_dir, state)
     if keep_record is not None and run.dist.is_main:
