@@ -9,6 +9,7 @@ If two outputs still coincide, or an output would replace an input image, nothin
 with a DataError naming the files.
 """
 
+import csv
 import glob
 import logging
 import os
@@ -25,7 +26,9 @@ from deeplab.visualization import colourize
 
 log = logging.getLogger("deeplab.predict")
 
-SUFFIXES = {"index": ".png", "color": "_color.png", "overlay": "_overlay.jpg"}  # output kind -> name ending
+# output kind -> name ending
+SUFFIXES = {"index": ".png", "color": "_color.png", "overlay": "_overlay.jpg", "confidence": "_confidence.png"}
+AREAS = "areas.csv"  # predict's table of class areas, one row per image, in its output folder
 EXTENSIONS = " ".join(IMAGE_EXTENSIONS)
 
 
@@ -190,10 +193,11 @@ def drop_unwritable_names(plan: dict[Path, dict[str, Path]]) -> list[str]:
     return problems
 
 
-def refuse_existing(plan: dict[Path, dict[str, Path]], *, overwrite: bool) -> None:
+def refuse_existing(plan: dict[Path, dict[str, Path]], *, overwrite: bool, also: Sequence[Path] = ()) -> None:
     """Outputs that exist already (ground-truth masks in the folder named, an earlier prediction) are replaced only
-    with overwrite=true: otherwise one sentence names the first and the count, before any image is read."""
-    targets = [target for outputs in plan.values() for target in outputs.values()]
+    with overwrite=true: otherwise one sentence names the first and the count, before any image is read. `also`:
+    the run's other outputs (areas.csv)."""
+    targets = [*also, *(target for outputs in plan.values() for target in outputs.values())]
     existing = [target for target in targets if target.exists()]
     if existing and not overwrite:
         raise DataError(f"{existing[0]}: exists already, as do {len(existing) - 1} more of the {len(targets)} output "
@@ -247,10 +251,11 @@ def remove_killed_writes(plan: dict[Path, dict[str, Path]]) -> None:
 
 
 def save_outputs(image: np.ndarray, labels: np.ndarray, targets: dict[str, Path], table: np.ndarray, *,
-                 alpha: float) -> None:
+                 alpha: float, confidence: np.ndarray | None = None) -> None:
     """Write the planned outputs (`plan_outputs`): index (palette PNG of class indices; a 16-bit greyscale PNG where an
-    index is past 255, which 8 bits cannot hold), color, overlay. Each is written whole or not at all (a temp file
-    renamed): a Ctrl-C or a kill leaves no half image behind."""
+    index is past 255, which 8 bits cannot hold), color, overlay, confidence (the top class's probability, 0-1 as
+    0-255 greys: dark where the model is unsure). Each is written whole or not at all (a temp file renamed): a
+    Ctrl-C or a kill leaves no half image behind."""
     def write(kind: str, img: Image.Image, **options) -> None:
         atomic_write(targets[kind], lambda tmp: img.save(tmp, **options), durable=False, sweep=False)
 
@@ -271,3 +276,24 @@ def save_outputs(image: np.ndarray, labels: np.ndarray, targets: dict[str, Path]
     if "overlay" in targets:
         write("overlay", Image.fromarray(cv2.addWeighted(image, 1 - alpha, coloured, alpha, 0)), format="JPEG",
               quality=92)
+    if "confidence" in targets:
+        write("confidence", Image.fromarray(np.round(confidence * 255).astype(np.uint8), mode="L"), format="PNG")
+
+
+def area_row(labels: np.ndarray, num_classes: int) -> list[int]:
+    """The pixels of each class in a label map, in class order."""
+    return np.bincount(labels.ravel(), minlength=num_classes)[:num_classes].tolist()
+
+
+def write_areas(path: Path, rows: Sequence[tuple[str, int, int, list[int]]], class_names: Sequence[str]) -> None:
+    """areas.csv: one row per image (its path below the input, height, width), then each class's pixels and share of
+    the image, in the class names' order; written whole or not at all."""
+    header = ["image", "height", "width", *(f"{name}_{what}" for name in class_names for what in ("pixels", "share"))]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            table = csv.writer(f)
+            table.writerow(header)
+            for name, height, width, counts in rows:
+                table.writerow([name, height, width, *(v for c in counts for v in (c, f"{c / (height * width):.6f}"))])
+    atomic_write(path, write, durable=False)

@@ -119,7 +119,7 @@ def test_predict_into_a_folder_of_masks_is_refused_before_any_image_and_overwrit
     before = digest(tmp_path / "ds")
     done = _run("predict.py", f"checkpoint={run / 'last.pt'}", f"input={images}", f"output={masks}",
                 "precision=fp32", "save_color=false", "save_overlay=false")
-    _refusal(done, masks / "im0.png", "2 more of the 3", "overwrite=true")
+    _refusal(done, masks / "im0.png", "2 more of the 4", "overwrite=true")  # areas.csv the 4th
     assert digest(tmp_path / "ds") == before
     done = _run("predict.py", f"checkpoint={run / 'last.pt'}", f"input={images}", f"output={masks}",
                 "precision=fp32", "save_color=false", "save_overlay=false", "overwrite=true")

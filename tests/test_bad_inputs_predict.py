@@ -39,7 +39,8 @@ def test_every_input_gets_its_own_outputs(checkpoint, tmp_path, names, stems):
     out = tmp_path / "out"
     assert run_predict(checkpoint, photos, output=out) == 0
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    expected = sorted(f"{stem}{suffix}" for stem in stems.values() for suffix in (".png", "_color.png", "_overlay.jpg"))
+    expected = sorted(["areas.csv", *(f"{stem}{suffix}" for stem in stems.values()
+                                      for suffix in (".png", "_color.png", "_overlay.jpg"))])
     assert written == expected, "each input's three outputs, none shared"
     for name, stem in stems.items():  # and each is that input's own label map, at its own size
         assert Image.open(out / f"{stem}.png").size == Image.open(photos / name).size
@@ -302,7 +303,7 @@ def test_the_temp_file_of_a_killed_predict_is_removed_by_the_next(checkpoint, tm
     running = out / ".a.png.1.abcdefgh.tmp"  # pid 1 runs: another process's write in progress is left alone
     running.write_bytes(b"theirs")
     assert run_predict(checkpoint, photos, "save_color=false", "save_overlay=false", output=out) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(["a.png", running.name])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["a.png", "areas.csv", running.name])
 
 
 def test_a_predict_into_an_output_folder_another_predict_is_writing_is_refused(checkpoint, tmp_path):
@@ -316,7 +317,7 @@ def test_a_predict_into_an_output_folder_another_predict_is_writing_is_refused(c
                     names=(out, "pid 1", "another predict.py", "output=DIR"))
     (out / ".predict.lock").write_text("999999999")  # left by a killed predict: taken over
     assert run_predict(checkpoint, photos, output=out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_color.png", "a_overlay.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_color.png", "a_overlay.jpg", "areas.csv"]
 
 
 def test_an_image_whose_output_name_would_be_too_long_is_named_and_the_others_are_written(checkpoint, tmp_path, capsys):
@@ -327,10 +328,47 @@ def test_an_image_whose_output_name_would_be_too_long_is_named_and_the_others_ar
     write_image(photos / f"{long}.jpg", size=(24, 32))
     write_image(photos / "short.jpg", size=(24, 32))
     assert run_predict(checkpoint, photos, output=out) == 1  # exit status 1: not every image was predicted
-    assert sorted(p.name for p in out.iterdir()) == ["short.png", "short_color.png", "short_overlay.jpg"]
+    assert sorted(p.name for p in out.iterdir()) == ["areas.csv", "short.png", "short_color.png", "short_overlay.jpg"]
+    assert [row.split(",")[0] for row in (out / "areas.csv").read_text().splitlines()[1:]] == ["short.jpg"]
     printed = capsys.readouterr().out
     assert "1 image(s) written" in printed and f"{long}.jpg: its output's name" in printed
     assert "over this file system's limit of 255" in printed and "rename the image" in printed
     with pytest.raises(DataError, match="none of the 1 image"):  # alone, it is the whole input: refused
         run_predict(checkpoint, photos / f"{long}.jpg", output=tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def test_areas_csv_counts_each_class_of_each_image_and_confidence_maps_show_the_top_probability(checkpoint, tmp_path):
+    """areas.csv: one row per image (its path below the input, height, width), then each class's pixels and share,
+    in the class names' order, equal to the counts of the label PNG written beside it; save_confidence=true writes
+    the top class's probability as 0-255 greys, the same as Predictor's probabilities give."""
+    import csv
+
+    from deeplab.inference import Predictor
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    write_image(photos / "a.jpg", size=(24, 32), value=1)
+    write_image(photos / "sub" / "b.png", size=(20, 30), value=2)
+    assert run_predict(checkpoint, photos, "save_confidence=true", "save_color=false", "save_overlay=false",
+                       output=out) == 0
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    rows = list(csv.reader((out / "areas.csv").open()))
+    names = predictor.class_names
+    assert rows[0] == ["image", "height", "width", *(f"{n}_{w}" for n in names for w in ("pixels", "share"))]
+    assert [r[:3] for r in rows[1:]] == [["a.jpg", "24", "32"], ["sub/b.png", "20", "30"]]
+    for row in rows[1:]:
+        labels = np.array(Image.open(out / Path(row[0]).with_suffix(".png")))
+        pixels = [int(v) for v in row[3::2]]
+        assert pixels == np.bincount(labels.ravel(), minlength=len(names)).tolist()
+        assert [float(v) for v in row[4::2]] == pytest.approx([p / labels.size for p in pixels], abs=1e-6)
+    _, probs = predictor.predict(np.array(Image.open(photos / "a.jpg")), return_probs=True)
+    sure = np.array(Image.open(out / "a_confidence.png"))
+    assert sure.dtype == np.uint8 and np.abs(sure.astype(int) - np.round(probs.max(0) * 255)).max() <= 1
+    before = digest(out)  # an earlier areas.csv is an output like the others: replaced only with overwrite=true
+    with pytest.raises(DataError, match="areas.csv: exists already"):
+        run_predict(checkpoint, photos / "sub", output=out, *["save_index=false", "save_color=false",
+                                                              "save_overlay=false"])
+    assert digest(out) == before
+    assert run_predict(checkpoint, photos, "save_areas=false", "save_color=false", "save_overlay=false",
+                       "overwrite=true", output=tmp_path / "plain") == 0
+    assert not (tmp_path / "plain" / "areas.csv").exists()

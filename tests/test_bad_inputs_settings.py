@@ -34,7 +34,8 @@ def test_a_bad_setting_is_one_sentence_naming_the_key(checkpoint, tmp_path, over
 def test_nothing_to_save_is_refused(checkpoint, tmp_path):
     write_image(tmp_path / "photos" / "a.jpg")
     predict_refused(ConfigError, checkpoint, tmp_path / "photos", "save_index=false", "save_color=false",
-                    "save_overlay=false", output=tmp_path / "out", names=["save_index, save_color and save_overlay"])
+                    "save_overlay=false", "save_areas=false", output=tmp_path / "out",
+                    names=["save_index, save_color, save_overlay, save_confidence and save_areas"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

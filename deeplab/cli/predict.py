@@ -11,8 +11,9 @@ from deeplab.cli.record import Record
 from deeplab.data.dataset import DataError
 from deeplab.errors import ConfigError
 from deeplab.inference import Predictor
-from deeplab.prediction_files import (batches, drop_unwritable_names, frame_count, list_inputs, output_folder,
-                                      plan_outputs, refuse_existing, remove_killed_writes, save_outputs, summary)
+from deeplab.prediction_files import (AREAS, area_row, batches, drop_unwritable_names, frame_count, list_inputs,
+                                      output_folder, plan_outputs, refuse_existing, remove_killed_writes, save_outputs,
+                                      summary, write_areas)
 from deeplab.progress import progress_bar
 from deeplab.torch_files import folder_lock
 from deeplab.schema import ranged
@@ -20,7 +21,8 @@ from deeplab.visualization import palette_array
 
 
 # the predict-only keys' types and ranges (predict.yaml gives their defaults)
-SETTINGS = {**dict.fromkeys(("save_index", "save_color", "save_overlay", "allow_inside_input", "overwrite", "fast",
+SETTINGS = {**dict.fromkeys(("save_index", "save_color", "save_overlay", "save_confidence", "save_areas",
+                             "allow_inside_input", "overwrite", "fast",
                              "compile", "flip"), bool),
             "batch_size": ranged(int, lambda v: v >= 1, "a whole number of images, 1 or more (e.g. batch_size=4)"),
             "alpha": ranged(float, lambda v: 0 <= v <= 1, "the overlay opacity, a number from 0 (image only) to 1 "
@@ -32,9 +34,9 @@ def check_settings(cfg: DictConfig) -> None:
     if not cfg.checkpoint or not cfg.input:
         raise DataError("usage: python predict.py checkpoint=PATH input=IMAGE|FOLDER|GLOB [output=DIR]")
     typed_settings(cfg, SETTINGS)
-    if not (cfg.save_index or cfg.save_color or cfg.save_overlay):
-        raise ConfigError("save_index, save_color and save_overlay are all false: nothing would be written; set "
-                          "at least one to true")
+    if not (cfg.save_index or cfg.save_color or cfg.save_overlay or cfg.save_confidence or cfg.save_areas):
+        raise ConfigError("save_index, save_color, save_overlay, save_confidence and save_areas are all false: "
+                          "nothing would be written; set at least one to true")
 
 
 def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -> int:
@@ -52,11 +54,12 @@ def predict_into(output: Path, cfg: DictConfig, base: Path, paths: list[Path], s
                  record: Record | None) -> int:
     """`run`'s work once it holds the output folder: plan every output, refuse clashes, then predict and write."""
     kinds = [kind for kind, wanted in (("index", cfg.save_index), ("color", cfg.save_color),
-                                       ("overlay", cfg.save_overlay)) if wanted]
+                                       ("overlay", cfg.save_overlay), ("confidence", cfg.save_confidence)) if wanted]
     plan = plan_outputs(paths, base, output, kinds=kinds)
     failed = drop_unwritable_names(plan)  # those images are named at the end; the others are written
     paths = [p for p in paths if p in plan]
-    refuse_existing(plan, overwrite=cfg.overwrite)
+    areas = output / AREAS if cfg.save_areas else None
+    refuse_existing(plan, overwrite=cfg.overwrite, also=[areas] if areas else [])
     remove_killed_writes(plan)
     predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
                                           scales=cfg.scales, flip=cfg.flip, window=cfg.window, stride=cfg.stride,
@@ -66,13 +69,19 @@ def predict_into(output: Path, cfg: DictConfig, base: Path, paths: list[Path], s
         record.keep(output_dir)
     table = palette_array(predictor.palette)
     unwritable = len(failed)
+    rows = []  # areas.csv, written once every image is done
     with progress_bar(desc="predict", total=len(paths), unit=" images") as progress:
         for batch in batches(paths, cfg.batch_size, failed):
-            labels = predictor.predict_batch([image for _, image in batch]).argmax(1).cpu().numpy()
-            for (path, image), label in zip(batch, labels):
-                save_outputs(image, label, plan[path], table, alpha=cfg.alpha)
+            confidence, labels = (t.cpu().numpy() for t in predictor.predict_batch([image for _, image in batch])
+                                  .max(1))
+            for (path, image), label, sure in zip(batch, labels, confidence):
+                save_outputs(image, label, plan[path], table, alpha=cfg.alpha, confidence=sure)
+                rows.append((path.relative_to(base).as_posix(), *label.shape,
+                             area_row(label, len(predictor.class_names))))
             progress.update(len(batch))
         progress.update(len(failed))
+    if areas is not None and rows:
+        write_areas(areas, rows, predictor.class_names)
     if len(failed) - unwritable == len(paths):
         raise DataError(f"input={cfg.input}: none of the {len(paths) + unwritable} image(s) could be predicted, e.g. "
                         f"{failed[0]}")
