@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from deeplab.data.dataset import IMAGE_EXTENSIONS, DataError, read_image
-from deeplab.torch_files import atomic_write, remove_stale_temp_files
+from deeplab.torch_files import TEMP_NAME_EXTRA, atomic_write, name_limits, remove_stale_temp_files
 from deeplab.visualization import colourize
 
 log = logging.getLogger("deeplab.predict")
@@ -167,27 +167,24 @@ def plan_outputs(paths: list[Path], base: Path, output: Path, *, kinds: list[str
     return plan
 
 
-# what atomic_write's temp file adds to a name: "." + name + ".<pid>.<8 random>.tmp", a pid of up to 7 digits
-TEMP_NAME_EXTRA = len(".") + len(".1234567.abcdefgh.tmp")
-
-
 def drop_unwritable_names(plan: dict[Path, dict[str, Path]]) -> list[str]:
-    """Inputs whose output names (with the temp file's extra characters) or paths would pass the file system's
-    limits (NAME_MAX, PATH_MAX; 255 and 4096 bytes on Linux) are taken out of `plan`, each with one sentence; the
-    others are written."""
+    """Inputs whose output names (with atomic_write's temp file's extra characters) or paths would pass the file
+    system's limits (`name_limits`) are taken out of `plan`, each with one sentence; the others are written."""
+    limits: dict[Path, tuple[int, int]] = {}  # by output folder: thousands of outputs share a few folders
     problems = []
     for source, outputs in list(plan.items()):
         for target in outputs.values():
-            folder = next(p for p in [target.parent, *target.parents] if p.exists())
-            name_max, path_max = os.pathconf(folder, "PC_NAME_MAX"), os.pathconf(folder, "PC_PATH_MAX")
+            if target.parent not in limits:
+                limits[target.parent] = name_limits(next(p for p in target.parents if p.exists()))
+            name_max, path_max = limits[target.parent]
             name = len(os.fsencode(target.name)) + TEMP_NAME_EXTRA
             path = len(os.fsencode(str(target))) + TEMP_NAME_EXTRA
             if name > name_max or path >= path_max:
-                what = f"name {target.name}" if name > name_max else f"path {target}"
-                limit = name_max if name > name_max else path_max
-                problems.append(f"{source}: its output's {what} would be {name if name > name_max else path} bytes "
-                                f"with the temp file's {TEMP_NAME_EXTRA}, over this file system's limit of {limit}; "
-                                f"rename the image (or predict into a shorter output=DIR)")
+                what, size, limit = (f"name {target.name}", name, name_max) if name > name_max else \
+                    (f"path {target}", path, path_max)
+                problems.append(f"{source}: its output's {what} would be {size} bytes with the temp file's "
+                                f"{TEMP_NAME_EXTRA}, over this file system's limit of {limit}; rename the image (or "
+                                f"predict into a shorter output=DIR)")
                 del plan[source]
                 break
     return problems

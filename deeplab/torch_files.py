@@ -25,6 +25,21 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used: the message is one sentence naming the file and the problem."""
 
 
+# what atomic_write's temp file (".<name>.<pid>.XXXXXXXX.tmp") adds to a name, a pid of up to 7 digits counted
+TEMP_NAME_EXTRA = len(".") + len(".1234567.XXXXXXXX.tmp")
+
+
+def name_limits(folder: Path) -> tuple[int, int]:
+    """The file system's longest name and path in bytes at `folder`, an existing folder (os.pathconf's NAME_MAX and
+    PATH_MAX; Linux's 255 and 4096 where the system does not say)."""
+    def limit(name: str, default: int) -> int:
+        try:
+            return os.pathconf(folder, name)
+        except (OSError, ValueError):
+            return default
+    return limit("PC_NAME_MAX", 255), limit("PC_PATH_MAX", 4096)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: int = 0, durable: bool = True,
                  then: str = "run the command again", sweep: bool = True, replace: bool = True) -> Path:
     """Have `write` fill a temp file in the same folder, fsync it, then os.replace it onto `path`.

@@ -72,15 +72,16 @@ def predict_into(output: Path, cfg: DictConfig, base: Path, paths: list[Path], s
     rows = []  # areas.csv, written once every image is done
     with progress_bar(desc="predict", total=len(paths), unit=" images") as progress:
         for batch in batches(paths, cfg.batch_size, failed):
-            confidence, labels = (t.cpu().numpy() for t in predictor.predict_batch([image for _, image in batch])
-                                  .max(1))
-            for (path, image), label, sure in zip(batch, labels, confidence):
+            top, labels = predictor.predict_batch([image for _, image in batch]).max(1)
+            confidence = top.cpu().numpy() if cfg.save_confidence else [None] * len(batch)
+            for (path, image), label, sure in zip(batch, labels.cpu().numpy(), confidence):
                 save_outputs(image, label, plan[path], table, alpha=cfg.alpha, confidence=sure)
-                rows.append((path.relative_to(base).as_posix(), *label.shape,
-                             area_row(label, len(predictor.class_names))))
+                if areas is not None:
+                    rows.append((path.relative_to(base).as_posix(), *label.shape,
+                                 area_row(label, len(predictor.class_names))))
             progress.update(len(batch))
         progress.update(len(failed))
-    if areas is not None and rows:
+    if rows:
         write_areas(areas, rows, predictor.class_names)
     if len(failed) - unwritable == len(paths):
         raise DataError(f"input={cfg.input}: none of the {len(paths) + unwritable} image(s) could be predicted, e.g. "

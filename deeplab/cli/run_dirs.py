@@ -15,6 +15,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from deeplab.torch_files import name_limits
+
 # The run folders made by the command that is running, by parent folder; None outside a command's Hydra main (its
 # command-line check, --cfg, --help, a test's compose), where `run_dir` names a folder without making it.
 _RUN_DIRS: ContextVar[dict[str, str] | None] = ContextVar("run_dirs", default=None)
@@ -92,7 +94,7 @@ def run_dir_problem(cfg: DictConfig, args: Sequence[str], *, folder: str = "run"
             "a file, not a folder"
         return f"{key}: {blocking} is {what}, so the run folder {path} cannot be made; choose a folder"
     existing = next(p for p in [path, *path.parents, Path(".")] if os.path.isdir(p))
-    name_max, path_max = (_limit(existing, "PC_NAME_MAX", 255), _limit(existing, "PC_PATH_MAX", 4096))
+    name_max, path_max = name_limits(existing)
     long = next((part for part in path.parts if len(os.fsencode(part)) > name_max), None)
     if long is not None:  # the key without its (long) value
         return (f"{name}: the folder name {long[:20]}... is {len(os.fsencode(long))} bytes long, and the file system "
@@ -110,10 +112,3 @@ def run_dir_problem(cfg: DictConfig, args: Sequence[str], *, folder: str = "run"
                 f"this user ({why}); set {name}= to a folder you can write{where}")
     return None
 
-
-def _limit(path: Path, name: str, default: int) -> int:
-    """A file system limit (os.pathconf) at `path`, or `default` where the system does not say."""
-    try:
-        return os.pathconf(path, name)
-    except (OSError, ValueError):
-        return default

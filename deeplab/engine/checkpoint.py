@@ -114,8 +114,3 @@ def set_rng_state(state: dict) -> None:
         states = state["cuda"]
         torch.cuda.set_rng_state(states[min(torch.cuda.current_device(), len(states) - 1)])
 
-
-def find_latest(root: str | Path, name: str = "last.pt") -> Path | None:
-    """The most recently written `name` under `root` (searched recursively), or None."""
-    found = [p for p in Path(root).expanduser().glob(f"**/{name}") if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
