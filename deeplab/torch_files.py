@@ -59,16 +59,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
     path.parent.mkdir(parents=True, exist_ok=True)
     if sweep:
         remove_stale_temp_files(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file(path)
     try:
         write(Path(tmp))
         if durable:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         if replace:
             os.replace(tmp, path)
         else:
@@ -82,6 +78,20 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, size_hint: 
             raise CheckpointError(full) from exc
         raise
     return path
+
+
+def temp_file(path: Path, *, suffix: str = "") -> Path:
+    """A new empty file beside `path` to write it through, `.<name>.<pid>.XXXXXXXX.tmp` (the name
+    `remove_stale_temp_files` knows), its folder made, with the permissions a new file would get (0666 less the
+    umask), not mkstemp's owner-only 0600. `suffix`: an extension after .tmp for a writer that picks its format by
+    the name (OpenCV's video writer: .mp4)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
 
 
 def _link_new(tmp: Path, path: Path) -> None:
@@ -115,11 +125,12 @@ def output_file_problem(path: Path, *, source: Path | None, overwrite: bool, exa
 
 
 def remove_stale_temp_files(path: Path, *, every_name: bool = False) -> list[Path]:
-    """Remove the temp files (`.<name>.<pid>.XXXXXXXX.tmp`) that a killed write of `path` left beside it: those of
-    processes that no longer run, and this process's own (it writes one file at a time). every_name: those of any
-    file in the folder `path` (once, before writing many files there with sweep=False)."""
+    """Remove the temp files (`.<name>.<pid>.XXXXXXXX.tmp`, `temp_file`'s, with the extension a video writer needs
+    after it) that a killed write of `path` left beside it: those of processes that no longer run, and this process's
+    own (it writes one file at a time). every_name: those of any file in the folder `path` (once, before writing many
+    files there with sweep=False)."""
     name, folder = (r".+", path) if every_name else (re.escape(path.name), path.parent)
-    pattern = re.compile(rf"\.{name}\.(\d+)\.[a-z0-9_]{{8}}\.tmp")
+    pattern = re.compile(rf"\.{name}\.(\d+)\.[a-z0-9_]{{8}}\.tmp(\.[a-z0-9]{{1,5}})?")
     stale = [p for p in folder.iterdir() if (match := pattern.fullmatch(p.name)) and p.is_file()
              and (int(match.group(1)) == os.getpid() or not process_running(int(match.group(1))))]
     for p in stale:

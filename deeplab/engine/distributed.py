@@ -186,8 +186,10 @@ class TerminationRequest:
 
     SIGNALS = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGINT: "interrupted (Ctrl-C)"}
 
-    def __init__(self) -> None:
+    def __init__(self, notice: bytes = b"\nCtrl-C: stopping at the next step boundary with last.pt saved (Ctrl-C "
+                                       b"again stops at once)\n") -> None:
         self.how: str | None = None  # how the run was asked to stop, once it was
+        self.notice = notice  # what the first Ctrl-C prints (predict's video loop words its own)
         self._previous: dict = {}
 
     @property
@@ -208,5 +210,4 @@ class TerminationRequest:
             raise KeyboardInterrupt  # the second Ctrl-C: at once
         self.how = self.how or self.SIGNALS[signum]
         if signum == signal.SIGINT:  # written straight to the terminal: a signal may arrive inside a log call
-            os.write(2, b"\nCtrl-C: stopping at the next step boundary with last.pt saved (Ctrl-C again stops at "
-                        b"once)\n")
+            os.write(2, self.notice)
