@@ -237,7 +237,8 @@ def test_user_errors_turns_a_refusal_into_one_logged_sentence_and_exit_1(checkpo
     assert exited.value.code == 1
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
         f"input={tmp_path / 'photos'}: the folder (searched recursively) holds no image file "
-        f"({prediction_files.EXTENSIONS}); point input= at a folder, image or glob of images"]
+        f"({prediction_files.EXTENSIONS}) nor video ({prediction_files.VIDEOS}); point input= at a folder, image, "
+        "video or glob of images"]
 
 
 @pytest.mark.slow  # python predict.py as a process
@@ -285,7 +286,8 @@ def test_ctrl_c_during_predict_is_one_line_and_leaves_no_half_written_image(chec
     assert code == 130 and len(errors) == 1, logged
     assert "interrupted (Ctrl-C)" in errors[0] and "overwrite=true" in errors[0]
     # whole, and no temp file or half image beside it (predict.log and .hydra: the record kept with the output)
-    assert sorted(p.name for p in out.iterdir() if p.name not in ("predict.log", ".hydra")) == ["im0.png"]
+    assert sorted(p.name for p in out.iterdir() if p.name not in ("predict.log", ".hydra")) == ["areas.csv", "im0.png"]
+    assert [row.split(",")[0] for row in (out / "areas.csv").read_text().splitlines()[1:]] == ["im0.jpg"]  # done
     monkeypatch.setattr(Image.Image, "save", real_save)
     assert Image.open(out / "im0.png").size == (32, 24)
 
@@ -339,9 +341,10 @@ def test_an_image_whose_output_name_would_be_too_long_is_named_and_the_others_ar
 
 
 def test_areas_csv_counts_each_class_of_each_image_and_confidence_maps_show_the_top_probability(checkpoint, tmp_path):
-    """areas.csv: one row per image (its path below the input, height, width), then each class's pixels and share,
-    in the class names' order, equal to the counts of the label PNG written beside it; save_confidence=true writes
-    the top class's probability as 0-255 greys, the same as Predictor's probabilities give."""
+    """areas.csv: one row per image (its path below the input, frame and time_s empty: they are a video frame's,
+    height, width), then each class's pixels and share, in the class names' order, equal to the counts of the label
+    PNG written beside it; save_confidence=true writes the top class's probability as 0-255 greys, the same as
+    Predictor's probabilities give."""
     import csv
 
     from deeplab.inference import Predictor
@@ -354,13 +357,14 @@ def test_areas_csv_counts_each_class_of_each_image_and_confidence_maps_show_the_
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu", precision="fp32")
     rows = list(csv.reader((out / "areas.csv").open()))
     names = predictor.class_names
-    assert rows[0] == ["image", "height", "width", *(f"{n}_{w}" for n in names for w in ("pixels", "share"))]
-    assert [r[:3] for r in rows[1:]] == [["a.jpg", "24", "32"], ["sub/b.png", "20", "30"]]
+    assert rows[0] == ["image", "frame", "time_s", "height", "width",
+                       *(f"{n}_{w}" for n in names for w in ("pixels", "share"))]
+    assert [r[:5] for r in rows[1:]] == [["a.jpg", "", "", "24", "32"], ["sub/b.png", "", "", "20", "30"]]
     for row in rows[1:]:
         labels = np.array(Image.open(out / Path(row[0]).with_suffix(".png")))
-        pixels = [int(v) for v in row[3::2]]
+        pixels = [int(v) for v in row[5::2]]
         assert pixels == np.bincount(labels.ravel(), minlength=len(names)).tolist()
-        assert [float(v) for v in row[4::2]] == pytest.approx([p / labels.size for p in pixels], abs=1e-6)
+        assert [float(v) for v in row[6::2]] == pytest.approx([p / labels.size for p in pixels], abs=1e-6)
     _, probs = predictor.predict(np.array(Image.open(photos / "a.jpg")), return_probs=True)
     sure = np.array(Image.open(out / "a_confidence.png"))
     assert sure.dtype == np.uint8 and np.abs(sure.astype(int) - np.round(probs.max(0) * 255)).max() <= 1

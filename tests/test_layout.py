@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deeplab"
 LAYERS = [
     ("deeplab.cli", 4), ("deeplab.train", 4), ("deeplab.evaluate", 4), ("deeplab.predict", 4),  # python -m deeplab.*
     ("deeplab.inference", 3), ("deeplab.export", 3), ("deeplab.convert", 3), ("deeplab.bench", 3),
-    ("deeplab.prediction_files", 3),
+    ("deeplab.prediction_files", 3), ("deeplab.prediction_video", 3),
     ("deeplab.engine", 2),
     ("deeplab.model", 1), ("deeplab.data", 1), ("deeplab.losses", 1),
     ("deeplab.errors", 0), ("deeplab.schema", 0), ("deeplab.torch_files", 0), ("deeplab.metrics", 0), ("deeplab.visualization", 0),

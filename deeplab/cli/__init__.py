@@ -42,8 +42,9 @@ OUT_OF_MEMORY = {
 
 # what a command leaves when Ctrl-C stops it (training words its own: what it saved, and how to resume)
 INTERRUPTED = {
-    "predict": "every output written before it is whole (each is written to a temp file and renamed); to finish, "
-               "run the same command with overwrite=true, or predict into another output=DIR",
+    "predict": "every output written before it is whole (each is written to a temp file and renamed; a video's "
+               "overlay holds the frames done, and areas.csv the images and frames done); to finish, run the same "
+               "command with overwrite=true, or predict into another output=DIR",
     "evaluate": "metrics.json is written only once every image is scored", "bench": "no JSON was written",
     "export": "the export is written whole or not at all", "convert": "the checkpoint is written whole or not at all",
     "train": "stopped before training began; nothing of a run was written",
