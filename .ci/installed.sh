@@ -28,7 +28,7 @@ case "$configs" in
 esac
 
 for module in deeplab.train deeplab.evaluate deeplab.predict deeplab.export deeplab.bench deeplab.convert \
-              deeplab.data.check; do
+              deeplab.data.check deeplab.data.annotations; do
     "$py" -m "$module" --help > help.txt 2>&1 || { cat help.txt >&2; fail "python -m $module --help failed"; }
     grep -q "== Configuration groups ==" help.txt || { cat help.txt >&2; fail "python -m $module --help: no page"; }
 done

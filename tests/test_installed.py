@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # each command's module and the start of its --help page
 COMMANDS = {"deeplab.train": "train.py:", "deeplab.evaluate": "evaluate.py:", "deeplab.predict": "predict.py:",
             **{m: f"python -m {m}:" for m in ("deeplab.export", "deeplab.bench", "deeplab.convert",
-                                              "deeplab.data.check")}}
+                                              "deeplab.data.check", "deeplab.data.annotations")}}
 
 
 def test_the_wheel_lists_every_package_and_ships_the_configs_folder_as_package_data():
