@@ -380,6 +380,54 @@ def test_an_export_of_another_tool_is_named_as_what_it_is(given, made, names, ph
     refused(DataError, tmp_path, given, {"source": source}, *names)
 
 
+def _edit_json(path, change):
+    document = json.loads(path.read_text())
+    change(document)
+    path.write_text(json.dumps(document))
+
+
+def _first_result(tasks):
+    return tasks[0]["annotations"][0]["result"][0]
+
+
+MALFORMED = [  # (tool, variant, the file to edit, the edit, what the sentence names)
+    ("labelme", "polygon", "shot0.json", lambda d: d["shapes"][0].update(shape_type="ellipse"),
+     ["shot0.json", "shape 0", "'ellipse'", "delete it in labelme"]),
+    ("labelme", "polygon", "shot0.json", lambda d: d["shapes"][0].update(shape_type="rectangle"),
+     ["shot0.json", "rectangle with", "points where labelme gives 2"]),
+    ("labelme", "polygon", "shot0.json", lambda d: d["shapes"][1].update(points=[["a", 1]]),
+     ["shot0.json", "shape 1", "not [x, y] number pairs"]),
+    ("labelme", "polygon", "shot0.json", lambda d: d.update(shapes={}), ["shot0.json", "'shapes' is a dict"]),
+    ("labelstudio", "polygon", "project.json",
+     lambda d: _first_result(d)["value"].update(polygonlabels=["cat", "dog"]),
+     ["project.json", "task 1", "2 labels (cat, dog)", "one label"]),
+    ("labelstudio", "brush", "project.json",
+     lambda d: _first_result(d)["value"].update(rle=encode_brush_rle(np.zeros(16))),
+     ["project.json", "task 1", "brush mask of 16 values", "56x40", "another image or size"]),
+    ("labelstudio", "polygon", "project.json",
+     lambda d: [r.update(original_width=50) for r in d[0]["annotations"][0]["result"]],
+     ["project.json (task 1)", "a 50x40 image", "is 56x40", "another image or size"]),
+    ("labelstudio", "polygon", "project.json", lambda d: _first_result(d).update(image_rotation=90),
+     ["project.json", "rotated by 90 degrees"]),
+    ("coco", "polygon", "annotations.json", lambda d: [a.pop("segmentation") for a in d["annotations"]],
+     ["annotations.json", "no segmentation", "detection file"]),
+    ("coco", "rle", "annotations.json", lambda d: d["annotations"][0]["segmentation"].update(size=[10, 10]),
+     ["annotations.json", "an RLE of size [10, 10]", "40x56"]),
+    ("coco", "polygon", "annotations.json", lambda d: d["annotations"][0].update(category_id=99),
+     ["annotations.json", "category_id 99"]),
+]
+
+
+@pytest.mark.parametrize("fmt, variant, name, change, names", MALFORMED,
+                         ids=[f"{m[0]}-{i}" for i, m in enumerate(MALFORMED)])
+def test_a_malformed_export_is_one_sentence_naming_the_file_and_the_fix(fmt, variant, name, change, names, photos,
+                                                                         tmp_path):
+    kwargs = write_export(fmt, photos, NAMES, tmp_path / "export", variant=variant)
+    path = next((tmp_path / "export").rglob(name))
+    _edit_json(path, change)
+    refused(DataError, tmp_path, fmt, kwargs, *names)
+
+
 def test_an_empty_export_an_unreadable_json_and_a_zip_are_one_sentence_each(photos, tmp_path):
     (tmp_path / "empty").mkdir()
     refused(DataError, tmp_path, "labelme", {"source": tmp_path / "empty"}, "holds no annotated image")

@@ -48,6 +48,7 @@ INTERRUPTED = {
     "evaluate": "metrics.json is written only once every image is scored", "bench": "no JSON was written",
     "export": "the export is written whole or not at all", "convert": "the checkpoint is written whole or not at all",
     "train": "stopped before training began; nothing of a run was written",
+    "annotations": "the dataset is put in place whole once every image is done; before that, nothing is written",
 }
 
 

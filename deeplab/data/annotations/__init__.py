@@ -156,7 +156,7 @@ def plan_classes(export: Export, *, class_names: Sequence[str] | None, merge: Ma
 
 
 def _unknown_label(label: str, sample: Sample, classes: Sequence[str]) -> DataError:
-    return DataError(f"{sample.where}: label {label!r} is not one of class_names ({', '.join(classes)}); add it to "
+    return DataError(f"{sample.at}: label {label!r} is not one of class_names ({', '.join(classes)}); add it to "
                      f"class_names, draw it as a class with merge='{{{label}: CLASS}}', or leave its shapes out with "
                      f"drop=[{label}]")
 
@@ -221,7 +221,7 @@ def _copy_image(sample: Sample, images: Path) -> tuple[int, int]:
                 if kind not in ("JPEG", "PNG"):
                     image.save(images / f"{sample.name}.png")
         except (OSError, ValueError) as exc:
-            raise DataError(f"{sample.where}: its embedded image cannot be read ({exc}); save the file in the tool "
+            raise DataError(f"{sample.at}: its embedded image cannot be read ({exc}); save the file in the tool "
                             f"again with its image open") from None
         if kind in ("JPEG", "PNG"):
             (images / f"{sample.name}.{'jpg' if kind == 'JPEG' else 'png'}").write_bytes(sample.image_data)
@@ -268,12 +268,12 @@ def write_mask(path: Path, mask: np.ndarray) -> None:
 def write_dataset(export: Export, folder: Path, *, classes: Sequence[str], values: Mapping[str, int | None],
                   unlabelled: str, val_ratio: float, seed: int, progress: bool | None = None) -> ImportResult:
     """Every sample's image, mask and the splits into `folder` (images/, masks/, splits/)."""
-    seen: dict[str, Path] = {}
+    seen: dict[str, str] = {}
     for sample in export.samples:  # what can be told before any image is read
         if sample.name in seen:
-            raise DataError(f"{sample.where}: its image gets the stem {sample.name!r}, as does that of "
+            raise DataError(f"{sample.at}: its image gets the stem {sample.name!r}, as does that of "
                             f"{seen[sample.name]}, and a dataset needs one image per stem; rename one of the images")
-        seen[sample.name] = sample.where
+        seen[sample.name] = sample.at
         unknown = next((label for label in sample.labels or () if label not in values), None)
         if unknown is not None:
             raise _unknown_label(unknown, sample, classes)
@@ -283,7 +283,7 @@ def write_dataset(export: Export, folder: Path, *, classes: Sequence[str], value
     for sample in progress_bar(export.samples, desc="import", unit=" images", progress=progress):
         height, width = _copy_image(sample, folder / "images")
         if sample.size is not None and sample.size != (height, width):
-            raise DataError(f"{sample.where}: the annotation is for a {sample.size[1]}x{sample.size[0]} image "
+            raise DataError(f"{sample.at}: the annotation is for a {sample.size[1]}x{sample.size[0]} image "
                             f"(width x height), but its image {sample.image or '(embedded)'} is {width}x{height}; "
                             f"the annotation belongs to another image or size: pair them again in the tool")
         mask = _rasterise(sample, height=height, width=width, values=values, fill=UNLABELLED[unlabelled],

@@ -50,8 +50,8 @@ def _layers(anns: list[dict], names: dict, *, outside: str, where: Path):
 def _check_file(data, path: Path) -> None:
     """A COCO instances document whose every part this reader uses is there; else one sentence."""
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-        raise not_this_tool(path, data, tool="the tool that made it", expected="a COCO instances file (with "
-                            "images, annotations and categories)")
+        raise not_this_tool(path, data, tool="its tool", expected="a COCO instances file",
+                            needs="images, annotations and categories")
     images = data["images"]
     bad = next((im for im in images if not isinstance(im, dict)
                 or not {"id", "file_name", "height", "width"} <= im.keys()), None)
@@ -106,7 +106,7 @@ def read_coco_file(path: Path, *, roots: list[Path], images: Path | None, outsid
             draw=_layers(anns, names, outside=outside, where=path),
             image=find_image(file_name, roots, index=index, where=path, images=images),
             size=(int(image["height"]), int(image["width"])),
-            labels=tuple(dict.fromkeys(names[a["category_id"]] for a in anns))))
+            labels=tuple(dict.fromkeys(names[a["category_id"]] for a in anns)), item=f"image {image['id']}"))
     return Export(tool=tool, source=path, labels=list(dict.fromkeys(names.values())), samples=samples)
 
 

@@ -42,6 +42,12 @@ class Sample:
     size: tuple[int, int] | None = None  # (height, width) the tool drew on; None: the image's own
     labels: tuple[str, ...] | None = None  # the labels its shapes carry; None: known only once drawn (masks)
     exif_applied: bool = False  # the tool showed the image turned by its EXIF orientation (labelme does)
+    item: str = ""  # which entry of `where` it is, when that holds several ("task 7", "image 3")
+
+    @property
+    def at(self) -> str:
+        """Where its annotation is, in words: the file, and the entry when the file holds several."""
+        return f"{self.where} ({self.item})" if self.item else str(self.where)
 
 
 @dataclass
@@ -82,13 +88,17 @@ def what_json_is(data) -> str | None:
     return None
 
 
-def not_this_tool(path: Path, data, *, tool: str, expected: str) -> DataError:
-    """The sentence for a JSON file of another tool or shape than `tool`'s."""
+def not_this_tool(path: Path, data, *, tool: str, expected: str, needs: str, fix: str = "") -> DataError:
+    """The sentence for a JSON file of another tool or shape than `tool`'s (`expected`, which `needs` ...): what it
+    is and the from= that reads it, when that can be told; else its top level and `fix` (default: export it
+    again)."""
     other = what_json_is(data)
-    return DataError(f"{path}: not {expected}" + (f"; it is {other}" if other else
-                     f" (its top level is a {type(data).__name__}" + (f" with keys {sorted(data)[:6]}" if
-                                                                     isinstance(data, dict) else "") + ")")
-                     + f"; export it from {tool} again, or give from= the tool that made it")
+    if other:
+        return DataError(f"{path}: not {expected} but {other}")
+    shape = f"a {type(data).__name__}" + (f" with the keys {', '.join(sorted(map(str, data))[:6])}"
+                                          if isinstance(data, dict) and data else "")
+    return DataError(f"{path}: not {expected}, which needs {needs}, but {shape}; "
+                     + (fix or f"export it from {tool} again, or give from= the tool that made it"))
 
 
 def check_points(points: np.ndarray, *, height: int, width: int, outside: str, where: Path, shape: str) -> None:

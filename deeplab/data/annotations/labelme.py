@@ -83,7 +83,8 @@ def _parse_shapes(data: dict, path: Path) -> list[tuple[str, str, np.ndarray, ob
     """(label, shape_type, points, base64 mask) of every shape, checked; a malformed one is one sentence."""
     shapes = data["shapes"]
     if not isinstance(shapes, list):
-        raise not_this_tool(path, data, tool=TOOL, expected="a labelme annotation ('shapes' is not a list)")
+        raise DataError(f"{path}: 'shapes' is a {type(shapes).__name__}, where labelme writes a list of shapes; save "
+                        f"the file in labelme again")
     parsed = []
     for number, shape in enumerate(shapes):
         what = f"shape {number}"
@@ -160,7 +161,8 @@ def read_labelme(source: Path, *, images: Path | None = None, outside: str = "er
     for path in files:
         data = read_json(path, tool=TOOL)
         if not isinstance(data, dict) or "shapes" not in data or "imagePath" not in data:
-            raise not_this_tool(path, data, tool=TOOL, expected="a labelme annotation (no 'shapes' and 'imagePath')")
+            raise not_this_tool(path, data, tool=TOOL, expected="a labelme annotation", needs="shapes and imagePath",
+                                fix=f"move it out of {source}" if source.is_dir() else "give source= labelme's file")
         shapes = _parse_shapes(data, path)
         image, image_data = _image(data, path, index=index, images=images)
         relative = path.name if source.is_file() else path.relative_to(source).as_posix()

@@ -192,7 +192,8 @@ def _task_sample(task: dict, annotation: dict, *, where: Path, outside: str, ind
                         f"; give images=DIR, the folder that holds the project's images")
     return Sample(name=sample_name(UPLOAD_PREFIX.sub("", image.name), where=where), where=where,
                   draw=_layers(regions, where=where, task=task_id, outside=outside), image=image,
-                  size=sizes.pop() if sizes else None, labels=tuple(dict.fromkeys(label for _, label, *_ in regions)))
+                  size=sizes.pop() if sizes else None, labels=tuple(dict.fromkeys(label for _, label, *_ in regions)),
+                  item=f"task {task_id}")
 
 
 def read_labelstudio(source: Path, *, images: Path | None = None, outside: str = "error") -> Export:
@@ -207,8 +208,8 @@ def read_labelstudio(source: Path, *, images: Path | None = None, outside: str =
     tasks = read_json(source, tool=TOOL)
     if not isinstance(tasks, list) or not all(isinstance(t, dict) and "data" in t and
                                               ("annotations" in t or "completions" in t) for t in tasks):
-        raise not_this_tool(source, tasks, tool=TOOL, expected="a Label Studio JSON export (a list of tasks with data "
-                            "and annotations)")
+        raise not_this_tool(source, tasks, tool=TOOL, expected="a Label Studio JSON export",
+                            needs="a list of tasks with data and annotations")
     index = image_index(images) if images else None
     samples, unannotated, skipped = [], [], {}
     for task in tasks:
