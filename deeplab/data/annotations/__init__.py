@@ -109,13 +109,12 @@ def _check_options(*, unlabelled, outside, val_ratio, class_names, merge, drop, 
     for key, value in (("drop", drop), ("ignore", ignore)):
         if isinstance(value, str) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}={value}: must be a list of labels, e.g. {key}=[tree,sky]")
-    both = set(drop) & (set(ignore) | set(merge or {}))
-    if both:
-        raise ConfigError(f"drop and {'ignore' if set(drop) & set(ignore) else 'merge'} both name {sorted(both)[0]!r}; "
-                          f"a label is dropped, ignored or merged, not two of them")
-    if set(ignore) & set(merge or {}):
-        raise ConfigError(f"ignore and merge both name {sorted(set(ignore) & set(merge))[0]!r}; a label is ignored "
-                          f"or merged, not both")
+    named = {"drop": set(drop), "ignore": set(ignore), "merge": set(merge or {})}
+    for first, second in (("drop", "ignore"), ("drop", "merge"), ("ignore", "merge")):
+        both = sorted(named[first] & named[second])
+        if both:
+            raise ConfigError(f"{first} and {second} both name {both[0]!r}; a label is dropped, ignored or merged, "
+                              f"one of them")
 
 
 def plan_classes(export: Export, *, class_names: Sequence[str] | None, merge: Mapping[str, str] | None,

@@ -60,8 +60,8 @@ def _listed_images(root: Path) -> list[str]:
         return [p.relative_to(masks).with_suffix("").as_posix() for p in sorted(masks.rglob("*.png"))]
     names: dict[str, None] = {}
     for path in lists:
-        names.update(dict.fromkeys(line.split()[0] for line in path.read_text(encoding="utf-8").splitlines()
-                                   if line.strip()))
+        names.update(dict.fromkeys(line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                                   if line.strip()))  # one image per line, its name as a whole (spaces too)
     return list(names)
 
 

@@ -33,7 +33,7 @@ def _mask_patch(encoded, *, where: Path, shape: str) -> np.ndarray:
     """A mask shape's base64 PNG as a bool array."""
     try:
         with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True))) as patch:
-            return np.asarray(patch) > 0 if patch.mode != "P" else np.asarray(patch.convert("L")) > 0
+            return np.asarray(patch.convert("L")) > 0
     except (binascii.Error, OSError, ValueError, TypeError):
         raise DataError(f"{where}: {shape} is a mask whose 'mask' is not a base64 PNG; delete the shape in "
                         f"labelme and draw it again") from None
