@@ -81,7 +81,7 @@ def _mask_layers(path: Path, colours: dict, names: list[str]):
             colour = (int(code) >> 16, (int(code) >> 8) & 255, int(code) & 255)
             if colour not in colours:
                 count = int((inverse == number).sum())
-                raise DataError(f"{path}: {count} pixels have the colour {colour}, which labelmap.txt does not list "
+                raise DataError(f"{path}: {count} pixel(s) have the colour {colour}, which labelmap.txt does not list "
                                 f"(its colours: {', '.join(f'{n} {c}' for c, n in list(colours.items())[:6])}); the "
                                 f"mask was edited or comes from another export: export the task again")
             if colours[colour] != BACKGROUND:
@@ -105,7 +105,7 @@ def _image_of(name: str, root: Path, *, index: dict | None, images: Path | None,
         return found
     if not (root / "JPEGImages").is_dir() and not images:
         raise DataError(f"{root}: the export holds no images (no JPEGImages/: it was made without 'Save images'), "
-                        f"so the image of {where.name} cannot be found; give images=DIR, the folder of the task's "
+                        f"so the image of {where.relative_to(root)} cannot be found; give images=DIR, the folder of the task's "
                         f"images, or export again with 'Save images' on")
     raise DataError(f"{where}: its image {name}.* is not in {' nor in '.join(map(str, folders))}; give images=DIR, the "
                     f"folder of the task's images")
