@@ -68,6 +68,14 @@ def filled(contour: np.ndarray, box: tuple) -> np.ndarray:
     return canvas.astype(bool)
 
 
+def exact(mask: np.ndarray, value: int, contour: np.ndarray, box: tuple) -> np.ndarray:
+    """The region's own pixels (its value, inside its outline) in its bounding box: what a mask-based export (labelme's
+    mask shapes, COCO RLE) carries, so none is lost where 8-connected regions of two classes cross on a diagonal and
+    their filled outlines overlap (what the polygon formats lose: 0.08% of CamVid's pixels)."""
+    x, y, w, h = box
+    return filled(contour, box) & (mask[y:y + h, x:x + w] == value)
+
+
 def edge_polygon(contour: np.ndarray, box: tuple) -> list[float]:
     """The region's outline along its pixels' outer edges ((0, 0) the top-left pixel's top-left corner), traced at
     twice the resolution: flat [x0, y0, x1, y1, ...], what pycocotools fills back to the same pixels."""
@@ -122,7 +130,7 @@ def _labelme(samples, class_names, folder: Path, variant: str, background) -> di
             if variant == "mask":
                 x, y, w, h = box
                 buffer = io.BytesIO()
-                Image.fromarray(filled(contour, box).astype(np.uint8)).save(buffer, format="PNG")
+                Image.fromarray(exact(mask, value, contour, box).astype(np.uint8)).save(buffer, format="PNG")
                 shape.update(shape_type="mask", points=[[float(x), float(y)], [float(x + w - 1), float(y + h - 1)]],
                              mask=base64.b64encode(buffer.getvalue()).decode())
             else:
@@ -188,7 +196,7 @@ def _coco_document(samples, class_names, *, rle: bool, background) -> dict:
             x, y, w, h = box
             if rle:
                 pixels = np.zeros((height, width), np.uint8)
-                pixels[y:y + h, x:x + w] = filled(contour, box)
+                pixels[y:y + h, x:x + w] = exact(mask, value, contour, box)
                 encoded = mask_utils.encode(np.asfortranarray(pixels))
                 segmentation = {"size": [int(height), int(width)], "counts": encoded["counts"].decode()}
             else:
