@@ -179,10 +179,11 @@ class VideoResult:
 
 def predict_video(predictor: Predictor, video: Video, targets: dict[str, Path], *, name: str, table: np.ndarray,
                   alpha: float, batch_size: int, frame_kinds: list[str], rows: list | None,
-                  report: Callable[[str], None] = print) -> VideoResult:
+                  report: Callable[[str], None] = print, progress: bool | None = None) -> VideoResult:
     """Predict every frame of an opened video, `batch_size` frames per forward: the overlay video
     (targets["overlay"]), each frame's `frame_kinds` ("index", "confidence") in targets["frames"], and a row per frame
-    appended to `rows` (areas.csv, under `name`). `report` gets the timing line at the end, however the loop ends.
+    appended to `rows` (areas.csv, under `name`). `report` gets the timing line at the end, however the loop ends;
+    `progress`: the frames' bar (None: on a terminal).
 
     Ctrl-C or SIGTERM stops after the frames under way (a second Ctrl-C at once: KeyboardInterrupt); either way the
     video, the frame files and the rows hold the same frames, the video is renamed into place, and KeyboardInterrupt
@@ -199,7 +200,7 @@ def predict_video(predictor: Predictor, video: Video, targets: dict[str, Path], 
                     "at that rate", video.shown, video.fps)
     started = time.perf_counter()
     with TerminationRequest(notice=STOP_NOTICE) as stop, \
-            progress_bar(desc=Path(name).name, total=video.frames, unit=" frames") as progress:
+            progress_bar(desc=Path(name).name, total=video.frames, unit=" frames", progress=progress) as bar:
         try:
             if "overlay" in targets:
                 height, width = video.pending[0].shape[:2]
@@ -231,7 +232,7 @@ def predict_video(predictor: Predictor, video: Video, targets: dict[str, Path], 
                     if rows is not None:
                         rows.append(area_row(name, label, classes, frame=index, time_s=index / video.fps))
                     result.frames += 1
-                progress.update(len(batch))
+                bar.update(len(batch))
         finally:
             video.capture.release()
             if writer is not None:

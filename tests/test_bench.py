@@ -83,6 +83,20 @@ def test_every_section_runs_end_to_end_and_its_json_has_every_field(tmp_path, ca
     assert "vs eager" in out and "ours / PIL" in out and "loss curve" in out
 
 
+def test_the_video_section_times_predicts_own_loop_at_each_batch_size(tmp_path, capsys):
+    result = _tiny_bench(tmp_path, sections="[video]", **{"video.size": "[48,64]", "video.frames": 5,
+                                                           "video.batch_sizes": "[1,2]", "video.rounds": 1})
+    assert set(result) == {"device", "video"}  # asked for by name, nothing else run
+    video = result["video"]
+    assert list(video["batch_sizes"]) == ["1", "2"] and video["precision"] in ("fp32", "bf16")
+    for r in video["batch_sizes"].values():
+        assert r["decode_ms"] > 0 and r["model_ms"] > 0 and r["overlay+encode_ms"] > 0 and r["fps_end_to_end"] > 0
+    assert video["batch_sizes"]["1"]["model_speedup_vs_first"] == 1.0
+    assert video["overlay_blend_ms"]["uint8"] > 0 and video["overlay_blend_ms"]["float"] > 0
+    out = capsys.readouterr().out
+    assert "fps e2e" in out and "overlay blend per frame" in out
+
+
 def test_a_checkpoint_gives_agreement_and_miou_on_its_own_val_images(tmp_path, trained):
     result = _tiny_bench(tmp_path, checkpoint=trained[1], sections="[inference]",
                          **{"inference.modes": "[eager_fp32,fast]", "inference.quality_images": 2})

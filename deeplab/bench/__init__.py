@@ -5,7 +5,8 @@ Every comparison interleaves its contenders round by round on the same inputs an
 fp32 model, because this kind of machine is shared and noisy: absolute times drift, ratios measured together hold.
 Sections: model (parameters, FLOPs), inference (batch-1 latency per mode, label agreement with fp32, peak memory),
 train (images/s per training mode on the same batches, their loss curves, data time vs step time), loader
-(training-transform throughput against PIL + torchvision transforms).
+(training-transform throughput against PIL + torchvision transforms), video (predict.py's video loop at several
+frames per forward, `deeplab.bench.video`).
 """
 
 import math
@@ -31,7 +32,7 @@ from deeplab.inference import model_from_checkpoint
 from deeplab.model import build_model, rebuild_model
 from deeplab.timing import interleaved
 
-SECTIONS = ("model", "inference", "train", "loader")
+SECTIONS = ("model", "inference", "train", "loader", "video")  # video: deeplab.bench.video, asked for by name
 
 
 def make_images(folder: Path, *, count: int, size: tuple[int, int] = (375, 500), seed: int = 0,

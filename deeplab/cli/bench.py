@@ -1,5 +1,5 @@
-"""`python -m deeplab.bench [sections=[model,inference,train,loader]] [key=value ...]`: the benchmark sections side
-by side, as ratios measured in one run."""
+"""`python -m deeplab.bench [sections=[model,inference,train,loader,video]] [key=value ...]`: the benchmark sections
+side by side, as ratios measured in one run."""
 
 import os
 from collections.abc import Sequence
@@ -11,7 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 from deeplab.bench import (SECTIONS, bench_inference, bench_loader, bench_models, bench_train, cpu_name,
                            format_inference, format_loader, format_train, synthetic_inputs)
 from deeplab.bench.modes import INFERENCE_MODES, TRAINING_MODES, check_modes, split_samples
+from deeplab.bench.video import bench_video, format_video
 from deeplab.cli import command, typed_settings
+from deeplab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from deeplab.engine.precision import auto_precisions, cpu_capabilities, describe_cpu, resolve_device
 from deeplab.errors import ConfigError
 from deeplab.metrics import json_text
@@ -81,7 +83,7 @@ def run(cfg) -> dict:
           + (f"; CPU flags: {describe_cpu()}" if device.type == "cpu" else "")
           + f"; precision=auto chooses among {'/'.join(auto_precisions(device.type))}"
           + (" by measuring (see the 'fast' rows)" if len(auto_precisions(device.type)) > 1 else ""))
-    if {"model", "inference", "train"} & set(sections):
+    if {"model", "inference", "train", "video"} & set(sections):
         model, separable, config = bench_models(cfg, device)
         size = tuple(cfg.inference.size)
     if "model" in sections:
@@ -108,6 +110,12 @@ def run(cfg) -> dict:
     if "loader" in sections:
         results["loader"] = bench_loader(**cfg.loader)
         print(format_loader(results["loader"]))
+    if "video" in sections:
+        data = config["dataset"] if config else {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        results["video"] = bench_video(model, device=device, size=tuple(cfg.video.size), frames=cfg.video.frames,
+                                       batch_sizes=list(cfg.video.batch_sizes), rounds=cfg.video.rounds,
+                                       mean=data["mean"], std=data["std"], precision=cfg.video.precision)
+        print(format_video(results["video"]))
     if json_path:
         # a second bench with the same json= may have written it meanwhile: kept unless overwrite=true
         atomic_write(json_path, lambda tmp: tmp.write_text(json_text(results, indent=2)), durable=False,
