@@ -3,7 +3,7 @@ datasets/prepare_camvid.py), the figures of README's "From annotation tool to vi
 
     python tests/camvid_workflow.py roundtrip --root datasets/camvid [--split test] [--images 233]
     python tests/camvid_workflow.py video --root datasets/camvid --checkpoint outputs/train/<run>/best.pt \
-        [--sequence Seq05VD] [--fps 10] [--scales 0.5]
+        [--sequence Seq05VD] [--fps 10] [--scales 0.5] [--precision fp32]
 
 `roundtrip` turns the split's masks into each annotation tool's export (tests/annotation_exports.py: OpenCV
 contours for the polygon formats, colour masks for CVAT, brush RLE for Label Studio, RLE for COCO), imports each
@@ -88,10 +88,12 @@ def video(args) -> None:
     frames = sorted((root / "images").glob(f"{args.sequence}_*.png"))
     if not frames:
         sys.exit(f"{root / 'images'}: no {args.sequence}_*.png frames")
-    scales = f"scales=[{args.scales}]"
+    # one precision for every run: precision=auto times bf16 against fp32 in each process and may choose either
+    scales = (f"scales=[{args.scales}]", f"precision={args.precision}")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        clip = scratch / f"{args.sequence}.mp4"
+        (scratch / "clip").mkdir()
+        clip = scratch / "clip" / f"{args.sequence}.mp4"
         first = cv2.imread(str(frames[0]))
         writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), args.fps, first.shape[1::-1])
         for frame in frames:
@@ -99,7 +101,7 @@ def video(args) -> None:
         writer.release()
         print(f"{clip.name}: {len(frames)} frames of {root / 'images'} at {args.fps} fps, "
               f"{first.shape[1]}x{first.shape[0]}")
-        out = predict(args.checkpoint, clip, scratch / "video", "save_frames=true", scales)
+        out = predict(args.checkpoint, clip, scratch / "video", "save_frames=true", *scales)
         print("predict.py on the video:\n  " + "\n  ".join(line for line in out.splitlines() if line.strip()))
         # the frames as OpenCV decodes the video, written losslessly, then predicted as images
         decoded = scratch / "decoded"
@@ -113,8 +115,8 @@ def video(args) -> None:
             cv2.imwrite(str(decoded / f"{count:06d}.png"), frame)
             count += 1
         capture.release()
-        predict(args.checkpoint, decoded, scratch / "images", scales, "save_color=false", "save_overlay=false")
-        predict(args.checkpoint, root / "images" / f"{args.sequence}_*.png", scratch / "originals", scales,
+        predict(args.checkpoint, decoded, scratch / "images", *scales, "save_color=false", "save_overlay=false")
+        predict(args.checkpoint, root / "images" / f"{args.sequence}_*.png", scratch / "originals", *scales,
                 "save_color=false", "save_overlay=false")
         video_labels = sorted((scratch / "video" / f"{args.sequence}_frames").glob("[0-9]*[0-9].png"))
         if len(video_labels) != count or count != len(frames):
@@ -148,6 +150,7 @@ def main() -> None:
     two.add_argument("--sequence", default="Seq05VD", help="the frames' name prefix (CamVid test: Seq05VD, 0001TP)")
     two.add_argument("--fps", type=float, default=10.0)
     two.add_argument("--scales", default="1.0", help="predict.py's scales, e.g. 0.5 for a 180x240 model on 360x480")
+    two.add_argument("--precision", default="fp32", help="predict.py's precision for all three runs")
     two.set_defaults(run=video)
     args = parser.parse_args()
     args.run(args)
