@@ -209,6 +209,16 @@ def test_the_later_shape_wins_where_shapes_overlap(tmp_path):
     assert (a[5:16, 8:21] == 2).all() and a[16, 8] == 0 and a[5, 21] == 0  # rectangles include both corners
 
 
+def test_labelmes_own_background_label_is_class_0_unless_class_names_lists_it(tmp_path):
+    shapes = [shape("_background_", [[0, 0], [29, 19]], "rectangle"), shape("cat", [[2, 2], [12, 10]], "rectangle")]
+    labelme_file(tmp_path / "src", "a", shapes)
+    result = import_annotations("labelme", tmp_path / "src", tmp_path / "out", progress=False)
+    assert result.class_names == ["background", "cat"] and mask_of(tmp_path / "out")[15, 20] == 0
+    result = import_annotations("labelme", tmp_path / "src", tmp_path / "out2", progress=False,
+                                class_names=["background", "_background_", "cat"])
+    assert result.class_names == ["background", "_background_", "cat"] and mask_of(tmp_path / "out2")[15, 20] == 1
+
+
 def test_labelme_shapes_are_drawn_as_labelme_draws_them(tmp_path):
     shapes = [shape("cat", [[10, 10], [14, 10]], "circle"), shape("dog", [[30, 5]], "point"),
               shape("car", [[2, 30], [40, 30]], "line"), shape("cat", [[50, 2], [52, 2], [52, 4], [50, 4]],

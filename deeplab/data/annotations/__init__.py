@@ -13,7 +13,7 @@ later one wins**, as the tools draw them. `import_annotations` maps the labels t
                                  (at least one) in train; with a single image, both list it
 
 Classes: class_names=None takes the export's labels in its order, `background` first (added when the export has no
-label of that name); a list fixes the classes and their order. merge={label: class} draws a label as another class
+label of that name; labelme's `_background_` is read as it); a list fixes the classes and their order. merge={label: class} draws a label as another class
 (several labels may merge into one), drop=[label, ...] leaves a label's shapes out (what lies beneath shows), and
 ignore=[label, ...] draws a label as 255 (default: labelme's `__ignore__`). A label that is none of these and not a
 class is an error. Pixels no shape covers are class 0 (unlabelled="background") or 255 (unlabelled="ignore").
@@ -51,6 +51,7 @@ READERS = {"labelme": read_labelme, "cvat": read_cvat, "labelstudio": read_label
 IGNORE_INDEX = 255
 UNLABELLED = {"background": 0, "ignore": IGNORE_INDEX}
 BACKGROUND = "background"
+LABELME_BACKGROUND = "_background_"  # labelme's name for class 0 (its labels.txt and converters): read as BACKGROUND
 FOLDERS = ("images", "masks", "splits")  # what an import writes into output/, and replaces with overwrite=true
 TURNED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -141,6 +142,8 @@ def plan_classes(export: Export, *, class_names: Sequence[str] | None, merge: Ma
             values[label] = IGNORE_INDEX
         else:
             target = merge.get(label, label)
+            if target == LABELME_BACKGROUND and target not in classes and BACKGROUND in classes:
+                target = BACKGROUND  # labelme's name for it (its labels.txt, labelme2voc.py, labelme2coco.py)
             if class_names is None and target not in classes:
                 classes.append(target)
             if target in classes:
