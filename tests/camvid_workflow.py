@@ -1,14 +1,15 @@
 """The annotation-tool-to-video workflow measured on real photographs (CamVid, prepared by
 datasets/prepare_camvid.py), the figures of README's "From annotation tool to video":
 
-    python tests/camvid_workflow.py roundtrip --root datasets/camvid [--split test] [--images 233]
+    python tests/camvid_workflow.py roundtrip --root datasets/camvid [--split test] [--images 233] [--keep DIR]
     python tests/camvid_workflow.py video --root datasets/camvid --checkpoint outputs/train/<run>/best.pt \
         [--sequence Seq05VD] [--fps 10] [--scales 0.5] [--precision fp32]
 
 `roundtrip` turns the split's masks into each annotation tool's export (tests/annotation_exports.py: OpenCV
 contours for the polygon formats, colour masks for CVAT, brush RLE for Label Studio, RLE for COCO), imports each
 back with `python -m deeplab.data.annotations`' library call, and prints the share of pixels equal to the original
-masks per format and variant (all of them, void/ignore pixels included).
+masks per format and variant (all of them, void/ignore pixels included). `--keep DIR` keeps each import as
+DIR/<format>_<variant>, a folder dataset to train on (`python train.py experiment=camvid_cpu dataset.root=...`).
 
 `video` makes an mp4 of the sequence's consecutive frames, runs `python predict.py` on it with save_frames=true,
 then runs `python predict.py` on every frame of that video as a PNG image (the frames as OpenCV decodes them, so the
@@ -59,19 +60,22 @@ def roundtrip(args) -> None:
         for variant in variants:
             if variant.endswith("noimages") or variant == "imagedata":  # the same masks, the images found elsewhere
                 continue
+            if args.only and f"{fmt}_{variant}" not in args.only:
+                continue
             with tempfile.TemporaryDirectory() as scratch:
                 scratch = Path(scratch)
+                imported = Path(args.keep) / f"{fmt}_{variant}" if args.keep else scratch / "out"
                 start = time.perf_counter()
                 # background=None: every class is drawn (CamVid has no background class; sky is class 0)
                 source = write_export(fmt, samples, CLASS_NAMES, scratch / "export", variant=variant,
                                       background=None)
                 exported = time.perf_counter()
-                import_annotations(fmt, output=scratch / "out", class_names=CLASS_NAMES, progress=False, **source)
-                imported = time.perf_counter()
-                shares = agreement(masks, scratch / "out")
+                import_annotations(fmt, output=imported, class_names=CLASS_NAMES, progress=False, **source)
+                done = time.perf_counter()
+                shares = agreement(masks, imported)
             total = sum(shares[s] * masks[s].size for s in stems) / sum(masks[s].size for s in stems)
             print(f"{fmt:<12} {variant:<14} {total:>13.4%} {min(shares.values()):>12.4%} "
-                  f"{exported - start:>9.1f} {imported - exported:>9.1f}")
+                  f"{exported - start:>9.1f} {done - exported:>9.1f}")
 
 
 def predict(checkpoint: str, source: Path, output: Path, *extra: str) -> str:
@@ -143,6 +147,8 @@ def main() -> None:
     one.add_argument("--root", required=True, help="a prepared CamVid folder (datasets/camvid)")
     one.add_argument("--split", default="test")
     one.add_argument("--images", type=int, default=None, help="the first N of the split (default: all)")
+    one.add_argument("--keep", default=None, help="keep each import as a folder dataset under this folder")
+    one.add_argument("--only", nargs="*", default=None, help="these <format>_<variant>s only, e.g. labelme_polygon")
     one.set_defaults(run=roundtrip)
     two = commands.add_parser("video", help="a video of consecutive frames predicted, against its frames as images")
     two.add_argument("--root", required=True)
