@@ -33,7 +33,8 @@ class ConfusionMatrix:
             dist.all_reduce(self.mat)
 
     def compute(self) -> dict:
-        """mIoU, pixel accuracy, mean class accuracy, frequency-weighted IoU and per-class IoU.
+        """mIoU, pixel accuracy, mean class accuracy, frequency-weighted IoU, per-class IoU, and per-class precision,
+        recall and F1 (= Dice) with their means (`per_class_scores`).
 
         A class absent from both ground truth and predictions has no IoU (None) and is left out of the means.
         """
@@ -52,16 +53,43 @@ class ConfusionMatrix:
             "fwIoU": float((freq[present] * iou[present]).sum()),
             "per_class_iou": [float(v) if present[i] else None for i, v in enumerate(iou)],
             "pixels": int(total),
+            **per_class_scores(true, predicted, hit),
         }
 
 
+def per_class_scores(true: torch.Tensor, predicted: torch.Tensor, hit: torch.Tensor) -> dict:
+    """Per-class precision hit/predicted, recall hit/true and F1 = 2 hit/(true + predicted) (= Dice, the harmonic
+    mean of the two) from each class's true, predicted and correctly predicted pixel counts, and their means.
+
+    The IoU's convention: a class absent from truth and prediction has none of them (None) and is left out of the
+    means; a class present in one of the two has all three, a zero denominator counting as 0 (never predicted:
+    precision 0; only predicted: recall 0), so the means are over the classes the mIoU is over."""
+    true, predicted, hit = true.double(), predicted.double(), hit.double()
+    present = (true + predicted) > 0
+    scores = {"precision": hit / predicted.clamp(min=1), "recall": hit / true.clamp(min=1),
+              "f1": 2 * hit / (true + predicted).clamp(min=1)}
+    out = {}
+    for name, values in scores.items():
+        out[f"per_class_{name}"] = [float(v) if present[i] else None for i, v in enumerate(values)]
+    for name, values in scores.items():
+        out[f"m{'F1' if name == 'f1' else name.capitalize()}"] = \
+            float(values[present].mean()) if present.any() else float("nan")
+    return out
+
+
 def format_metrics(metrics: dict, class_names: list[str]) -> str:
-    """A per-class IoU table and the summary metrics; classes absent from truth and prediction are marked."""
-    lines = [f"{'class':<20}{'IoU':>8}"]
-    for name, iou in zip(class_names, metrics["per_class_iou"]):
-        lines.append(f"{name:<20}{'absent' if iou is None else f'{iou:.4f}':>8}")
-    lines.append(f"{'mIoU':<20}{metrics['mIoU']:>8.4f}   (over {sum(v is not None for v in metrics['per_class_iou'])}"
-                 f" classes present in truth or prediction)")
+    """A per-class IoU, precision, recall and F1 table with their means, and the summary metrics; classes absent
+    from truth and prediction are marked."""
+    columns = [("IoU", "per_class_iou", "mIoU"), ("precision", "per_class_precision", "mPrecision"),
+               ("recall", "per_class_recall", "mRecall"), ("F1", "per_class_f1", "mF1")]
+    columns = [c for c in columns if c[1] in metrics]
+    lines = [f"{'class':<20}" + "".join(f"{title:>11}" for title, _, _ in columns)]
+    for i, name in enumerate(class_names):
+        values = [metrics[key][i] for _, key, _ in columns]
+        lines.append(f"{name:<20}" + "".join(f"{'absent' if v is None else f'{v:.4f}':>11}" for v in values))
+    lines.append(f"{'mIoU and means':<20}" + "".join(f"{metrics[mean]:>11.4f}" for _, _, mean in columns) +
+                 f"   (over {sum(v is not None for v in metrics['per_class_iou'])} classes present in truth or "
+                 "prediction)")
     lines.append(f"pixel acc {metrics['pixel_acc']:.4f}   mean class acc {metrics['mean_class_acc']:.4f}   "
                  f"fwIoU {metrics['fwIoU']:.4f}   ({metrics['pixels']:,} labelled pixels)")
     return "\n".join(lines)

@@ -58,3 +58,40 @@ def test_predictions_outside_the_classes_are_refused_on_labelled_pixels():
     with pytest.raises(ValueError, match="class indices 0-2"):
         matrix.update(torch.tensor([0, 255, 2]), torch.tensor([0, 1, 2]))
     assert int(matrix.mat.sum()) == 2
+
+
+def test_precision_recall_f1_against_hand_computed_counts():
+    # class 0: truth 3 px, predicted 2, both 1; class 1: truth 1, never predicted; class 2: only predicted (2 px);
+    # class 3: absent from both. A second image is all ignore: it adds nothing, whatever is predicted there.
+    target = torch.tensor([0, 0, 0, 1, 255])
+    pred = torch.tensor([0, 2, 2, 0, 1])
+    cm = ConfusionMatrix(4)
+    cm.update(pred, target)
+    cm.update(torch.tensor([[3, 1], [2, 0]]), torch.full((2, 2), 255))
+    m = cm.compute()
+    assert m["per_class_precision"] == pytest.approx([1 / 2, 0.0, 0.0, None], nan_ok=False)
+    assert m["per_class_recall"] == [pytest.approx(1 / 3), 0.0, 0.0, None]
+    assert m["per_class_f1"] == [pytest.approx(2 * 1 / (3 + 2)), 0.0, 0.0, None]
+    assert m["per_class_iou"] == [pytest.approx(1 / 4), 0.0, 0.0, None]
+    assert m["mPrecision"] == pytest.approx(1 / 6) and m["mRecall"] == pytest.approx(1 / 9)
+    assert m["mF1"] == pytest.approx(0.4 / 3)
+
+
+def test_f1_is_dice_and_the_harmonic_mean_of_precision_and_recall():
+    torch.manual_seed(1)
+    target, pred = torch.randint(0, 3, (40, 30)), torch.randint(0, 3, (40, 30))
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    m = cm.compute()
+    for c in range(3):
+        a, b = target == c, pred == c
+        dice = 2 * (a & b).sum().item() / (a.sum() + b.sum()).item()
+        p, r = m["per_class_precision"][c], m["per_class_recall"][c]
+        assert m["per_class_f1"][c] == pytest.approx(dice) == pytest.approx(2 * p * r / (p + r))
+
+
+def test_no_labelled_pixel_no_scores():
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([0, 1]), torch.tensor([255, 255]))
+    m = cm.compute()
+    assert m["per_class_f1"] == [None, None] and math.isnan(m["mF1"]) and math.isnan(m["mPrecision"])
