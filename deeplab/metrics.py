@@ -1,12 +1,19 @@
 """Segmentation metrics from one confusion matrix accumulated over a whole split (the VOC definition), and the
 strict JSON every metrics file is written in."""
 
+import csv
+import io
 import json
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from deeplab.visualization import denormalize
 
 
 class ConfusionMatrix:
@@ -26,6 +33,24 @@ class ConfusionMatrix:
             raise ValueError(f"predictions must be class indices 0-{self.num_classes - 1} on labelled pixels")
         index = target[keep].to(torch.int64) * self.num_classes + pred[keep].to(torch.int64)
         self.mat += torch.bincount(index, minlength=self.num_classes ** 2).reshape(self.num_classes, -1)
+
+    def update_per_image(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """`update` for a batch of (B, ...) label maps that also returns each image's (true, predicted, correct)
+        pixel counts per class, (B, 3, C) on the CPU: one bincount over image, truth and prediction, as cheap as
+        `update`'s."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+        c, batch = self.num_classes, len(target)
+        keep = target != self.ignore_index
+        if keep.any() and (pred[keep].min() < 0 or pred[keep].max() >= c):
+            raise ValueError(f"predictions must be class indices 0-{c - 1} on labelled pixels")
+        index = target.to(torch.int64) * c + pred.to(torch.int64)
+        if batch > 1:  # each image's own block of C x C counts
+            index = index + torch.arange(batch, device=target.device).view(-1, *[1] * (target.dim() - 1)) * (c * c)
+        index = index[keep]
+        mats = torch.bincount(index, minlength=batch * c * c).reshape(batch, c, c)
+        self.mat += mats.sum(0)
+        return torch.stack([mats.sum(2), mats.sum(1), mats.diagonal(dim1=1, dim2=2)], 1).cpu()
 
     def reduce_from_all_processes(self) -> None:
         """Sum the counts of every process, so every rank reports the metric of the whole split."""
@@ -75,6 +100,94 @@ def per_class_scores(true: torch.Tensor, predicted: torch.Tensor, hit: torch.Ten
         out[f"m{'F1' if name == 'f1' else name.capitalize()}"] = \
             float(values[present].mean()) if present.any() else float("nan")
     return out
+
+
+def image_ids(paths: Sequence[str | Path]) -> list[str]:
+    """Each image's id: its path relative to the folder holding all of them (the dataset's image folder), with '/'
+    separators; a single image's is its file name."""
+    paths = [Path(p) for p in paths]
+    if not paths:
+        return []
+    common = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    return [p.relative_to(common).as_posix() for p in paths]
+
+
+def image_scores(counts: np.ndarray) -> dict:
+    """One image's pixel accuracy, mean IoU and per-class IoU from its (3, C) true, predicted and correct pixel
+    counts (labelled pixels only): the split's definitions on one image. A class absent from its truth and prediction
+    has no IoU (None); an image with no labelled pixel has neither accuracy nor mean IoU (NaN)."""
+    true, predicted, hit = (np.asarray(row, np.float64) for row in counts)
+    union = true + predicted - hit
+    present = union > 0
+    iou = np.where(present, hit / np.maximum(union, 1), np.nan)
+    total = true.sum()
+    return {"pixel_acc": float(hit.sum() / total) if total > 0 else float("nan"),
+            "mIoU": float(iou[present].mean()) if present.any() else float("nan"),
+            "per_class_iou": [float(v) if present[i] else None for i, v in enumerate(iou)]}
+
+
+class ImageScores:
+    """Each image's per-class (true, predicted, correct) pixel counts, by its index in the dataset, and the `worst`
+    images by mean IoU as (index, mean IoU, (image, truth, prediction)) pictures, with the images as (H, W, 3) uint8
+    (normalised tensors are turned back with `mean` and `std`)."""
+
+    def __init__(self, ids: Sequence[str], *, worst: int = 0, mean: Sequence[float] = (0.0, 0.0, 0.0),
+                 std: Sequence[float] = (1.0, 1.0, 1.0)) -> None:
+        self.ids, self.worst_count, self.mean, self.std = list(ids), worst, mean, std
+        self.counts: dict[int, np.ndarray] = {}
+        self.worst: list[tuple[float, int, tuple]] = []  # (mean IoU, index, picture), worst first
+
+    def add(self, index: int, counts: np.ndarray, picture: Callable[[], tuple]) -> None:
+        """Image `index`'s (3, C) counts; `picture()` gives its (image, truth, prediction), asked for only when the
+        image is among the worst so far."""
+        self.counts[index] = np.asarray(counts, np.int64)
+        score = image_scores(counts)["mIoU"]
+        if self.worst_count <= 0 or math.isnan(score):
+            return
+        if len(self.worst) == self.worst_count and (score, index) >= self.worst[-1][:2]:
+            return
+        image, truth, pred = picture()
+        if isinstance(image, torch.Tensor):
+            image = denormalize(image, self.mean, self.std)
+        self.worst = sorted([*self.worst, (score, index, (image, np.asarray(truth), np.asarray(pred)))],
+                            key=lambda entry: entry[:2])[: self.worst_count]
+
+    def rows(self) -> list[dict]:
+        """One row per image scored, in dataset order: id, pixel accuracy, mean IoU, per-class IoU and counts."""
+        return [{"id": self.ids[i], **image_scores(c), "true_pixels": c[0].tolist(), "pred_pixels": c[1].tolist()}
+                for i, c in sorted(self.counts.items())]
+
+    def ranked(self, count: int) -> list[dict]:
+        """The `count` rows with the lowest mean IoU (images with no labelled pixel left out), worst first."""
+        scored = [row for row in self.rows() if not math.isnan(row["mIoU"])]
+        return sorted(scored, key=lambda row: row["mIoU"])[:count]
+
+    def pictures(self) -> list[tuple[str, float, tuple]]:
+        """The worst images' (id, mean IoU, (image, truth, prediction)), worst first."""
+        return [(self.ids[index], score, picture) for score, index, picture in self.worst]
+
+
+def per_image_csv(rows: Sequence[dict], class_names: Sequence[str]) -> str:
+    """per_image.csv's text: id, pixel_acc, mIoU, then each class's `<name>_iou` (empty where the class is in
+    neither the image's truth nor its prediction), `<name>_true_pixels` and `<name>_pred_pixels`."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["id", "pixel_acc", "mIoU", *(f"{n}_iou" for n in class_names),
+                     *(f"{n}_true_pixels" for n in class_names), *(f"{n}_pred_pixels" for n in class_names)])
+
+    def cell(value):
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6f}"
+    for row in rows:
+        writer.writerow([row["id"], cell(row["pixel_acc"]), cell(row["mIoU"]), *map(cell, row["per_class_iou"]),
+                         *row["true_pixels"], *row["pred_pixels"]])
+    return out.getvalue()
+
+
+def format_worst(rows: Sequence[dict]) -> str:
+    """The worst images, one a line: mean IoU, pixel accuracy, id."""
+    lines = [f"the {len(rows)} worst image{'s' if len(rows) != 1 else ''} by mean IoU (per_image.csv has every one):"]
+    lines += [f"  mIoU {row['mIoU']:.4f}  pixel acc {row['pixel_acc']:.4f}  {row['id']}" for row in rows]
+    return "\n".join(lines)
 
 
 def format_metrics(metrics: dict, class_names: list[str]) -> str:

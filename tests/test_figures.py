@@ -101,7 +101,8 @@ def test_evaluate_writes_both_figures_and_the_same_metrics_json(tmp_path, capsys
     for name in FIGURES:
         image = np.array(Image.open(tmp_path / "out" / name))
         assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) > 100
-    assert "metrics.json, confusion_matrix.png and per_class_iou.png written to" in capsys.readouterr().out
+    assert "metrics.json, per_image.csv, confusion_matrix.png and per_class_iou.png written to" in \
+        capsys.readouterr().out
 
 
 def test_without_matplotlib_one_sentence_and_evaluate_still_scores(tmp_path, capsys, no_matplotlib):

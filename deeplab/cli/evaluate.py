@@ -17,7 +17,7 @@ from deeplab.engine.tta import check_tta, is_channels_last
 from deeplab.errors import ConfigError
 from deeplab.figures import MissingDependency, confusion_figure, iou_chart
 from deeplab.inference import model_from_checkpoint
-from deeplab.metrics import format_metrics, json_text
+from deeplab.metrics import ImageScores, format_metrics, format_worst, image_ids, json_text, per_image_csv
 from deeplab.schema import ranged
 from deeplab.torch_files import folder_lock
 
@@ -39,7 +39,9 @@ def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str]) 
 
 # the evaluate-only keys' types and ranges (evaluate.yaml gives their defaults)
 SETTINGS = {**dict.fromkeys(("fast", "compile", "overwrite"), bool),
-            "num_workers": ranged(int, lambda v: v >= 0, "a whole number >= 0 (0 reads images in this process)")}
+            "num_workers": ranged(int, lambda v: v >= 0, "a whole number >= 0 (0 reads images in this process)"),
+            "worst": ranged(int, lambda v: v >= 0, "a whole number >= 0 (0 draws no worst images)")}
+PER_IMAGE, WORST_PRINTED = "per_image.csv", 10
 
 
 def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -> dict:
@@ -53,7 +55,7 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     resolve_precision(cfg.precision, device.type)
     check_tta(scales=cfg.scales, window=cfg.window, stride=cfg.stride, flip=cfg.flip)
     typed_settings(cfg, SETTINGS)
-    existing = [output_dir / name for name in ("metrics.json", *FIGURES) if (output_dir / name).exists()]
+    existing = [output_dir / name for name in ("metrics.json", PER_IMAGE, *FIGURES) if (output_dir / name).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"{existing[0]}: exists already (an earlier evaluation in this run folder); give this one "
                           f"its own folder (another hydra.run.dir=..., or none for a dated one), or set overwrite=true")
@@ -78,14 +80,16 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     if record is not None:  # once the data is found: a refused evaluation leaves no run folder
         record.keep(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    scores = ImageScores(image_ids([image for image, _ in dataset.samples]), worst=cfg.worst, mean=data["mean"],
+                         std=data["std"])  # per_image.csv and the worst images
     if model is not None:
         tta = dict(scales=tuple(cfg.scales), flip=cfg.flip, window=cfg.window, stride=cfg.stride)
         loader = val_loader(dataset, rank=0, world_size=1, num_workers=cfg.num_workers, pin_memory=False)
         matrix, _ = evaluate(model, loader, num_classes=data["num_classes"], device=device,
                              ignore_index=data["ignore_index"], precision=resolve_precision(cfg.precision, device.type),
-                             channels_last=is_channels_last(model), tta=tta)
+                             channels_last=is_channels_last(model), tta=tta, scores=scores)
     else:
-        matrix = score_predictions(dataset, cfg.predictions)
+        matrix = score_predictions(dataset, cfg.predictions, scores=scores)
     metrics = matrix.compute()
     names = data.get("class_names") or [str(i) for i in range(data["num_classes"])]
     print(f"{cfg.checkpoint or cfg.predictions} on {data['format']} split '{split}' ({len(dataset)} images)")
@@ -94,6 +98,10 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
               "class_names": names, **metrics, "confusion_matrix": matrix.mat.cpu().tolist()}
     (output_dir / "metrics.json").write_text(json_text(result, indent=2))
     written = ["metrics.json", *write_figures(output_dir, result["confusion_matrix"], metrics, names)]
+    if scores.counts:  # every image scored on its own (not under a peer's protocol)
+        (output_dir / PER_IMAGE).write_text(per_image_csv(scores.rows(), names))
+        written.insert(1, PER_IMAGE)
+        print(format_worst(scores.ranked(WORST_PRINTED)))
     print(f"{', '.join(written[:-1])} and {written[-1]}" if len(written) > 1 else written[0],
           f"written to {output_dir}")
     return result

@@ -1,6 +1,7 @@
 """Scoring a split: a model's full-resolution predictions (`evaluate`, reduced across ranks) or a folder of saved
 prediction PNGs (`score_predictions`), into one confusion matrix."""
 
+import itertools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from deeplab.engine.distributed import any_process, first_problem
 from deeplab.engine.precision import autocast, inference_precision
 from deeplab.engine.tta import predict_probs
 from deeplab.errors import one_line
-from deeplab.metrics import ConfusionMatrix
+from deeplab.metrics import ConfusionMatrix, ImageScores
 from deeplab.progress import progress_bar
 
 
@@ -28,7 +29,7 @@ class ScoringProblem(DataError):
 def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: torch.device,
              ignore_index: int = 255, precision: str = "fp32", channels_last: bool = False,
              keep: int = 0, tta: dict | None = None, progress: bool | None = None,
-             desc: str = "evaluate") -> tuple[ConfusionMatrix, list]:
+             desc: str = "evaluate", scores: ImageScores | None = None) -> tuple[ConfusionMatrix, list]:
     """Score every (image, mask) batch; returns the reduced confusion matrix and the first `keep` samples.
 
     `tta` (scales, flip, window, stride) switches to test-time augmentation / sliding windows. Kept samples are
@@ -36,7 +37,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
     this process's images as `desc i/N` with rate and ETA (True/False; None follows DEEPLAB_PROGRESS, see
     deeplab.progress); opened under another bar (validation in training), it sits below it and is cleared when done.
     A bad sample on any process stops every one of them with the same ScoringProblem (none is left waiting in the
-    reduction).
+    reduction). `scores` gets each image's per-class counts by its dataset index (this process's images; a
+    DataLoader's sampler gives the indices, else they count from 0) and keeps the worst images' pictures.
     """
     was_training = model.training
     model.eval()
@@ -44,6 +46,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
     kept = []
     sampler = getattr(batches, "sampler", None)  # a DataLoader: this process's images; a plain iterable: unknown
     problem = None
+    order = itertools.chain.from_iterable(batches.batch_sampler) if getattr(batches, "batch_sampler", None) is not None \
+        else itertools.count()
     with progress_bar(desc=desc, total=len(sampler) if sampler is not None else None, unit=" images",
                       progress=progress) as bar:
         for images, masks in _until_a_problem(batches):
@@ -60,7 +64,13 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
             else:
                 with autocast(device.type, precision):
                     pred = model(images).argmax(1)
-            matrix.update(pred, masks.to(device, non_blocking=True))
+            if scores is None:
+                matrix.update(pred, masks.to(device, non_blocking=True))
+            else:
+                counts = matrix.update_per_image(pred, masks.to(device, non_blocking=True)).numpy()
+                for i, index in zip(range(len(images)), order):
+                    scores.add(index, counts[i], lambda i=i: (images[i].cpu(), masks[i].cpu().numpy(),
+                                                               pred[i].cpu().numpy()))
             for i in range(min(keep - len(kept), len(images))):
                 kept.append((images[i].cpu(), masks[i].cpu().numpy(), pred[i].cpu().numpy()))
             bar.update(len(images))
@@ -80,10 +90,10 @@ def _until_a_problem(batches: Iterable) -> Iterable:
         yield exc, None
 
 
-def score_predictions(dataset: SegmentationDataset, folder: str | Path, *,
-                      progress: bool | None = None) -> ConfusionMatrix:
+def score_predictions(dataset: SegmentationDataset, folder: str | Path, *, progress: bool | None = None,
+                      scores: ImageScores | None = None) -> ConfusionMatrix:
     """Score index PNGs named like the dataset's masks (stem.png) against them, with no model involved.
-    `progress` as in `evaluate`."""
+    `progress` and `scores` as in `evaluate`."""
     folder = Path(folder)
     matrix = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
     with progress_bar(dataset.samples, desc="score", unit=" images", progress=progress) as samples:
@@ -91,7 +101,7 @@ def score_predictions(dataset: SegmentationDataset, folder: str | Path, *,
             path = folder / f"{mask_path.stem}.png"
             if not path.is_file():
                 raise DataError(f"{path}: missing prediction for {mask_path.stem} (one PNG per validation image)")
-            _, truth = dataset.load(index)
+            image, truth = dataset.load(index)
             pred = read_mask(path, num_classes=dataset.num_classes, ignore_index=dataset.ignore_index,
                              palette=dataset.palette)
             unlabelled = int((pred == dataset.ignore_index).sum())
@@ -101,5 +111,9 @@ def score_predictions(dataset: SegmentationDataset, folder: str | Path, *,
             if pred.shape != truth.shape:
                 raise DataError(f"{path}: prediction is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground truth "
                                 f"{mask_path} is {truth.shape[1]}x{truth.shape[0]}")
-            matrix.update(torch.from_numpy(pred), torch.from_numpy(truth))
+            if scores is None:
+                matrix.update(torch.from_numpy(pred), torch.from_numpy(truth))
+            else:
+                counts = matrix.update_per_image(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
+                scores.add(index, counts[0].numpy(), lambda: (image, truth, pred))
     return matrix

@@ -1,0 +1,99 @@
+"""evaluate.py's answers past the split's numbers: each image's scores (per_image.csv, the worst ones printed and
+drawn), checked against counts made by hand."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import compose, make_voc_tree
+from deeplab.cli.evaluate import run as evaluate_run
+from deeplab.metrics import ConfusionMatrix, ImageScores, image_ids, image_scores, per_image_csv
+
+
+def test_per_image_counts_are_each_images_own_and_sum_to_the_split():
+    torch.manual_seed(0)
+    target, pred = torch.randint(0, 3, (4, 5, 6)), torch.randint(0, 3, (4, 5, 6))
+    target[2] = 255  # an all-ignore image: no counts, whatever is predicted
+    whole, parts = ConfusionMatrix(3), ConfusionMatrix(3)
+    whole.update(pred, target)
+    counts = parts.update_per_image(pred, target)
+    assert torch.equal(whole.mat, parts.mat) and counts.shape == (4, 3, 3)
+    for i in range(4):
+        one = ConfusionMatrix(3)
+        one.update(pred[i], target[i])
+        assert counts[i].tolist() == [one.mat.sum(1).tolist(), one.mat.sum(0).tolist(), one.mat.diag().tolist()]
+    assert counts[2].sum() == 0
+
+
+def test_image_scores_by_hand():
+    # truth [0 0 1 1], prediction [0 1 1 1]: class 0 IoU 1/2, class 1 IoU 2/3, class 2 in neither
+    pred, truth = torch.tensor([[0, 1, 1, 1]]), torch.tensor([[0, 0, 1, 1]])
+    counts = ConfusionMatrix(3).update_per_image(pred, truth)[0].numpy()
+    assert counts.tolist() == [[2, 2, 0], [1, 3, 0], [1, 2, 0]]
+    s = image_scores(counts)
+    assert s["per_class_iou"] == [pytest.approx(1 / 2), pytest.approx(2 / 3), None]
+    assert s["mIoU"] == pytest.approx((1 / 2 + 2 / 3) / 2) and s["pixel_acc"] == pytest.approx(3 / 4)
+    empty = image_scores(np.zeros((3, 3), np.int64))  # all ignore
+    assert math.isnan(empty["mIoU"]) and math.isnan(empty["pixel_acc"]) and empty["per_class_iou"] == [None] * 3
+
+
+def test_worst_images_kept_and_ranked():
+    scores = ImageScores(["a", "b", "c", "d", "e"], worst=2)
+    asked = []
+    for index, hit in enumerate((4, 1, 0, 3)):  # 4 pixels of class 0, `hit` of them predicted right
+        counts = np.array([[4, 0], [hit, 4 - hit], [hit, 0]])
+        scores.add(index, counts, lambda index=index: asked.append(index) or (np.zeros((2, 2, 3), np.uint8),) * 3)
+    assert [name for name, _, _ in scores.pictures()] == ["c", "b"]
+    assert [row["id"] for row in scores.ranked(3)] == ["c", "b", "d"]
+    assert asked == [0, 1, 2], "a picture is made only for an image among the worst so far"
+    scores.add(4, np.zeros((3, 2), np.int64), lambda: pytest.fail("an all-ignore image is never among the worst"))
+    assert len(scores.rows()) == 5 and math.isnan(scores.rows()[4]["mIoU"])
+
+
+def test_image_ids_are_paths_below_the_common_folder(tmp_path):
+    paths = [tmp_path / "img" / "a" / "x.jpg", tmp_path / "img" / "b" / "y.jpg"]
+    assert image_ids(paths) == ["a/x.jpg", "b/y.jpg"]
+    assert image_ids(paths[:1]) == ["x.jpg"]
+
+
+def test_per_image_csv_columns_and_empty_cells():
+    rows = [{"id": "x.jpg", **image_scores(np.array([[2, 2, 0], [1, 3, 0], [1, 2, 0]])),
+             "true_pixels": [2, 2, 0], "pred_pixels": [1, 3, 0]}]
+    table = list(csv.reader(per_image_csv(rows, ["bg", "car", "pole"]).splitlines()))
+    assert table[0] == ["id", "pixel_acc", "mIoU", "bg_iou", "car_iou", "pole_iou", "bg_true_pixels",
+                        "car_true_pixels", "pole_true_pixels", "bg_pred_pixels", "car_pred_pixels",
+                        "pole_pred_pixels"]
+    assert table[1][0] == "x.jpg" and table[1][5] == "" and table[1][6:] == ["2", "2", "0", "1", "3", "0"]
+    assert float(table[1][3]) == pytest.approx(0.5)
+
+
+def voc_predictions(tmp_path, broken: str):
+    """A VOC tree and its truth saved as predictions, one image (`broken`) predicted as all background."""
+    tree = make_voc_tree(tmp_path / "VOC", n_train=1, n_val=3, size=(24, 32))
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for mask in (tree / "SegmentationClass").glob("2008_*.png"):
+        labels = np.array(Image.open(mask))
+        labels = np.zeros_like(labels) if mask.stem == broken else np.where(labels == 255, 0, labels)
+        Image.fromarray(labels.astype(np.uint8)).save(predictions / mask.name)
+    return tree, predictions
+
+
+def test_evaluate_writes_per_image_csv_and_prints_the_worst(tmp_path, capsys):
+    tree, predictions = voc_predictions(tmp_path, broken="2008_000001")
+    cfg = compose("evaluate", [f"predictions={predictions}", "dataset=voc", f"dataset.root={tree}"])
+    result = evaluate_run(cfg, tmp_path / "out")
+    table = list(csv.DictReader((tmp_path / "out" / "per_image.csv").open()))
+    assert [row["id"] for row in table] == ["2008_000000.jpg", "2008_000001.jpg", "2008_000002.jpg"]
+    assert float(table[0]["mIoU"]) == 1.0 and float(table[1]["mIoU"]) < 1.0
+    for c, name in enumerate(result["class_names"]):  # the per-image counts add up to the split's matrix
+        assert sum(int(row[f"{name}_true_pixels"]) for row in table) == sum(result["confusion_matrix"][c])
+        assert sum(int(row[f"{name}_pred_pixels"]) for row in table) == \
+            sum(r[c] for r in result["confusion_matrix"])
+    out = capsys.readouterr().out
+    worst = out[out.index("worst image"):].splitlines()
+    assert "2008_000001.jpg" in worst[1] and len(worst) >= 4
