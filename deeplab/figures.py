@@ -1,5 +1,6 @@
 """The evaluation's pictures, drawn with matplotlib: the confusion matrix (row-normalised percentages, class names
-on both axes) and the per-class IoU bar chart, each as an RGB uint8 image for a PNG file or TensorBoard.
+on both axes), the per-class IoU bar chart and the worst images' grid (image | truth | prediction | errors), each
+as an RGB uint8 image for a PNG file or TensorBoard.
 
 Both read at 21 classes (VOC) and at 150 (ADE20K): the figure grows with the class count, the font shrinks to a
 floor, the numbers in the cells are left out past `NUMBERS_UP_TO` classes, and class names are thinned to every
@@ -16,9 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+import cv2
 import numpy as np
 
 from deeplab.errors import UserError
+from deeplab.visualization import colourize
 
 INSTALL = "pip install matplotlib (or pip install -e '.[plot]')"
 DPI = 100
@@ -295,4 +298,67 @@ def iou_chart(per_class_iou: Sequence[float | None], class_names: Sequence[str],
     counted = int(present.sum())
     fig.text(left + plot_w / 2, bottom + plot_h + 0.3, f"per-class IoU, in class order ({counted} of {classes} "
              f"classes in the mIoU)", transform=inches, ha="center", va="bottom", fontsize=11)
+    return _to_array(fig)
+
+
+# ---- the worst images ----
+
+PANEL = (240, 320)  # (height, width) in pixels each panel is scaled to fit, its aspect kept
+ERROR_RED = (230, 20, 20)
+PANEL_TITLES = ("image", "truth", "prediction", "errors (red)")
+
+
+def error_panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, *, ignore_index: int = 255) -> np.ndarray:
+    """The image faded to light grey with every labelled pixel predicted wrong in one colour (`ERROR_RED`); ignore
+    pixels are never errors."""
+    grey = image.astype(np.float32).mean(2, keepdims=True)
+    faded = np.repeat(155 + 0.35 * grey, 3, axis=2).astype(np.uint8)
+    wrong = (pred != truth) & (truth != ignore_index)
+    faded[wrong] = ERROR_RED
+    return faded
+
+
+def _panels(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, table: np.ndarray, ignore_index: int) -> np.ndarray:
+    """One row of the grid: image | truth | prediction | errors, each scaled to fit `PANEL`, 4 white pixels apart."""
+    truth, pred = np.asarray(truth), np.asarray(pred)
+    panels = [image, colourize(truth, table), colourize(pred, table), error_panel(image, truth, pred,
+                                                                                   ignore_index=ignore_index)]
+    height, width = truth.shape
+    scale = min(PANEL[0] / height, PANEL[1] / width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if size != (width, height):
+        panels = [cv2.resize(p, size, interpolation=cv2.INTER_AREA if i == 0 and scale < 1 else cv2.INTER_NEAREST)
+                  for i, p in enumerate(panels)]
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([panels[0], gap, panels[1], gap, panels[2], gap, panels[3]], axis=1)
+
+
+def worst_grid(pictures: Sequence[tuple[str, float, tuple]], table: np.ndarray, *,
+               ignore_index: int = 255) -> np.ndarray:
+    """The worst images as an RGB uint8 grid, one row each, worst first: image | truth | prediction | errors in one
+    colour, each row titled with its id and mean IoU. `pictures` are (id, mean IoU, (image (H, W, 3) uint8, truth,
+    prediction)), as `deeplab.metrics.ImageScores.pictures` gives them; `table` colours the labels."""
+    if not pictures:
+        raise ValueError("no images to draw")
+    mpl = _matplotlib()
+    rows = [(name, score, _panels(*picture, table, ignore_index)) for name, score, picture in pictures]
+    width = max(row.shape[1] for _, _, row in rows) / DPI
+    title, header, margin = 0.3, 0.3, 0.15
+    height = header + sum(title + row.shape[0] / DPI for _, _, row in rows) + margin
+    fig = mpl.Figure(dpi=DPI, facecolor="white", figsize=(width + 2 * margin, height))
+    mpl.Canvas(fig)
+    total_w = width + 2 * margin
+    top = height - header
+    panel_w = (rows[0][2].shape[1] - 12) / 4 / DPI
+    for k, name in enumerate(PANEL_TITLES):
+        fig.text((margin + (k + 0.5) * (panel_w + 4 / DPI)) / total_w, (top + 0.08) / height, name, ha="center",
+                 va="bottom", fontsize=10, fontweight="bold")
+    for name, score, row in rows:
+        h, w = row.shape[0] / DPI, row.shape[1] / DPI
+        fig.text(margin / total_w, (top - 0.06) / height, f"{name}   mean IoU {score:.3f}", ha="left", va="top",
+                 fontsize=9)
+        top -= title + h
+        ax = fig.add_axes((margin / total_w, top / height, w / total_w, h / height))
+        ax.imshow(row, interpolation="nearest")
+        ax.set_axis_off()
     return _to_array(fig)

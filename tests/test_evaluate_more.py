@@ -11,7 +11,10 @@ from PIL import Image
 
 from conftest import compose, make_voc_tree
 from deeplab.cli.evaluate import run as evaluate_run
+from deeplab.errors import ConfigError
+from deeplab.figures import ERROR_RED, error_panel, worst_grid
 from deeplab.metrics import ConfusionMatrix, ImageScores, image_ids, image_scores, per_image_csv
+from deeplab.visualization import palette_array
 
 
 def test_per_image_counts_are_each_images_own_and_sum_to_the_split():
@@ -97,3 +100,35 @@ def test_evaluate_writes_per_image_csv_and_prints_the_worst(tmp_path, capsys):
     out = capsys.readouterr().out
     worst = out[out.index("worst image"):].splitlines()
     assert "2008_000001.jpg" in worst[1] and len(worst) >= 4
+
+
+def test_worst_grid_rows_and_errors_in_one_colour():
+    truth = np.zeros((6, 8), np.int64)
+    truth[:, 4:] = 1
+    truth[0, 0] = 255  # ignore: never an error
+    pred = np.ones_like(truth)
+    panel = error_panel(np.zeros((6, 8, 3), np.uint8), truth, pred)
+    wrong = (panel == ERROR_RED).all(2)
+    assert wrong.sum() == 4 * 6 - 1 and not wrong[:, 4:].any() and not wrong[0, 0]
+    image = np.full((6, 8, 3), 90, np.uint8)
+    one = worst_grid([("a.jpg", 0.2, (image, truth, pred))], palette_array(None))
+    two = worst_grid([("a.jpg", 0.2, (image, truth, pred)), ("b/c.jpg", 0.5, (image, truth, truth))],
+                     palette_array(None))
+    assert one.dtype == np.uint8 and two.shape[0] > one.shape[0] + 200  # a row per image, scaled up to be seen
+    red = (np.abs(two.astype(int) - ERROR_RED).sum(2) < 30)
+    assert red[:-250].sum() > 100 and red[-245:].sum() == 0  # the last row (b/c.jpg, 240 px high) has no error
+
+
+def test_evaluate_draws_the_worst_images(tmp_path, capsys):
+    tree, predictions = voc_predictions(tmp_path, broken="2008_000002")
+    cfg = compose("evaluate", [f"predictions={predictions}", "dataset=voc", f"dataset.root={tree}", "worst=2"])
+    evaluate_run(cfg, tmp_path / "out")
+    grid = np.array(Image.open(tmp_path / "out" / "worst_images.png"))
+    assert grid.ndim == 3 and grid.shape[0] > 2 * 240
+    assert "worst_images.png written to" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="worst_images.png"):  # a second evaluation refuses to replace it
+        (tmp_path / "out" / "metrics.json").unlink()
+        (tmp_path / "out" / "per_image.csv").unlink()
+        for name in ("confusion_matrix.png", "per_class_iou.png"):
+            (tmp_path / "out" / name).unlink()
+        evaluate_run(cfg, tmp_path / "out")

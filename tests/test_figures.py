@@ -101,7 +101,7 @@ def test_evaluate_writes_both_figures_and_the_same_metrics_json(tmp_path, capsys
     for name in FIGURES:
         image = np.array(Image.open(tmp_path / "out" / name))
         assert image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) > 100
-    assert "metrics.json, per_image.csv, confusion_matrix.png and per_class_iou.png written to" in \
+    assert "metrics.json, per_image.csv, confusion_matrix.png, per_class_iou.png and worst_images.png written to" in \
         capsys.readouterr().out
 
 
@@ -134,12 +134,13 @@ def test_tensorboard_gets_both_figures_at_each_validation(tmp_path):
     matrix = counts(3, absent=(2,))
     logger = run_logger(tmp_path, names)
     try:
+        worst = [("x.jpg", 0.1, (np.zeros((6, 8, 3), np.uint8), np.zeros((6, 8), np.int64), np.ones((6, 8), np.int64)))]
         for iteration in (2, 4):
-            logger.validation(iteration, metrics_of(matrix), [], best=0.5, confusion=matrix)
+            logger.validation(iteration, metrics_of(matrix), [], best=0.5, confusion=matrix, worst=worst)
     finally:
         logger.close()
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
-    for tag in ("val/confusion_matrix", "val/per_class_iou"):
+    for tag in ("val/confusion_matrix", "val/per_class_iou", "val/worst_images"):
         assert [e.step for e in events.Images(tag)] == [2, 4]
 
 

@@ -35,7 +35,7 @@ def test_smoke_run_writes_checkpoints_and_readable_event_files(tree, tmp_path):
     assert {"train/loss", "train/lr", "train/images_per_s", "val/mIoU", "val/pixel_acc", "val/mean_class_acc",
             "val/fwIoU", "val/iou/background"} <= scalars
     assert [e.step for e in events.Scalars("val/mIoU")] == [2, 3]
-    images = {"val/input_truth_prediction", "val/confusion_matrix", "val/per_class_iou"}
+    images = {"val/input_truth_prediction", "val/confusion_matrix", "val/per_class_iou", "val/worst_images"}
     assert {tag: [e.step for e in events.Images(tag)] for tag in images} == dict.fromkeys(images, [2, 3])
     assert "val @ iter 3" in (run_dir / "train.log").read_text()
 

@@ -15,26 +15,33 @@ from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.engine.tta import check_tta, is_channels_last
 from deeplab.errors import ConfigError
-from deeplab.figures import MissingDependency, confusion_figure, iou_chart
+from deeplab.figures import MissingDependency, confusion_figure, iou_chart, worst_grid
 from deeplab.inference import model_from_checkpoint
 from deeplab.metrics import ImageScores, format_metrics, format_worst, image_ids, json_text, per_image_csv
 from deeplab.schema import ranged
 from deeplab.torch_files import folder_lock
+from deeplab.visualization import palette_array
 
 FIGURES = ("confusion_matrix.png", "per_class_iou.png")
+WORST_FIGURE = "worst_images.png"
 
 
-def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str]) -> list[str]:
-    """confusion_matrix.png and per_class_iou.png in `output_dir`; the files written. Without matplotlib none, and
-    one printed line saying so and how to get them: the metrics stand without their pictures."""
+def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str], worst: list | None = None,
+                  table=None, ignore_index: int = 255) -> list[str]:
+    """confusion_matrix.png and per_class_iou.png in `output_dir`, and worst_images.png where `worst` holds the
+    worst images' pictures (`ImageScores.pictures`, coloured with `table`); the files written. Without matplotlib
+    none, and one printed line saying so and how to get them: the metrics stand without their pictures."""
+    figures = (*FIGURES, WORST_FIGURE) if worst else FIGURES
     try:
         images = [confusion_figure(confusion, names), iou_chart(metrics["per_class_iou"], names, metrics["mIoU"])]
+        if worst:
+            images.append(worst_grid(worst, table, ignore_index=ignore_index))
     except MissingDependency as exc:
-        print(f"{' and '.join(FIGURES)} skipped: {exc}")
+        print(f"{' and '.join(figures)} skipped: {exc}")
         return []
-    for name, image in zip(FIGURES, images):  # encoded, then written: a full disk is an OSError user_errors words
+    for name, image in zip(figures, images):  # encoded, then written: a full disk is an OSError user_errors words
         (output_dir / name).write_bytes(cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))[1].tobytes())
-    return list(FIGURES)
+    return list(figures)
 
 
 # the evaluate-only keys' types and ranges (evaluate.yaml gives their defaults)
@@ -55,7 +62,7 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     resolve_precision(cfg.precision, device.type)
     check_tta(scales=cfg.scales, window=cfg.window, stride=cfg.stride, flip=cfg.flip)
     typed_settings(cfg, SETTINGS)
-    existing = [output_dir / name for name in ("metrics.json", PER_IMAGE, *FIGURES) if (output_dir / name).exists()]
+    existing = [output_dir / name for name in ("metrics.json", PER_IMAGE, *FIGURES, WORST_FIGURE) if (output_dir / name).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"{existing[0]}: exists already (an earlier evaluation in this run folder); give this one "
                           f"its own folder (another hydra.run.dir=..., or none for a dated one), or set overwrite=true")
@@ -97,7 +104,10 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     result = {"source": str(cfg.checkpoint or cfg.predictions), "split": split, "images": len(dataset),
               "class_names": names, **metrics, "confusion_matrix": matrix.mat.cpu().tolist()}
     (output_dir / "metrics.json").write_text(json_text(result, indent=2))
-    written = ["metrics.json", *write_figures(output_dir, result["confusion_matrix"], metrics, names)]
+    written = ["metrics.json", *write_figures(output_dir, result["confusion_matrix"], metrics, names,
+                                              worst=scores.pictures(), ignore_index=data["ignore_index"],
+                                              table=palette_array(data.get("palette"),
+                                                                  ignore_index=data["ignore_index"]))]
     if scores.counts:  # every image scored on its own (not under a peer's protocol)
         (output_dir / PER_IMAGE).write_text(per_image_csv(scores.rows(), names))
         written.insert(1, PER_IMAGE)

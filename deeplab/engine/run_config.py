@@ -48,7 +48,7 @@ class TrainerSettings:
     sync_bn: bool | None = None  # None: on when more than one process trains on GPUs
     deterministic: bool = False
     grid_images: NonNegativeInt = 4
-    log_figures: bool = True  # TensorBoard's confusion matrix and per-class IoU images at each validation
+    log_figures: bool = True  # TensorBoard's confusion matrix, per-class IoU and worst images at each validation
     preflight_samples: NonNegativeInt = 8
 
 

@@ -17,7 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from deeplab.engine.run_config import _flat
-from deeplab.figures import MissingDependency, confusion_figure, iou_chart
+from deeplab.figures import MissingDependency, confusion_figure, iou_chart, worst_grid
 from deeplab.metrics import json_text
 from deeplab.torch_files import atomic_write
 from deeplab.visualization import comparison_grid, denormalize
@@ -40,6 +40,7 @@ def ensure_log_file(path: Path) -> logging.Handler | None:
 
 
 HISTORY_FILE = "metrics.jsonl"
+WORST_IMAGES = 8  # the worst validation images by mean IoU in val/worst_images (trainer.log_figures)
 # the hparams every run shows, whatever its command line set: the HParams view's columns line up across runs
 CORE_HPARAMS = ("model.backbone.name", "optim.name", "optim.lr", "schedule.name", "loss.name", "trainer.iterations",
                 "trainer.batch_size", "dataset.format")
@@ -154,7 +155,8 @@ class RunLogger:
 
     def __init__(self, output_dir: Path, *, class_names: Sequence[str], palette: np.ndarray,
                  mean: Sequence[float], std: Sequence[float], start_iter: int = 0,
-                 hparams: Mapping[str, int | float | str] | None = None, iterations: int | None = None) -> None:
+                 hparams: Mapping[str, int | float | str] | None = None, iterations: int | None = None,
+                 ignore_index: int = 255) -> None:
         self.handler = ensure_log_file(output_dir / "train.log")
         tb = output_dir / "tb"
         first_session = not has_hparams(tb)
@@ -164,6 +166,7 @@ class RunLogger:
         self.writer = SummaryWriter(str(tb), purge_step=start_iter + 1 if start_iter else None)
         self.history = RunHistory(output_dir / HISTORY_FILE, start_iter=start_iter)
         self.class_names, self.palette, self.mean, self.std = list(class_names), palette, mean, std
+        self.ignore_index = ignore_index
         self.figures = True  # the confusion matrix and per-class IoU images, until matplotlib turns out missing
         self.iterations, self.session_end, self.per_group_lr = iterations, None, False
         if hparams is not None:
@@ -188,10 +191,11 @@ class RunLogger:
         log.info("iter %d  loss %.4f  lr %.3e  %.1f img/s", iteration, loss, lr, images_per_s)
 
     def validation(self, iteration: int, metrics: dict, kept: list, *, best: float,
-                   confusion: np.ndarray | None = None) -> None:
+                   confusion: np.ndarray | None = None, worst: list | None = None) -> None:
         """The validation's line in metrics.jsonl, scalars, image grid and log line; with `confusion` (the C x C
         counts, rows truth) also val/confusion_matrix and val/per_class_iou as images (`deeplab.figures`; one warning
-        and none without matplotlib). The HParams view's metrics: hparams/best_mIoU at every validation;
+        and none without matplotlib), and with `worst` (`ImageScores.pictures`) val/worst_images, the worst images
+        by mean IoU as image | truth | prediction | errors. The HParams view's metrics: hparams/best_mIoU at every validation;
         hparams/final_mIoU and the session's end at the one at trainer.iterations."""
         self.history.write("val", iteration, {**metrics, "best_mIoU": best,
                                               "per_class_iou": dict(zip(self.class_names, metrics["per_class_iou"]))})
@@ -215,9 +219,13 @@ class RunLogger:
                                       dataformats="HWC")
                 self.writer.add_image("val/per_class_iou", iou_chart(metrics["per_class_iou"], self.class_names,
                                                                      metrics["mIoU"]), iteration, dataformats="HWC")
+                if worst:
+                    self.writer.add_image("val/worst_images", worst_grid(worst, self.palette,
+                                                                         ignore_index=self.ignore_index),
+                                          iteration, dataformats="HWC")
             except MissingDependency as exc:
                 self.figures = False
-                log.warning("TensorBoard's confusion matrix and per-class IoU images are skipped for this run: %s", exc)
+                log.warning("TensorBoard's confusion matrix, per-class IoU and worst images are skipped for this run: %s", exc)
         self.writer.flush()
         per_class = "  ".join(f"{n}:{'-' if v is None else f'{v:.3f}'}"
                               for n, v in zip(self.class_names, metrics["per_class_iou"]))

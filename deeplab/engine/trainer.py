@@ -32,9 +32,10 @@ from deeplab.engine.run_state import (Classes, Run, bad_sample_error, interrupti
                                       owes_validation, save_run)
 from deeplab.engine.run_dir import decide_run, remove_stub, run_dir_lock, started_by
 from deeplab.engine.step import TrainingDiverged, optimizer_step, unwrap
-from deeplab.engine.tracking import RunLogger, lrs_by_group, run_hparams
+from deeplab.engine.tracking import WORST_IMAGES, RunLogger, lrs_by_group, run_hparams
 from deeplab.errors import ConfigError, one_line
 from deeplab.losses import build_loss
+from deeplab.metrics import ImageScores, image_ids
 from deeplab.model import build_model, rebuild_model, upgrade_model_config
 from deeplab.model.backbone import backbone_architecture
 from deeplab.model.decoder import use_fast_convs
@@ -64,11 +65,16 @@ def validate(run: Run, iteration: int) -> dict:
     # process without images; and no cuDNN autotuning for each new full-resolution size (a tuning per image)
     model = run.ema.module if run.ema is not None else unwrap(run.model)
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
+    # trainer.log_figures: the worst images too (this process's share of the split), for TensorBoard's grid
+    scores = ImageScores(image_ids([image for image, _ in run.val_batches.dataset.samples]), worst=WORST_IMAGES,
+                         mean=run.logger.mean, std=run.logger.std) \
+        if run.logger and run.settings.log_figures else None
     try:
         matrix, kept = evaluate(model, run.val_batches, num_classes=run.classes.count, device=run.device,
                                 ignore_index=run.classes.ignore_index, precision=run.precision,
                                 channels_last=run.settings.channels_last, keep=run.settings.grid_images,
-                                progress=None if run.dist.is_main else False, desc="validate")  # under the train bar
+                                progress=None if run.dist.is_main else False, desc="validate",  # under the train bar
+                                scores=scores)
     finally:
         torch.backends.cudnn.benchmark = benchmark
     metrics = matrix.compute()
@@ -78,7 +84,8 @@ def validate(run: Run, iteration: int) -> dict:
         run.best_miou = metrics["mIoU"]
     if run.logger:
         run.logger.validation(iteration, metrics, kept, best=run.best_miou,  # trainer.log_figures: the figures
-                              confusion=matrix.mat.cpu().numpy() if run.settings.log_figures else None)
+                              confusion=matrix.mat.cpu().numpy() if run.settings.log_figures else None,
+                              worst=scores.pictures() if scores is not None else None)
     if improved:  # every process validates, so every one's RNG is saved
         save_run(run, iteration, "best.pt")
     return metrics
@@ -352,6 +359,7 @@ def train_in(run_dir: Path, config: dict, state: dict | None, overrides: Sequenc
         data = config["dataset"]
         run.logger = RunLogger(run_dir, class_names=data["class_names"], palette=palette_array(
             data.get("palette"), ignore_index=data["ignore_index"]), mean=data["mean"], std=data["std"],
+            ignore_index=data["ignore_index"],
             start_iter=start, hparams=run_hparams(config, overrides), iterations=settings.iterations)
         log.info("training on %s (%s, %d process(es)) for %d iterations from %d; run dir %s", run.device,
                  TrainingPlan(run.precision, run.settings.channels_last, run.settings.fast_convs),
