@@ -13,7 +13,8 @@ from conftest import compose, make_voc_tree
 from deeplab.cli.evaluate import run as evaluate_run
 from deeplab.errors import ConfigError
 from deeplab.figures import ERROR_RED, error_panel, worst_grid
-from deeplab.metrics import ConfusionMatrix, ImageScores, image_ids, image_scores, per_image_csv
+from deeplab.metrics import (BoundaryIoU, ConfusionMatrix, ImageScores, boundary_region, image_ids, image_scores,
+                             per_image_csv)
 from deeplab.visualization import palette_array
 
 
@@ -132,3 +133,44 @@ def test_evaluate_draws_the_worst_images(tmp_path, capsys):
         for name in ("confusion_matrix.png", "per_class_iou.png"):
             (tmp_path / "out" / name).unlink()
         evaluate_run(cfg, tmp_path / "out")
+
+
+def test_boundary_iou_of_a_square_shifted_by_one_pixel():
+    # 4x4 squares, d = 1 px (2% of a 10x10 diagonal rounds to 0, raised to 1): each boundary is the 12-pixel ring;
+    # shifted one column, the rings share 3 pixels on the top row and 3 on the bottom: 6 / (12 + 12 - 6)
+    truth = np.zeros((10, 10), np.int64)
+    truth[2:6, 2:6] = 1
+    pred = np.zeros_like(truth)
+    pred[2:6, 3:7] = 1
+    assert boundary_region(truth == 1, 1).sum() == 12
+    boundary = BoundaryIoU(3)
+    boundary.update(pred, truth)
+    boundary.update(pred, np.full_like(truth, 255))  # an all-ignore image adds nothing
+    m = boundary.compute()
+    assert m["per_class_boundary_iou"][1] == pytest.approx(1 / 3)
+    assert m["per_class_boundary_iou"][2] is None, "a class in neither truth nor prediction has no boundary IoU"
+    assert m["mBoundaryIoU"] == pytest.approx((m["per_class_boundary_iou"][0] + 1 / 3) / 2)
+    perfect = BoundaryIoU(3)
+    perfect.update(truth, truth)
+    assert perfect.compute()["per_class_boundary_iou"][:2] == [1.0, 1.0]
+
+
+def test_boundary_is_the_whole_of_a_thin_mask_and_the_ring_of_a_wide_one():
+    mask = np.zeros((100, 100), bool)
+    mask[10:90, 10:90] = True
+    d = round(0.02 * np.hypot(100, 100))  # 3 px
+    assert boundary_region(mask, d).sum() == 80 * 80 - 74 * 74
+    pole = np.zeros((100, 100), bool)
+    pole[:, 50:53] = True
+    assert boundary_region(pole, d).sum() == pole.sum()  # a 3 px wide pole is all boundary
+
+
+def test_evaluate_boundary_true(tmp_path, capsys):
+    tree, predictions = voc_predictions(tmp_path, broken="2008_000002")
+    cfg = compose("evaluate", [f"predictions={predictions}", "dataset=voc", f"dataset.root={tree}", "boundary=true"])
+    result = evaluate_run(cfg, tmp_path / "out")
+    assert 0 < result["mBoundaryIoU"] < 1 and result["boundary_dilation"] == 0.02
+    assert len(result["per_class_boundary_iou"]) == 21 and "boundary" in capsys.readouterr().out
+    plain = evaluate_run(compose("evaluate", [f"predictions={predictions}", "dataset=voc", f"dataset.root={tree}"]),
+                         tmp_path / "plain")
+    assert "mBoundaryIoU" not in plain

@@ -13,7 +13,7 @@ from deeplab.engine.distributed import any_process, first_problem
 from deeplab.engine.precision import autocast, inference_precision
 from deeplab.engine.tta import predict_probs
 from deeplab.errors import one_line
-from deeplab.metrics import ConfusionMatrix, ImageScores
+from deeplab.metrics import BoundaryIoU, ConfusionMatrix, ImageScores
 from deeplab.progress import progress_bar
 
 
@@ -29,7 +29,8 @@ class ScoringProblem(DataError):
 def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: torch.device,
              ignore_index: int = 255, precision: str = "fp32", channels_last: bool = False,
              keep: int = 0, tta: dict | None = None, progress: bool | None = None,
-             desc: str = "evaluate", scores: ImageScores | None = None) -> tuple[ConfusionMatrix, list]:
+             desc: str = "evaluate", scores: ImageScores | None = None,
+             boundary: BoundaryIoU | None = None) -> tuple[ConfusionMatrix, list]:
     """Score every (image, mask) batch; returns the reduced confusion matrix and the first `keep` samples.
 
     `tta` (scales, flip, window, stride) switches to test-time augmentation / sliding windows. Kept samples are
@@ -38,7 +39,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
     deeplab.progress); opened under another bar (validation in training), it sits below it and is cleared when done.
     A bad sample on any process stops every one of them with the same ScoringProblem (none is left waiting in the
     reduction). `scores` gets each image's per-class counts by its dataset index (this process's images; a
-    DataLoader's sampler gives the indices, else they count from 0) and keeps the worst images' pictures.
+    DataLoader's sampler gives the indices, else they count from 0) and keeps the worst images' pictures;
+    `boundary` gets each image's prediction and truth (on the CPU) for boundary IoU.
     """
     was_training = model.training
     model.eval()
@@ -71,6 +73,9 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
                 for i, index in zip(range(len(images)), order):
                     scores.add(index, counts[i], lambda i=i: (images[i].cpu(), masks[i].cpu().numpy(),
                                                                pred[i].cpu().numpy()))
+            if boundary is not None:
+                for image_pred, image_mask in zip(pred.cpu().numpy(), masks.cpu().numpy()):
+                    boundary.update(image_pred, image_mask)
             for i in range(min(keep - len(kept), len(images))):
                 kept.append((images[i].cpu(), masks[i].cpu().numpy(), pred[i].cpu().numpy()))
             bar.update(len(images))
@@ -91,9 +96,9 @@ def _until_a_problem(batches: Iterable) -> Iterable:
 
 
 def score_predictions(dataset: SegmentationDataset, folder: str | Path, *, progress: bool | None = None,
-                      scores: ImageScores | None = None) -> ConfusionMatrix:
+                      scores: ImageScores | None = None, boundary: BoundaryIoU | None = None) -> ConfusionMatrix:
     """Score index PNGs named like the dataset's masks (stem.png) against them, with no model involved.
-    `progress` and `scores` as in `evaluate`."""
+    `progress`, `scores` and `boundary` as in `evaluate`."""
     folder = Path(folder)
     matrix = ConfusionMatrix(dataset.num_classes, ignore_index=dataset.ignore_index)
     with progress_bar(dataset.samples, desc="score", unit=" images", progress=progress) as samples:
@@ -116,4 +121,6 @@ def score_predictions(dataset: SegmentationDataset, folder: str | Path, *, progr
             else:
                 counts = matrix.update_per_image(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None])
                 scores.add(index, counts[0].numpy(), lambda: (image, truth, pred))
+            if boundary is not None:
+                boundary.update(pred, truth)
     return matrix
