@@ -13,6 +13,7 @@ from deeplab.data.transforms import eval_transform
 from deeplab.engine.evaluator import evaluate, score_predictions
 from deeplab.engine.loaders import val_loader
 from deeplab.engine.precision import resolve_device, resolve_precision
+from deeplab.engine.protocols import check_protocol, protocol_confusion, protocol_metrics
 from deeplab.engine.tta import check_tta, is_channels_last
 from deeplab.errors import ConfigError
 from deeplab.figures import MissingDependency, confusion_figure, iou_chart, worst_grid
@@ -63,6 +64,8 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     device = resolve_device(cfg.device)  # the settings first: nothing is loaded or written for a wrong one
     resolve_precision(cfg.precision, device.type)
     check_tta(scales=cfg.scales, window=cfg.window, stride=cfg.stride, flip=cfg.flip)
+    protocol = cfg.get("protocol", "full")
+    check_protocol(protocol, scales=cfg.scales, flip=cfg.flip, window=cfg.window, predictions=cfg.predictions)
     typed_settings(cfg, SETTINGS)
     existing = [output_dir / name for name in ("metrics.json", PER_IMAGE, *FIGURES, WORST_FIGURE) if (output_dir / name).exists()]
     if existing and not cfg.overwrite:
@@ -93,7 +96,11 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
                          std=data["std"])  # per_image.csv and the worst images
     boundary = BoundaryIoU(data["num_classes"], ignore_index=data["ignore_index"], dilation=cfg.boundary_dilation) \
         if cfg.boundary else None
-    if model is not None:
+    if model is not None and protocol != "full":  # a peer's own evaluation (deeplab.engine.protocols): fp32 as the
+        precision = "fp32" if cfg.precision == "auto" else resolve_precision(cfg.precision, device.type)  # peers
+        matrix = protocol_confusion(protocol, model, dataset, mean=data["mean"], std=data["std"], device=device,
+                                    precision=precision)
+    elif model is not None:
         tta = dict(scales=tuple(cfg.scales), flip=cfg.flip, window=cfg.window, stride=cfg.stride)
         loader = val_loader(dataset, rank=0, world_size=1, num_workers=cfg.num_workers, pin_memory=False)
         matrix, _ = evaluate(model, loader, num_classes=data["num_classes"], device=device,
@@ -101,13 +108,15 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
                              channels_last=is_channels_last(model), tta=tta, scores=scores, boundary=boundary)
     else:
         matrix = score_predictions(dataset, cfg.predictions, scores=scores, boundary=boundary)
-    metrics = matrix.compute()
+    metrics = protocol_metrics(protocol, matrix)
     if boundary is not None and boundary.union.any():  # boundary=true (not under a peer's protocol)
         metrics.update(boundary.compute())
     names = data.get("class_names") or [str(i) for i in range(data["num_classes"])]
-    print(f"{cfg.checkpoint or cfg.predictions} on {data['format']} split '{split}' ({len(dataset)} images)")
+    print(f"{cfg.checkpoint or cfg.predictions} on {data['format']} split '{split}' ({len(dataset)} images"
+          f"{'' if protocol == 'full' else f', protocol={protocol}'})")
     print(format_metrics(metrics, names))
     result = {"source": str(cfg.checkpoint or cfg.predictions), "split": split, "images": len(dataset),
+              "protocol": protocol,
               "class_names": names, **metrics, "confusion_matrix": matrix.mat.cpu().tolist()}
     (output_dir / "metrics.json").write_text(json_text(result, indent=2))
     written = ["metrics.json", *write_figures(output_dir, result["confusion_matrix"], metrics, names,
