@@ -362,3 +362,37 @@ def worst_grid(pictures: Sequence[tuple[str, float, tuple]], table: np.ndarray, 
         ax.imshow(row, interpolation="nearest")
         ax.set_axis_off()
     return _to_array(fig)
+
+
+def reliability_diagram(bins: dict, ece: float) -> np.ndarray:
+    """The reliability diagram of `Calibration.compute`'s bins as an RGB uint8 image: each confidence bin's accuracy
+    as a bar against the diagonal a calibrated model follows, the gap to it shaded, and the share of pixels per bin
+    below; titled with the expected calibration error."""
+    mpl = _matplotlib()
+    count = len(bins["pixels"])
+    edges = np.linspace(0, 1, count + 1)
+    accuracy = np.array([np.nan if v is None else v for v in bins["accuracy"]])
+    confidence = np.array([np.nan if v is None else v for v in bins["confidence"]])
+    pixels = np.asarray(bins["pixels"], np.float64)
+    fig = mpl.Figure(dpi=DPI, facecolor="white", figsize=(5.5, 6.5))
+    mpl.Canvas(fig)
+    ax = fig.add_axes((0.14, 0.33, 0.8, 0.58))
+    filled = ~np.isnan(accuracy)
+    ax.bar(edges[:-1][filled], accuracy[filled], width=1 / count, align="edge", color="#4c72b0", edgecolor="#203040",
+           linewidth=0.5, label="accuracy")
+    ax.bar(edges[:-1][filled], (confidence - accuracy)[filled], bottom=accuracy[filled], width=1 / count,
+           align="edge", color="#dd8452", alpha=0.45, edgecolor="#8c3d10", linewidth=0.5, hatch="//",
+           label="gap to the mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="#404040", linewidth=1, label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"reliability diagram, {count} bins\nexpected calibration error {ece:.4f}", fontsize=11)
+    share = fig.add_axes((0.14, 0.08, 0.8, 0.17))
+    share.bar(edges[:-1], pixels / max(pixels.sum(), 1), width=1 / count, align="edge", color="#808080")
+    share.set_xlim(0, 1)
+    share.set_xlabel("confidence (top-class probability)", fontsize=10)
+    share.set_ylabel("share of pixels", fontsize=9)
+    share.tick_params(labelsize=8)
+    return _to_array(fig)

@@ -146,6 +146,43 @@ class BoundaryIoU:
                 "boundary_dilation": self.dilation}
 
 
+class Calibration:
+    """Expected calibration error of the top-class probability over labelled pixels: the pixels binned by that
+    confidence into `bins` equal-width bins ([0, 1/15), ..., [14/15, 1]), ECE = sum over bins of
+    (n_b / N) |accuracy_b - mean confidence_b|, accuracy being the share of the bin's pixels whose top class is
+    right."""
+
+    def __init__(self, *, bins: int = 15, ignore_index: int = 255, device: torch.device | str = "cpu") -> None:
+        self.bins, self.ignore_index = bins, ignore_index
+        self.count = torch.zeros(bins, dtype=torch.float64, device=device)
+        self.confidence = torch.zeros(bins, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(bins, dtype=torch.float64, device=device)
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        """(B, C, H, W) class probabilities (averaged over scales and flips where test-time augmentation is on) and
+        the (B, H, W) truth."""
+        confidence, pred = probs.float().max(1)
+        keep = target != self.ignore_index
+        confidence, right = confidence[keep].double(), (pred[keep] == target[keep]).double()
+        index = (confidence * self.bins).long().clamp(0, self.bins - 1)
+        self.count += torch.bincount(index, minlength=self.bins).double()
+        self.confidence += torch.bincount(index, weights=confidence, minlength=self.bins)
+        self.correct += torch.bincount(index, weights=right, minlength=self.bins)
+
+    def compute(self) -> dict:
+        count, confidence, correct = self.count.cpu(), self.confidence.cpu(), self.correct.cpu()
+        total = float(count.sum())
+        filled = count > 0
+        accuracy = torch.where(filled, correct / count.clamp(min=1), torch.nan)
+        mean_confidence = torch.where(filled, confidence / count.clamp(min=1), torch.nan)
+        gaps = (count / max(total, 1.0)) * (accuracy - mean_confidence).abs()
+        return {"ece": float(gaps[filled].sum()) if total > 0 else float("nan"),
+                "calibration_bins": {"pixels": [int(v) for v in count],
+                                     "accuracy": [float(v) if filled[i] else None for i, v in enumerate(accuracy)],
+                                     "confidence": [float(v) if filled[i] else None
+                                                    for i, v in enumerate(mean_confidence)]}}
+
+
 def image_ids(paths: Sequence[str | Path]) -> list[str]:
     """Each image's id: its path relative to the folder holding all of them (the dataset's image folder), with '/'
     separators; a single image's is its file name."""
@@ -248,6 +285,8 @@ def format_metrics(metrics: dict, class_names: list[str]) -> str:
     lines.append(f"{'mIoU and means':<20}" + "".join(f"{metrics[mean]:>11.4f}" for _, _, mean in columns) +
                  f"   (over {sum(v is not None for v in metrics['per_class_iou'])} classes present in truth or "
                  "prediction)")
+    if "ece" in metrics:
+        lines.append(f"expected calibration error {metrics['ece']:.4f} (15 bins of the top-class probability)")
     lines.append(f"pixel acc {metrics['pixel_acc']:.4f}   mean class acc {metrics['mean_class_acc']:.4f}   "
                  f"fwIoU {metrics['fwIoU']:.4f}   ({metrics['pixels']:,} labelled pixels)")
     return "\n".join(lines)

@@ -13,8 +13,8 @@ from conftest import compose, make_voc_tree
 from deeplab.cli.evaluate import run as evaluate_run
 from deeplab.errors import ConfigError
 from deeplab.figures import ERROR_RED, error_panel, worst_grid
-from deeplab.metrics import (BoundaryIoU, ConfusionMatrix, ImageScores, boundary_region, image_ids, image_scores,
-                             per_image_csv)
+from deeplab.metrics import (BoundaryIoU, Calibration, ConfusionMatrix, ImageScores, boundary_region, image_ids,
+                             image_scores, per_image_csv)
 from deeplab.visualization import palette_array
 
 
@@ -174,3 +174,29 @@ def test_evaluate_boundary_true(tmp_path, capsys):
     plain = evaluate_run(compose("evaluate", [f"predictions={predictions}", "dataset=voc", f"dataset.root={tree}"]),
                          tmp_path / "plain")
     assert "mBoundaryIoU" not in plain
+
+
+def test_expected_calibration_error_by_hand():
+    # four labelled pixels, two classes; top-class probability and whether the top class is right:
+    # 0.95 right, 0.97 right (bin 14: confidence 0.96, accuracy 1), 0.62 wrong, 0.64 right (bin 9: 0.63, 0.5);
+    # a fifth pixel is ignore. ECE = 2/4 |1 - 0.96| + 2/4 |0.5 - 0.63| = 0.02 + 0.065
+    top = torch.tensor([0.95, 0.97, 0.62, 0.64, 0.99])
+    probs = torch.stack([top, 1 - top]).view(1, 2, 1, 5)
+    target = torch.tensor([[[0, 0, 1, 0, 255]]])
+    calibration = Calibration()
+    calibration.update(probs, target)
+    calibration.update(probs, torch.full_like(target, 255))  # an all-ignore image adds nothing
+    m = calibration.compute()
+    assert m["ece"] == pytest.approx(0.085)
+    assert m["calibration_bins"]["pixels"][14] == 2 and m["calibration_bins"]["pixels"][9] == 2
+    assert m["calibration_bins"]["accuracy"][9] == 0.5 and m["calibration_bins"]["confidence"][0] is None
+    assert math.isnan(Calibration().compute()["ece"])
+
+
+def test_evaluate_calibration_with_flip_and_scales(trained, tmp_path, capsys):
+    tree, checkpoint = trained
+    cfg = compose("evaluate", [f"checkpoint={checkpoint}", f"data_root={tree}", "num_workers=0", "precision=fp32",
+                               "calibration=true", "flip=true", "scales=[0.75,1.0]", "worst=2"])
+    result = evaluate_run(cfg, tmp_path / "out")
+    assert 0 <= result["ece"] <= 1 and sum(result["calibration_bins"]["pixels"]) == result["pixels"]
+    assert (tmp_path / "out" / "calibration.png").is_file() and "calibration error" in capsys.readouterr().out

@@ -19,8 +19,8 @@ from deeplab.figures import (MIN_FONT, NUMBERS_UP_TO, MissingDependency, absent_
 from deeplab.metrics import ConfusionMatrix
 from deeplab.visualization import palette_array
 
-METRICS_KEYS = {"source", "split", "images", "class_names", "mIoU", "pixel_acc", "mean_class_acc", "fwIoU",
-                "per_class_iou", "pixels", "confusion_matrix", "per_class_precision", "per_class_recall",
+METRICS_KEYS = {"source", "split", "images", "protocol", "class_names", "mIoU", "pixel_acc", "mean_class_acc",
+                "fwIoU", "per_class_iou", "pixels", "confusion_matrix", "per_class_precision", "per_class_recall",
                 "per_class_f1", "mPrecision", "mRecall", "mF1"}
 
 

@@ -16,15 +16,16 @@ from deeplab.engine.precision import resolve_device, resolve_precision
 from deeplab.engine.protocols import check_protocol, protocol_confusion, protocol_metrics
 from deeplab.engine.tta import check_tta, is_channels_last
 from deeplab.errors import ConfigError
-from deeplab.figures import MissingDependency, confusion_figure, iou_chart, worst_grid
+from deeplab.figures import MissingDependency, confusion_figure, iou_chart, reliability_diagram, worst_grid
 from deeplab.inference import model_from_checkpoint
-from deeplab.metrics import BoundaryIoU, ImageScores, format_metrics, format_worst, image_ids, json_text, per_image_csv
+from deeplab.metrics import (BoundaryIoU, Calibration, ImageScores, format_metrics, format_worst, image_ids,
+                             json_text, per_image_csv)
 from deeplab.schema import ranged
 from deeplab.torch_files import folder_lock
 from deeplab.visualization import palette_array
 
 FIGURES = ("confusion_matrix.png", "per_class_iou.png")
-WORST_FIGURE = "worst_images.png"
+WORST_FIGURE, CALIBRATION_FIGURE = "worst_images.png", "calibration.png"
 
 
 def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str], worst: list | None = None,
@@ -32,11 +33,13 @@ def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str], 
     """confusion_matrix.png and per_class_iou.png in `output_dir`, and worst_images.png where `worst` holds the
     worst images' pictures (`ImageScores.pictures`, coloured with `table`); the files written. Without matplotlib
     none, and one printed line saying so and how to get them: the metrics stand without their pictures."""
-    figures = (*FIGURES, WORST_FIGURE) if worst else FIGURES
+    figures = (*FIGURES, *[WORST_FIGURE] * bool(worst), *[CALIBRATION_FIGURE] * ("ece" in metrics))
     try:
         images = [confusion_figure(confusion, names), iou_chart(metrics["per_class_iou"], names, metrics["mIoU"])]
         if worst:
             images.append(worst_grid(worst, table, ignore_index=ignore_index))
+        if "ece" in metrics:
+            images.append(reliability_diagram(metrics["calibration_bins"], metrics["ece"]))
     except MissingDependency as exc:
         print(f"{' and '.join(figures)} skipped: {exc}")
         return []
@@ -49,7 +52,7 @@ def write_figures(output_dir: Path, confusion, metrics: dict, names: list[str], 
 SETTINGS = {**dict.fromkeys(("fast", "compile", "overwrite"), bool),
             "num_workers": ranged(int, lambda v: v >= 0, "a whole number >= 0 (0 reads images in this process)"),
             "worst": ranged(int, lambda v: v >= 0, "a whole number >= 0 (0 draws no worst images)"),
-            "boundary": bool,
+            "boundary": bool, "calibration": bool,
             "boundary_dilation": ranged(float, lambda v: 0 < v <= 1, "a share of the image diagonal, 0 < d <= 1")}
 PER_IMAGE, WORST_PRINTED = "per_image.csv", 10
 
@@ -67,7 +70,8 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
     protocol = cfg.get("protocol", "full")
     check_protocol(protocol, scales=cfg.scales, flip=cfg.flip, window=cfg.window, predictions=cfg.predictions)
     typed_settings(cfg, SETTINGS)
-    existing = [output_dir / name for name in ("metrics.json", PER_IMAGE, *FIGURES, WORST_FIGURE) if (output_dir / name).exists()]
+    existing = [output_dir / name for name in ("metrics.json", PER_IMAGE, *FIGURES, WORST_FIGURE, CALIBRATION_FIGURE)
+                if (output_dir / name).exists()]
     if existing and not cfg.overwrite:
         raise ConfigError(f"{existing[0]}: exists already (an earlier evaluation in this run folder); give this one "
                           f"its own folder (another hydra.run.dir=..., or none for a dated one), or set overwrite=true")
@@ -96,6 +100,7 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
                          std=data["std"])  # per_image.csv and the worst images
     boundary = BoundaryIoU(data["num_classes"], ignore_index=data["ignore_index"], dilation=cfg.boundary_dilation) \
         if cfg.boundary else None
+    calibration = Calibration(ignore_index=data["ignore_index"], device=device) if cfg.calibration else None
     if model is not None and protocol != "full":  # a peer's own evaluation (deeplab.engine.protocols): fp32 as the
         precision = "fp32" if cfg.precision == "auto" else resolve_precision(cfg.precision, device.type)  # peers
         matrix = protocol_confusion(protocol, model, dataset, mean=data["mean"], std=data["std"], device=device,
@@ -105,12 +110,15 @@ def run(cfg: DictConfig, output_dir: str | Path, record: Record | None = None) -
         loader = val_loader(dataset, rank=0, world_size=1, num_workers=cfg.num_workers, pin_memory=False)
         matrix, _ = evaluate(model, loader, num_classes=data["num_classes"], device=device,
                              ignore_index=data["ignore_index"], precision=resolve_precision(cfg.precision, device.type),
-                             channels_last=is_channels_last(model), tta=tta, scores=scores, boundary=boundary)
+                             channels_last=is_channels_last(model), tta=tta, scores=scores, boundary=boundary,
+                             calibration=calibration)
     else:
         matrix = score_predictions(dataset, cfg.predictions, scores=scores, boundary=boundary)
     metrics = protocol_metrics(protocol, matrix)
     if boundary is not None and boundary.union.any():  # boundary=true (not under a peer's protocol)
         metrics.update(boundary.compute())
+    if calibration is not None and calibration.count.sum() > 0:  # calibration=true with a model
+        metrics.update(calibration.compute())
     names = data.get("class_names") or [str(i) for i in range(data["num_classes"])]
     print(f"{cfg.checkpoint or cfg.predictions} on {data['format']} split '{split}' ({len(dataset)} images"
           f"{'' if protocol == 'full' else f', protocol={protocol}'})")

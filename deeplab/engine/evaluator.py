@@ -13,7 +13,7 @@ from deeplab.engine.distributed import any_process, first_problem
 from deeplab.engine.precision import autocast, inference_precision
 from deeplab.engine.tta import predict_probs
 from deeplab.errors import one_line
-from deeplab.metrics import BoundaryIoU, ConfusionMatrix, ImageScores
+from deeplab.metrics import BoundaryIoU, Calibration, ConfusionMatrix, ImageScores
 from deeplab.progress import progress_bar
 
 
@@ -30,7 +30,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
              ignore_index: int = 255, precision: str = "fp32", channels_last: bool = False,
              keep: int = 0, tta: dict | None = None, progress: bool | None = None,
              desc: str = "evaluate", scores: ImageScores | None = None,
-             boundary: BoundaryIoU | None = None) -> tuple[ConfusionMatrix, list]:
+             boundary: BoundaryIoU | None = None,
+             calibration: Calibration | None = None) -> tuple[ConfusionMatrix, list]:
     """Score every (image, mask) batch; returns the reduced confusion matrix and the first `keep` samples.
 
     `tta` (scales, flip, window, stride) switches to test-time augmentation / sliding windows. Kept samples are
@@ -40,7 +41,8 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
     A bad sample on any process stops every one of them with the same ScoringProblem (none is left waiting in the
     reduction). `scores` gets each image's per-class counts by its dataset index (this process's images; a
     DataLoader's sampler gives the indices, else they count from 0) and keeps the worst images' pictures;
-    `boundary` gets each image's prediction and truth (on the CPU) for boundary IoU.
+    `boundary` gets each image's prediction and truth (on the CPU) for boundary IoU; `calibration` the class
+    probabilities (those averaged over scales and flips with `tta`) and truth.
     """
     was_training = model.training
     model.eval()
@@ -62,10 +64,15 @@ def evaluate(model: nn.Module, batches: Iterable, *, num_classes: int, device: t
             if precision == "auto":  # measured on the first image, once per process (see inference_precision)
                 precision = inference_precision(model, images)
             if tta:
-                pred = predict_probs(model, images, precision=precision, **tta).argmax(1)
+                probs = predict_probs(model, images, precision=precision, **tta)
+                pred = probs.argmax(1)
             else:
                 with autocast(device.type, precision):
-                    pred = model(images).argmax(1)
+                    logits = model(images)
+                pred = logits.argmax(1)
+                probs = logits.float().softmax(1) if calibration is not None else None
+            if calibration is not None:
+                calibration.update(probs, masks.to(device, non_blocking=True))
             if scores is None:
                 matrix.update(pred, masks.to(device, non_blocking=True))
             else:
