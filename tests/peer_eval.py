@@ -1,7 +1,7 @@
 """A peer repository's own evaluation, run from its own code outside this project (none of it is copied here):
 `python tests/peer_eval.py PROTOCOL PEER_DIR VOC_PARENT WEIGHTS OUT_DIR` prints `PEER_MIOU <float>` as its last line.
 
-PROTOCOL: vainf / vainf_crop (VainF/DeepLabV3Plus-Pytorch: its main.get_dataset for voc, --crop_val off / on, its
+PROTOCOL: vainf_full / vainf (VainF/DeepLabV3Plus-Pytorch: its main.get_dataset for voc, --crop_val off / on, its
 main.validate, StreamSegMetrics, on deeplabv3plus_mobilenet loaded from WEIGHTS, a {"model_state": ...} file) or
 bubbliiiing (bubbliiiing/deeplabv3-plus-pytorch: DeeplabV3.get_miou_png on each val image, saved as get_miou.py saves
 it, then utils_metrics.compute_mIoU, on DeepLab(backbone="mobilenet") loaded from WEIGHTS, a state dict).
@@ -23,7 +23,7 @@ sys.path.insert(0, peer)
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 voc = os.path.join(parent, "VOCdevkit", "VOC2012")
 
-if protocol in ("vainf", "vainf_crop"):
+if protocol in ("vainf_full", "vainf"):
     sys.modules["visdom"] = types.SimpleNamespace(Visdom=object)
     sys.modules["sklearn"] = types.ModuleType("sklearn")
     sys.modules["sklearn.metrics"] = types.SimpleNamespace(confusion_matrix=None)
@@ -32,7 +32,7 @@ if protocol in ("vainf", "vainf_crop"):
     from metrics import StreamSegMetrics  # noqa: E402
     from torch.utils import data  # noqa: E402
 
-    opts = argparse.Namespace(dataset="voc", data_root=parent, year="2012", crop_val=protocol == "vainf_crop",
+    opts = argparse.Namespace(dataset="voc", data_root=parent, year="2012", crop_val=protocol == "vainf",
                               crop_size=513, download=False, save_val_results=False)
     _, val_dst = main.get_dataset(opts)
     loader = data.DataLoader(val_dst, batch_size=4 if opts.crop_val else 1, shuffle=True, num_workers=0)

@@ -92,15 +92,15 @@ def test_bubbliiiing_miou_counts_classes_in_neither_truth_nor_prediction_as_zero
     matrix.update(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1]))  # class 2 nowhere
     # class 0: 1 hit / union 2; class 1: 2 / 3; class 2: 0 / max(0, 1)
     assert protocol_metrics("bubbliiiing", matrix)["mIoU"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
-    assert protocol_metrics("vainf", matrix)["mIoU"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert protocol_metrics("vainf_full", matrix)["mIoU"] == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert bubbliiiing_miou(np.zeros((2, 2))) == 0.0
 
 
 @pytest.mark.parametrize("settings, words", [
-    (dict(protocol="mmseg"), "protocol=mmseg: must be one of full, vainf, vainf_crop, bubbliiiing"),
-    (dict(protocol="vainf", scales=[0.5, 1.0]), "protocol=vainf evaluates as that repository does"),
+    (dict(protocol="mmseg"), "protocol=mmseg: must be one of full, vainf, vainf_full, bubbliiiing"),
+    (dict(protocol="vainf_full", scales=[0.5, 1.0]), "protocol=vainf_full evaluates as that repository does"),
     (dict(protocol="bubbliiiing", flip=True), "drop scales=, flip= and window="),
-    (dict(protocol="vainf_crop", predictions="preds"), "a protocol is how a model's predictions are made"),
+    (dict(protocol="vainf", predictions="preds"), "a protocol is how a model's predictions are made"),
 ])
 def test_protocol_settings_that_cannot_work_are_one_sentence(settings, words):
     given = dict(scales=[1.0], flip=False, window=None) | settings
@@ -112,7 +112,7 @@ def test_protocol_settings_that_cannot_work_are_one_sentence(settings, words):
 
 # --- against the peers' own evaluation code -------------------------------------------------------------------------
 
-PEERS = {"vainf": "DEEPLAB_PEER_VAINF", "vainf_crop": "DEEPLAB_PEER_VAINF", "bubbliiiing": "DEEPLAB_PEER_BUBBLIIIING"}
+PEERS = {"vainf_full": "DEEPLAB_PEER_VAINF", "vainf": "DEEPLAB_PEER_VAINF", "bubbliiiing": "DEEPLAB_PEER_BUBBLIIIING"}
 VOC_21 = [[(i >> 0 & 1) * 128, (i >> 1 & 1) * 128, (i >> 2 & 1) * 128] for i in range(21)]
 
 
@@ -166,7 +166,7 @@ def near_ties(protocol: str, model: torch.nn.Module, image: Image.Image, mean, s
             scores = cv2.resize(probs[top[0]:top[0] + nh, top[1]:top[1] + nw], (width, height),
                                 interpolation=cv2.INTER_LINEAR)
             source = np.arange(height * width).reshape(height, width)
-        elif protocol == "vainf_crop":
+        elif protocol == "vainf":
             index = Image.fromarray(np.arange(height * width, dtype=np.int32).reshape(height, width))
             resized, index = shorter_side_resize(image, index, 513)
             scores = model(to_tensor(center_crop(np.asarray(resized), 513), mean, std))[0].permute(1, 2, 0).numpy()
@@ -207,7 +207,7 @@ def voc_set(parent: Path, sizes, model: torch.nn.Module, mean, std, protocol: st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("protocol", ["vainf", "vainf_crop", "bubbliiiing"])
+@pytest.mark.parametrize("protocol", ["vainf_full", "vainf", "bubbliiiing"])
 @pytest.mark.parametrize("fast", [False, True])
 def test_a_converted_peer_checkpoint_scores_what_the_peers_own_evaluation_scores(protocol, fast, tmp_path):
     peer = peer_checkout(protocol, tmp_path)

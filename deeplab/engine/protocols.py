@@ -2,10 +2,10 @@
 images and labels, and how it counts mIoU, so a converted peer checkpoint gives the figure its repository's code gives.
 
 - `full` (ours): whole images at their own size, mIoU over the classes present in truth or prediction.
-- `vainf`: VainF/DeepLabV3Plus-Pytorch `main.py --test_only` as it runs by default (`--crop_val` off): whole images,
+- `vainf_full`: VainF/DeepLabV3Plus-Pytorch `main.py --test_only` as it runs by default (`--crop_val` off): whole images,
   read by PIL as RGB, `ToTensor` (/255) and `Normalize` in float32, one forward, argmax; its `StreamSegMetrics`
   counts labels < num_classes and averages IoU with np.nanmean, over the classes present (as ours).
-- `vainf_crop`: the same with `--crop_val`, the command its README evaluates with and its published VOC table used:
+- `vainf`: the same with `--crop_val`, the command its README evaluates with and its published VOC table used:
   `ExtResize(513)` (the shorter side to 513 and the longer to int(513 * long / short): the image bilinear, the label
   nearest, both by PIL) and `ExtCenterCrop(513)` of both (torchvision's offsets, int(round((side - 513) / 2))).
 - `bubbliiiing`: bubbliiiing/deeplabv3-plus-pytorch `get_miou.py` (`DeeplabV3.get_miou_png`): the PIL image
@@ -33,7 +33,7 @@ from deeplab.errors import ConfigError
 from deeplab.metrics import ConfusionMatrix
 from deeplab.progress import progress_bar
 
-PROTOCOLS = ("full", "vainf", "vainf_crop", "bubbliiiing")
+PROTOCOLS = ("full", "vainf", "vainf_full", "bubbliiiing")
 VAINF_CROP = 513  # main.py --crop_size default
 BUBBLIIIING_INPUT = (512, 512)  # deeplab.py input_shape [h, w]
 GREY = (128, 128, 128)
@@ -114,9 +114,9 @@ def to_tensor(array: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
 
 def protocol_sample(protocol: str, image: Image.Image, mask: np.ndarray, *, mean, std) -> tuple[torch.Tensor,
                                                                                                  np.ndarray]:
-    """The network input and the label map a peer protocol scores (vainf, vainf_crop; bubbliiiing's input is its
+    """The network input and the label map a peer protocol scores (vainf, vainf_full; bubbliiiing's input is its
     letterbox, see `predict_labels`)."""
-    if protocol == "vainf_crop":
+    if protocol == "vainf":
         image, label = shorter_side_resize(image, Image.fromarray(mask), VAINF_CROP)
         return (to_tensor(center_crop(np.asarray(image), VAINF_CROP), mean, std),
                 center_crop(np.asarray(label), VAINF_CROP))
