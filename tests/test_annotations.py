@@ -209,6 +209,16 @@ def test_the_later_shape_wins_where_shapes_overlap(tmp_path):
     assert (a[5:16, 8:21] == 2).all() and a[16, 8] == 0 and a[5, 21] == 0  # rectangles include both corners
 
 
+def test_a_labelme_file_naming_itself_as_its_image_is_read_from_its_imagedata(tmp_path):
+    # labelme's own examples/tutorial/apc2016_obj3.json: imagePath is the JSON's name, the image embedded
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((20, 30, 3), 90, np.uint8)).save(buffer, format="PNG")
+    labelme_file(tmp_path / "src", "a", [shape("cat", [[2, 2], [12, 10]], "rectangle")], image=False,
+                 imagePath="a.json", imageData=base64.b64encode(buffer.getvalue()).decode())
+    import_annotations("labelme", tmp_path / "src", tmp_path / "out", progress=False)
+    assert mask_of(tmp_path / "out")[5, 5] == 1 and len(list((tmp_path / "out" / "images").iterdir())) == 1
+
+
 def test_labelmes_own_background_label_is_class_0_unless_class_names_lists_it(tmp_path):
     shapes = [shape("_background_", [[0, 0], [29, 19]], "rectangle"), shape("cat", [[2, 2], [12, 10]], "rectangle")]
     labelme_file(tmp_path / "src", "a", shapes)

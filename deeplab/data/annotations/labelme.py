@@ -131,6 +131,8 @@ def _image(data: dict, path: Path, *, index: dict | None, images: Path | None) -
     """The image file the JSON names beside itself (or by name under images=DIR), else its embedded bytes."""
     named = data.get("imagePath")
     relative = PureWindowsPath(named).as_posix() if isinstance(named, str) and named else None
+    if relative and (path.parent / relative).resolve() == path.resolve():
+        relative = None  # older labelme saved with the image embedded named the JSON itself (its apc2016_obj3.json)
     if relative:
         beside = path.parent / relative
         if beside.is_file():
