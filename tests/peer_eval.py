@@ -37,7 +37,7 @@ if protocol in ("vainf_full", "vainf"):
     _, val_dst = main.get_dataset(opts)
     loader = data.DataLoader(val_dst, batch_size=4 if opts.crop_val else 1, shuffle=True, num_workers=0)
     model = network.modeling.deeplabv3plus_mobilenet(num_classes=21, output_stride=16, pretrained_backbone=False)
-    model.load_state_dict(torch.load(weights, map_location="cpu")["model_state"])
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["model_state"])
     score, _ = main.validate(opts, model.eval(), loader, torch.device("cpu"), StreamSegMetrics(21))
     miou = score["Mean IoU"]
 elif protocol == "bubbliiiing":
@@ -48,7 +48,7 @@ elif protocol == "bubbliiiing":
     from utils.utils_metrics import compute_mIoU  # noqa: E402
 
     net = DeepLab(num_classes=21, backbone="mobilenet", downsample_factor=16, pretrained=False)
-    net.load_state_dict(torch.load(weights, map_location="cpu"))
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     predictor = DeeplabV3.__new__(DeeplabV3)  # its __init__ loads its own model_data file; these are what it sets
     predictor.net, predictor.input_shape, predictor.cuda = net.eval(), [512, 512], False
     ids = open(os.path.join(voc, "ImageSets/Segmentation/val.txt")).read().splitlines()

@@ -80,8 +80,7 @@ def predict_into(output: Path, cfg: DictConfig, base: Path | None, paths: list[P
     videos = [p for p in paths if is_video(p) and _readable(p, failed)]  # each opened and its first frame decoded
     images = [p for p in paths if not is_video(p)]
     if not (images or videos or opened):
-        raise DataError(f"input={cfg.input}: none of the {len(failed)} {'input' if with_video else 'image'}(s) could "
-                        f"be predicted, e.g. {failed[0]}")
+        raise nothing_predicted(cfg.input, failed, with_video)
     remove_killed_writes(plan)
     predictor = Predictor.from_checkpoint(cfg.checkpoint, device=cfg.device, output_stride=cfg.output_stride,
                                           scales=cfg.scales, flip=cfg.flip, window=cfg.window, stride=cfg.stride,
@@ -104,7 +103,7 @@ def predict_into(output: Path, cfg: DictConfig, base: Path | None, paths: list[P
         if rows:
             write_areas(areas, rows, predictor.class_names)
     if not (written or videos or opened):
-        raise DataError(f"input={cfg.input}: none of the {len(failed)} image(s) could be predicted, e.g. {failed[0]}")
+        raise nothing_predicted(cfg.input, failed, with_video)
     if images:
         print(f"{written} image(s) written to {output}")
     if videos or opened:
@@ -112,8 +111,16 @@ def predict_into(output: Path, cfg: DictConfig, base: Path | None, paths: list[P
     for line in summary(skipped, [p for p in images if frame_count(p) > 1]):
         print(line)
     if failed:
-        print(f"{len(failed)} {'input' if with_video else 'image'}(s) could not be read or written:\n" + "\n".join(f"  {msg}" for msg in failed))
+        print(f"{len(failed)} {'input' if with_video else 'image'}(s) could not be read or written:\n"
+              + "\n".join(f"  {msg}" for msg in failed))
     return len(failed)
+
+
+def nothing_predicted(spec, failed: list[str], with_video: bool) -> DataError:
+    """The one sentence for a run none of whose inputs could be predicted (checked before the model loads, for the
+    videos, and after the images were read)."""
+    return DataError(f"input={spec}: none of the {len(failed)} {'input' if with_video else 'image'}(s) could be "
+                     f"predicted, e.g. {failed[0]}")
 
 
 def _readable(path: Path, failed: list[str]) -> bool:
